@@ -1,0 +1,12 @@
+//! lossfs: a FUSE passthrough filesystem that remembers every change not yet made durable
+//! by fsync, and on a power cut throws exactly those changes away.
+//!
+//! Layers, bottom up: [`handle`] names backing files; [`rangeset`] and [`journal`] keep the
+//! durability state and the on-disk undo journal; [`inode`] maps FUSE inodes to backing files;
+//! [`fs`] holds every operation's semantics; [`fuse`] is the thin `fuser` adapter; [`control`]
+//! serves `lossctl`; [`procscan`] and [`mountinfo`] find the processes and mounts a power cut
+//! acts on; [`daemon`] wires it all for the `lossfs` binary.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod handle;
+pub mod report;
