@@ -1,1 +1,446 @@
-fn main() {}
+//! `lossctl`: the command line client of running lossfs mounts.  Owns finding a mount's control
+//! socket from a path (through /proc/self/mountinfo), the commands, their output and the
+//! exit codes scripts rely on.
+
+use clap::{CommandFactory, Parser, Subcommand};
+use lossfs::control::{self, ClientError, Request};
+use lossfs::mountinfo::{self, MountEntry, FSTYPE};
+use lossfs::report::{PowercutReport, StatusReport, SyncReport};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+const EXIT_CODES: &str = "\
+Exit codes (stable, for scripts):
+  0  success
+  1  the lossfs daemon answered with an error
+  2  usage error (bad arguments, or several lossfs mounts and none named)
+  3  not a lossfs mount, no such path, no lossfs mount at all, or cannot connect to the
+     control socket (is the daemon running?)
+  4  no valid answer: timed out, or the reply was not understood
+
+With --all, the highest code of any mount is returned; the other mounts are still cut.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lossctl",
+    version,
+    about = "Control running lossfs mounts: show unsynced data, sync, cut the power",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Print the daemon's report as JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to wait for the daemon's answer.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+    /// Talk to this control socket directly instead of finding it from the mount point.
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show the unsynced bytes of every file, and in total.
+    #[command(after_help = EXIT_CODES)]
+    Status {
+        /// The lossfs mount point; may be left out when exactly one lossfs mount exists.
+        mountpoint: Option<PathBuf>,
+    },
+    /// Make every file of the mount durable, like sync(1).
+    #[command(after_help = EXIT_CODES)]
+    Sync {
+        /// The lossfs mount point; may be left out when exactly one lossfs mount exists.
+        mountpoint: Option<PathBuf>,
+    },
+    /// Cut the power: kill the processes using the mount and roll every file back to its
+    /// last durable state.
+    #[command(after_help = EXIT_CODES)]
+    Powercut {
+        /// The lossfs mount point; may be left out when exactly one lossfs mount exists.
+        #[arg(conflicts_with = "all")]
+        mountpoint: Option<PathBuf>,
+        /// Do not kill the processes using the mount (the caller kills them itself).
+        #[arg(long)]
+        no_kill: bool,
+        /// Cut every lossfs mount on the host at once (JSON output is an array of reports).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    Daemon(String),
+    Usage(String),
+    NotLossfs(String),
+    NoAnswer(String),
+}
+
+impl Failure {
+    fn code(&self) -> u8 {
+        match self {
+            Failure::Daemon(_) => 1,
+            Failure::Usage(_) => 2,
+            Failure::NotLossfs(_) => 3,
+            Failure::NoAnswer(_) => 4,
+        }
+    }
+    fn message(&self) -> &str {
+        match self {
+            Failure::Daemon(m)
+            | Failure::Usage(m)
+            | Failure::NotLossfs(m)
+            | Failure::NoAnswer(m) => m,
+        }
+    }
+}
+
+/// Where to send a request, and what to call it in messages.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    name: String,
+    socket: PathBuf,
+}
+
+impl Target {
+    fn of_mount(mount_point: &Path) -> Target {
+        Target {
+            name: mount_point.display().to_string(),
+            socket: control::default_socket_path(mount_point),
+        }
+    }
+}
+
+/// One entry per lossfs filesystem: a bind mount of a lossfs mount shares its device number
+/// and its daemon, which only serves the mount point it was started on.
+fn distinct_lossfs(mounts: &[MountEntry]) -> Vec<&MountEntry> {
+    let mut out: Vec<&MountEntry> = Vec::new();
+    for m in mounts.iter().filter(|m| m.fstype == FSTYPE) {
+        match out
+            .iter_mut()
+            .find(|o| (o.major, o.minor) == (m.major, m.minor))
+        {
+            Some(o) => {
+                let served = |e: &MountEntry| control::default_socket_path(&e.mount_point).exists();
+                if !served(o) && served(m) {
+                    *o = m;
+                }
+            }
+            None => out.push(m),
+        }
+    }
+    out
+}
+
+fn list(mounts: &[&MountEntry]) -> String {
+    mounts
+        .iter()
+        .map(|m| m.mount_point.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The mount to use when none is named: the only lossfs mount there is.
+fn pick_default(mounts: &[MountEntry]) -> Result<Target, Failure> {
+    match distinct_lossfs(mounts).as_slice() {
+        [] => Err(Failure::NotLossfs(
+            "no lossfs mount found on this host".into(),
+        )),
+        [one] => Ok(Target::of_mount(&one.mount_point)),
+        several => Err(Failure::Usage(format!(
+            "{} lossfs mounts exist, name one: {}",
+            several.len(),
+            list(several)
+        ))),
+    }
+}
+
+/// The lossfs mount whose root is `arg` (compared with the kernel's mount table, after
+/// resolving symlinks; only the mount root is stat()ed, never anything inside).
+fn resolve(arg: &Path, mounts: &[MountEntry]) -> Result<Target, Failure> {
+    let canon = std::fs::canonicalize(arg).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Failure::NotLossfs(format!("{}: no such file or directory", arg.display()))
+        } else {
+            Failure::NotLossfs(format!("{}: {e}", arg.display()))
+        }
+    })?;
+    match mountinfo::topmost_at(mounts, &canon) {
+        Some(m) if m.fstype == FSTYPE => return Ok(Target::of_mount(&m.mount_point)),
+        _ => {}
+    }
+    let shown = arg.display();
+    Err(Failure::NotLossfs(
+        match mountinfo::containing(mounts, &canon) {
+            Some(m) if m.fstype == FSTYPE => format!(
+                "{shown} is not a lossfs mount (it is inside the lossfs mount {}; name that)",
+                m.mount_point.display()
+            ),
+            Some(m) => format!(
+                "{shown} is not a lossfs mount (it is on {} mounted at {})",
+                m.fstype,
+                m.mount_point.display()
+            ),
+            None => format!("{shown} is not a lossfs mount (no mount contains it)"),
+        },
+    ))
+}
+
+fn mount_table() -> Result<Vec<MountEntry>, Failure> {
+    mountinfo::read().map_err(|e| Failure::NotLossfs(e.to_string()))
+}
+
+fn target(cli: &Cli, mountpoint: Option<&Path>) -> Result<Target, Failure> {
+    match (&cli.socket, mountpoint) {
+        (Some(_), Some(_)) => Err(Failure::Usage(
+            "give either --socket or a mount point, not both".into(),
+        )),
+        (Some(s), None) => Ok(Target {
+            name: s.display().to_string(),
+            socket: s.clone(),
+        }),
+        (None, Some(p)) => resolve(p, &mount_table()?),
+        (None, None) => pick_default(&mount_table()?),
+    }
+}
+
+fn ask(cli: &Cli, t: &Target, req: &Request) -> Result<Value, Failure> {
+    control::call(&t.socket, req, Duration::from_secs(cli.timeout)).map_err(|e| match e {
+        ClientError::Server(m) => Failure::Daemon(format!("{}: {m}", t.name)),
+        e @ ClientError::Connect { .. } => {
+            Failure::NotLossfs(format!("{}: {e} (is the lossfs daemon running?)", t.name))
+        }
+        e @ (ClientError::Timeout { .. } | ClientError::Protocol { .. }) => {
+            Failure::NoAnswer(format!("{}: {e}", t.name))
+        }
+    })
+}
+
+/// The report as the user asked for it: the daemon's JSON as is (fields this lossctl does not
+/// know survive), or the text rendering of the decoded report.
+fn render(
+    cli: &Cli,
+    t: &Target,
+    value: Value,
+    text: impl Fn(Value) -> Result<String, serde_json::Error>,
+) -> Result<String, Failure> {
+    if cli.json {
+        return Ok(format!("{value}\n"));
+    }
+    text(value).map_err(|e| {
+        Failure::NoAnswer(format!(
+            "{}: report not understood (lossctl too old?): {e}",
+            t.name
+        ))
+    })
+}
+
+fn status_text(v: Value) -> Result<String, serde_json::Error> {
+    serde_json::from_value::<StatusReport>(v).map(|r| r.to_text())
+}
+
+fn sync_text(v: Value) -> Result<String, serde_json::Error> {
+    serde_json::from_value::<SyncReport>(v).map(|r| r.to_text())
+}
+
+fn powercut_text(v: Value) -> Result<String, serde_json::Error> {
+    serde_json::from_value::<PowercutReport>(v).map(|r| r.to_text())
+}
+
+fn run_one(cli: &Cli, mountpoint: Option<&Path>, req: Request) -> Result<String, Failure> {
+    let t = target(cli, mountpoint)?;
+    let value = ask(cli, &t, &req)?;
+    match req {
+        Request::Status => render(cli, &t, value, status_text),
+        Request::Sync => render(cli, &t, value, sync_text),
+        Request::Powercut { .. } => render(cli, &t, value, powercut_text),
+    }
+}
+
+/// Cuts every lossfs mount, all at the same time (one thread each) so that processes on one
+/// mount do not keep running long after another mount lost its data.
+fn powercut_all(cli: &Cli, no_kill: bool) -> (String, Vec<Failure>) {
+    if cli.socket.is_some() {
+        return (
+            String::new(),
+            vec![Failure::Usage(
+                "--all and --socket exclude each other".into(),
+            )],
+        );
+    }
+    let mounts = match mount_table() {
+        Ok(m) => m,
+        Err(f) => return (String::new(), vec![f]),
+    };
+    let targets: Vec<Target> = distinct_lossfs(&mounts)
+        .into_iter()
+        .map(|m| Target::of_mount(&m.mount_point))
+        .collect();
+    if targets.is_empty() {
+        return (
+            if cli.json {
+                "[]\n".into()
+            } else {
+                String::new()
+            },
+            vec![Failure::NotLossfs(
+                "no lossfs mount found on this host".into(),
+            )],
+        );
+    }
+    let req = Request::Powercut { no_kill };
+    let answers: Vec<Result<Value, Failure>> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|t| s.spawn(move || ask(cli, t, &req)))
+            .collect();
+        handles
+            .into_iter()
+            .zip(&targets)
+            .map(|(h, t)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Failure::NoAnswer(format!(
+                        "{}: the request thread panicked",
+                        t.name
+                    )))
+                })
+            })
+            .collect()
+    });
+    let mut failures = Vec::new();
+    let mut values = Vec::new();
+    let mut text = String::new();
+    for (answer, t) in answers.into_iter().zip(&targets) {
+        match answer {
+            Ok(v) if cli.json => values.push(v),
+            Ok(v) => match render(cli, t, v, powercut_text) {
+                Ok(s) => text.push_str(&s),
+                Err(f) => failures.push(f),
+            },
+            Err(f) => failures.push(f),
+        }
+    }
+    if cli.json {
+        text = format!("{}\n", Value::Array(values));
+    }
+    (text, failures)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (out, failures) = match &cli.cmd {
+        Cmd::Powercut {
+            all: true, no_kill, ..
+        } => powercut_all(&cli, *no_kill),
+        Cmd::Status { mountpoint } => split(run_one(&cli, mountpoint.as_deref(), Request::Status)),
+        Cmd::Sync { mountpoint } => split(run_one(&cli, mountpoint.as_deref(), Request::Sync)),
+        Cmd::Powercut {
+            mountpoint,
+            no_kill,
+            ..
+        } => split(run_one(
+            &cli,
+            mountpoint.as_deref(),
+            Request::Powercut { no_kill: *no_kill },
+        )),
+    };
+    print!("{out}");
+    let mut code = 0;
+    for f in &failures {
+        if let Failure::Usage(m) = f {
+            // clap's usage error format and exit code (2), for consistency with bad flags.
+            let _ = Cli::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, m)
+                .print();
+        } else {
+            eprintln!("lossctl: {}", f.message());
+        }
+        code = code.max(f.code());
+    }
+    ExitCode::from(code)
+}
+
+fn split(r: Result<String, Failure>) -> (String, Vec<Failure>) {
+    match r {
+        Ok(s) => (s, Vec::new()),
+        Err(f) => (String::new(), vec![f]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64, minor: u32, mp: &str, fstype: &str) -> MountEntry {
+        MountEntry {
+            mount_id: id,
+            parent_id: 1,
+            major: 0,
+            minor,
+            root: "/".into(),
+            mount_point: mp.into(),
+            fstype: fstype.into(),
+            source: "/backing".into(),
+        }
+    }
+
+    #[test]
+    fn default_mount_needs_exactly_one_lossfs_filesystem() {
+        let root = entry(1, 1, "/", "ext4");
+        assert_eq!(
+            pick_default(std::slice::from_ref(&root)),
+            Err(Failure::NotLossfs(
+                "no lossfs mount found on this host".into()
+            ))
+        );
+        let a = entry(2, 50, "/var/lib/kafka", FSTYPE);
+        let t = pick_default(&[root.clone(), a.clone()]).unwrap();
+        assert_eq!(t.socket, Path::new("/run/lossfs/var-lib-kafka.sock"));
+        // A bind mount of the same filesystem is not a second mount.
+        let bind = entry(3, 50, "/srv/kafka-view", FSTYPE);
+        assert!(pick_default(&[root.clone(), a.clone(), bind]).is_ok());
+        let b = entry(4, 51, "/var/lib/etcd", FSTYPE);
+        match pick_default(&[root, a, b]) {
+            Err(f @ Failure::Usage(_)) => {
+                assert!(
+                    f.message().contains("/var/lib/kafka, /var/lib/etcd"),
+                    "{f:?}"
+                );
+                assert_eq!(f.code(), 2);
+            }
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn resolve_names_the_mount_a_path_is_on() {
+        let mounts = vec![entry(1, 1, "/", "ext4"), entry(2, 50, "/tmp", FSTYPE)];
+        assert_eq!(
+            resolve(Path::new("/tmp/"), &mounts).unwrap().socket,
+            Path::new("/run/lossfs/tmp.sock")
+        );
+        let f = resolve(Path::new("/proc/self"), &mounts).unwrap_err();
+        assert_eq!(f.code(), 3);
+        assert!(
+            f.message().contains("(it is on ext4 mounted at /)"),
+            "{f:?}"
+        );
+        let f = resolve(Path::new("/definitely/not/here"), &mounts).unwrap_err();
+        assert_eq!(
+            f,
+            Failure::NotLossfs("/definitely/not/here: no such file or directory".into())
+        );
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -5,8 +5,19 @@
 //! durability state and the on-disk undo journal; [`inode`] maps FUSE inodes to backing files;
 //! [`fs`] holds every operation's semantics; [`fuse`] is the thin `fuser` adapter; [`control`]
 //! serves `lossctl`; [`procscan`] and [`mountinfo`] find the processes and mounts a power cut
-//! acts on; [`daemon`] wires it all for the `lossfs` binary.
+//! acts on; [`options`] reads the command line; [`daemon`] wires it all for the `lossfs` binary.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod control;
+pub mod daemon;
+pub mod error;
+pub mod fs;
+pub mod fuse;
 pub mod handle;
+pub mod inode;
+pub mod journal;
+pub mod mountinfo;
+pub mod options;
+pub mod procscan;
+pub mod rangeset;
 pub mod report;

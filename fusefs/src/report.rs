@@ -203,6 +203,9 @@ mod tests {
         };
         let t = r.to_text();
         assert!(t.contains("10 unsynced bytes lost in 1 files"), "{t}");
-        assert!(t.contains("log: lost 10 bytes, size 20 -> 10, ranges 10..20"), "{t}");
+        assert!(
+            t.contains("log: lost 10 bytes, size 20 -> 10, ranges 10..20"),
+            "{t}"
+        );
     }
 }

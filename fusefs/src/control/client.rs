@@ -1,0 +1,169 @@
+//! The control client: sends one request to a lossfs control socket and returns the result,
+//! telling apart "nobody there", "garbled or late answer" and "the daemon said no".
+
+use super::protocol::{Request, PROTOCOL_VERSION};
+use serde_json::Value;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Largest reply accepted.  Power cut reports list every file, so this is generous; it only
+/// stops a broken peer from making the client eat all memory.
+const MAX_REPLY: usize = 256 << 20;
+
+/// Why a control call failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No daemon reachable at the socket (missing file, refused, permission...).
+    Connect { path: PathBuf, source: io::Error },
+    /// The daemon did not answer within the timeout.
+    Timeout { path: PathBuf, after: Duration },
+    /// The answer was not a valid protocol reply, or the connection broke mid-way.
+    Protocol { path: PathBuf, message: String },
+    /// The daemon answered with an error.
+    Server(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Connect { path, source } => write!(
+                f,
+                "cannot connect to control socket {}: {source}",
+                path.display()
+            ),
+            ClientError::Timeout { path, after } => write!(
+                f,
+                "no answer from {} within {:.1} s",
+                path.display(),
+                after.as_secs_f64()
+            ),
+            ClientError::Protocol { path, message } => {
+                write!(f, "protocol error on {}: {message}", path.display())
+            }
+            ClientError::Server(message) => write!(f, "{message}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Connect { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Sends `req` to the control socket at `socket` and waits at most `timeout` (overall, from
+/// connecting to the last byte of the reply) for the answer; returns its `result`.
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, ClientError> {
+    let started = Instant::now();
+    let protocol = |message: String| ClientError::Protocol {
+        path: socket.to_path_buf(),
+        message,
+    };
+    let timed_out = || ClientError::Timeout {
+        path: socket.to_path_buf(),
+        after: timeout,
+    };
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    // A zero timeout means "block forever" to the socket layer: never pass one.
+    let remaining = || {
+        timeout
+            .checked_sub(started.elapsed())
+            .filter(|d| !d.is_zero())
+    };
+    let set_timeouts = |s: &UnixStream, d: Duration| {
+        s.set_read_timeout(Some(d))
+            .and_then(|()| s.set_write_timeout(Some(d)))
+    };
+    set_timeouts(&stream, remaining().ok_or_else(timed_out)?)
+        .map_err(|e| protocol(format!("setting socket timeouts: {e}")))?;
+    (&stream).write_all(req.to_line().as_bytes()).map_err(|e| {
+        if is_timeout(&e) {
+            timed_out()
+        } else {
+            protocol(format!("sending the request: {e}"))
+        }
+    })?;
+    let mut reader = BufReader::new(&stream);
+    let mut reply = Vec::new();
+    loop {
+        let left = remaining().ok_or_else(timed_out)?;
+        set_timeouts(&stream, left)
+            .map_err(|e| protocol(format!("setting socket timeouts: {e}")))?;
+        let buf = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if is_timeout(&e) => return Err(timed_out()),
+            Err(e) => return Err(protocol(format!("reading the reply: {e}"))),
+        };
+        if buf.is_empty() {
+            return Err(protocol(if reply.is_empty() {
+                "the daemon closed the connection without answering".into()
+            } else {
+                "the reply was cut short".into()
+            }));
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(pos) => (pos, true),
+            None => (buf.len(), false),
+        };
+        if reply.len() + take > MAX_REPLY {
+            return Err(protocol(format!("reply exceeds {MAX_REPLY} bytes")));
+        }
+        reply.extend_from_slice(&buf[..take]);
+        reader.consume(if done { take + 1 } else { take });
+        if done {
+            break;
+        }
+    }
+    decode_reply(&reply).map_err(|e| match e {
+        ReplyError::Server(m) => ClientError::Server(m),
+        ReplyError::Bad(m) => protocol(m),
+    })
+}
+
+enum ReplyError {
+    Server(String),
+    Bad(String),
+}
+
+fn decode_reply(line: &[u8]) -> Result<Value, ReplyError> {
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| ReplyError::Bad(format!("reply is not valid JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(ReplyError::Bad("reply is not a JSON object".into()));
+    };
+    if obj.get("v").and_then(Value::as_u64) != Some(u64::from(PROTOCOL_VERSION)) {
+        return Err(ReplyError::Bad(format!(
+            "reply has protocol version {}, lossctl speaks v{PROTOCOL_VERSION}",
+            obj.get("v").map_or("(none)".into(), Value::to_string)
+        )));
+    }
+    match obj.get("ok") {
+        Some(Value::Bool(true)) => obj
+            .remove("result")
+            .ok_or_else(|| ReplyError::Bad("successful reply has no \"result\"".into())),
+        Some(Value::Bool(false)) => Err(ReplyError::Server(
+            obj.get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("the daemon reported an error without a message")
+                .to_string(),
+        )),
+        _ => Err(ReplyError::Bad("reply has no boolean \"ok\"".into())),
+    }
+}

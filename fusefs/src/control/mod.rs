@@ -1,0 +1,28 @@
+//! The control plane: the versioned line-delimited JSON protocol ([`protocol`]), the per-mount
+//! Unix socket server that `lossctl` talks to ([`server`]) and the client it uses
+//! ([`client`]).  The daemon plugs its operations in through [`ControlHandler`].
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+pub use client::{call, ClientError};
+pub use protocol::{
+    default_socket_path, parse_request, systemd_escape_path, Request, MAX_LINE, PROTOCOL_VERSION,
+    SOCKET_DIR,
+};
+pub use server::{ControlServer, ServerOptions};
+
+use crate::report::{PowercutReport, StatusReport, SyncReport};
+
+/// What the daemon does for each control request.  Calls are serialized by the server: at
+/// most one runs at a time, whatever the number of clients.  An `Err` is sent to the client
+/// verbatim as the error message, so it should name what failed.
+pub trait ControlHandler: Send + Sync + 'static {
+    fn status(&self) -> Result<StatusReport, String>;
+    fn sync(&self) -> Result<SyncReport, String>;
+    fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String>;
+}
+
+#[cfg(test)]
+mod tests;

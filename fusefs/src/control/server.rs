@@ -1,0 +1,474 @@
+//! The control socket server: owns the listening socket file, one thread per client
+//! connection, the peer credential check, and the lock that serves requests one at a time.
+
+use super::protocol::{error_line, ok_line, parse_request, Request, MAX_LINE};
+use super::ControlHandler;
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// Tunables of a [`ControlServer`].
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// A connection that sends nothing for this long is closed, so a stuck client cannot pin
+    /// a thread forever.  Also bounds how long writing a reply may block.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are refused with an error reply.
+    pub max_connections: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 64,
+        }
+    }
+}
+
+struct Shared {
+    handler: Arc<dyn ControlHandler>,
+    /// Held around every handler call so that concurrent clients see requests applied one
+    /// after the other (a status never observes half a power cut).
+    serial: Mutex<()>,
+    /// Clones of the live connections, so shutdown can end them without waiting for clients.
+    conns: Mutex<HashMap<u64, UnixStream>>,
+    next_conn: AtomicU64,
+    opts: ServerOptions,
+    euid: u32,
+    path: PathBuf,
+}
+
+/// A running control server.  Shutting it down (or dropping it) stops accepting, ends the
+/// open connections and removes the socket file if it is still ours.
+pub struct ControlServer {
+    path: PathBuf,
+    /// (dev, ino) of the socket file we bound, so we never remove a successor's socket.
+    identity: (u64, u64),
+    /// Dropping the write end of the pipe wakes the accept thread's poll.
+    stop: Option<OwnedFd>,
+    acceptor: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+fn ctx(e: io::Error, what: String) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Whether something listens on the socket file at `path`.  The connect is non-blocking so a
+/// listener with a full backlog counts as alive instead of hanging us.
+fn socket_is_live(path: &Path) -> io::Result<bool> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| ctx(e.into(), "creating a probe socket".into()))?;
+    let addr = UnixAddr::new(path)
+        .map_err(|e| ctx(e.into(), format!("socket address {}", path.display())))?;
+    match connect(fd.as_raw_fd(), &addr) {
+        Ok(()) | Err(Errno::EAGAIN) | Err(Errno::EINPROGRESS) => Ok(true),
+        Err(Errno::ECONNREFUSED) => Ok(false),
+        Err(e) => Err(ctx(
+            e.into(),
+            format!("probing existing socket {}", path.display()),
+        )),
+    }
+}
+
+impl ControlServer {
+    /// Starts serving `handler` on a Unix socket at `path` with default options.
+    pub fn start(path: &Path, handler: Arc<dyn ControlHandler>) -> io::Result<ControlServer> {
+        Self::start_with(path, handler, ServerOptions::default())
+    }
+
+    /// Creates the parent directory (0755) if missing.  An existing socket file that something
+    /// answers on is an error (`another lossfs already serves <path>`); a stale one is removed;
+    /// anything else at `path` is left alone and is an error.  Binds and chmods 0600.
+    pub fn start_with(
+        path: &Path,
+        handler: Arc<dyn ControlHandler>,
+        opts: ServerOptions,
+    ) -> io::Result<ControlServer> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.exists() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(|e| {
+                        ctx(
+                            e,
+                            format!("creating control socket directory {}", parent.display()),
+                        )
+                    })?;
+            }
+        }
+        match fs::symlink_metadata(path) {
+            Ok(md) if md.file_type().is_socket() => {
+                if socket_is_live(path)? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("another lossfs already serves {}", path.display()),
+                    ));
+                }
+                fs::remove_file(path).map_err(|e| {
+                    ctx(
+                        e,
+                        format!("removing stale control socket {}", path.display()),
+                    )
+                })?;
+                tracing::info!(path = %path.display(), "removed stale control socket");
+            }
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket; refusing to replace it",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ctx(e, format!("inspecting {}", path.display()))),
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| ctx(e, format!("binding control socket {}", path.display())))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .map_err(|e| ctx(e, format!("chmod 0600 {}", path.display())))?;
+        let md = fs::symlink_metadata(path)
+            .map_err(|e| ctx(e, format!("inspecting {}", path.display())))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| ctx(e, format!("making {} non-blocking", path.display())))?;
+        let (wake_rx, wake_tx) = nix::unistd::pipe()
+            .map_err(|e| ctx(e.into(), "creating the control shutdown pipe".into()))?;
+        let shared = Arc::new(Shared {
+            handler,
+            serial: Mutex::new(()),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+            opts,
+            euid: nix::unistd::geteuid().as_raw(),
+            path: path.to_path_buf(),
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("lossfs-control".into())
+                .spawn(move || accept_loop(listener, wake_rx, shared))
+                .map_err(|e| ctx(e, "spawning the control accept thread".into()))?
+        };
+        tracing::debug!(path = %path.display(), "control socket listening");
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            identity: (md.dev(), md.ino()),
+            stop: Some(wake_tx),
+            acceptor: Some(acceptor),
+            shared,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, ends open connections (a request being handled still completes, its
+    /// reply is lost) and removes the socket file.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        let Some(wake) = self.stop.take() else {
+            return;
+        };
+        drop(wake);
+        if let Some(acceptor) = self.acceptor.take() {
+            if acceptor.join().is_err() {
+                tracing::error!(path = %self.path.display(), "control accept thread panicked");
+            }
+        }
+        for (_, conn) in self.shared.conns.lock().drain() {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+        match fs::symlink_metadata(&self.path) {
+            Ok(md) if (md.dev(), md.ino()) == self.identity => {
+                if let Err(e) = fs::remove_file(&self.path) {
+                    tracing::warn!(path = %self.path.display(), "removing control socket: {e}");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+fn accept_loop(listener: UnixListener, wake: OwnedFd, shared: Arc<Shared>) {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a live array of two initialized pollfd structs whose length is
+        // passed alongside it; both fds stay open for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(path = %shared.path.display(), "control poll failed: {e}");
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => admit(&shared, stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of fds: back off instead of spinning on a socket poll keeps reporting.
+                    tracing::warn!(path = %shared.path.display(), "control accept: {e}");
+                    thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn refuse(mut stream: UnixStream, message: &str) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.write_all(error_line(message).as_bytes());
+}
+
+fn admit(shared: &Arc<Shared>, stream: UnixStream) {
+    if let Err(e) = stream.set_nonblocking(false) {
+        tracing::warn!("control connection: making it blocking: {e}");
+        return;
+    }
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut conns = shared.conns.lock();
+        if conns.len() >= shared.opts.max_connections {
+            drop(conns);
+            refuse(
+                stream,
+                &format!(
+                    "too many control connections (limit {}); retry later",
+                    shared.opts.max_connections
+                ),
+            );
+            return;
+        }
+        match stream.try_clone() {
+            Ok(clone) => {
+                conns.insert(id, clone);
+            }
+            Err(e) => {
+                drop(conns);
+                refuse(
+                    stream,
+                    &format!("server error: cloning the connection: {e}"),
+                );
+                return;
+            }
+        }
+    }
+    let worker = Arc::clone(shared);
+    let spawned = thread::Builder::new()
+        .name(format!("lossfs-ctl-{id}"))
+        .spawn(move || {
+            serve(&worker, stream);
+            worker.conns.lock().remove(&id);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("control connection: spawning its thread: {e}");
+        if let Some(conn) = shared.conns.lock().remove(&id) {
+            refuse(conn, &format!("server error: cannot spawn a thread: {e}"));
+        }
+    }
+}
+
+enum Line {
+    Eof,
+    /// The line's bytes, and whether a newline ended it (else the peer half-closed).
+    Data(Vec<u8>, bool),
+    TooLong,
+}
+
+fn read_line(reader: &mut impl BufRead, max: usize) -> io::Result<Line> {
+    let mut line = Vec::new();
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(if line.is_empty() {
+                Line::Eof
+            } else {
+                Line::Data(line, false)
+            });
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(pos) => (pos, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > max {
+            return Ok(Line::TooLong);
+        }
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(Line::Data(line, true));
+        }
+    }
+}
+
+fn serve(shared: &Shared, stream: UnixStream) {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let peer = match getsockopt(&stream, PeerCredentials) {
+        Ok(c) => c,
+        Err(e) => {
+            refuse(
+                stream,
+                &format!("permission denied: cannot read peer credentials: {e}"),
+            );
+            return;
+        }
+    };
+    let (uid, pid) = (peer.uid(), peer.pid());
+    if uid != 0 && uid != shared.euid {
+        tracing::warn!(
+            uid,
+            pid,
+            "control connection refused: not root nor the daemon's user"
+        );
+        refuse(
+            stream,
+            &format!(
+                "permission denied: uid {uid} may not control this lossfs (only root and uid {})",
+                shared.euid
+            ),
+        );
+        return;
+    }
+    let idle = Some(shared.opts.idle_timeout);
+    if let Err(e) = stream
+        .set_read_timeout(idle)
+        .and_then(|()| stream.set_write_timeout(idle))
+    {
+        tracing::warn!(pid, "control connection: setting timeouts: {e}");
+        return;
+    }
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            refuse(
+                stream,
+                &format!("server error: cloning the connection: {e}"),
+            );
+            return;
+        }
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let (line, terminated) = match read_line(&mut reader, MAX_LINE) {
+            Ok(Line::Eof) => return,
+            Ok(Line::Data(line, terminated)) => (line, terminated),
+            Ok(Line::TooLong) => {
+                let _ = writer.write_all(
+                    error_line(&format!(
+                        "request line exceeds the {MAX_LINE}-byte limit; closing the connection"
+                    ))
+                    .as_bytes(),
+                );
+                return;
+            }
+            Err(e) => {
+                // Idle timeout or a reset: nothing useful can be said to this peer any more.
+                tracing::debug!(pid, "control connection ends: {e}");
+                return;
+            }
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            if terminated {
+                continue;
+            }
+            return;
+        }
+        let binary = std::str::from_utf8(&line).is_err();
+        let reply = match parse_request(&line) {
+            Ok(req) => {
+                tracing::info!(uid, pid, ?req, "control request");
+                dispatch(shared, req)
+            }
+            Err(e) => {
+                tracing::debug!(pid, "bad control request: {e}");
+                error_line(&e)
+            }
+        };
+        if let Err(e) = writer.write_all(reply.as_bytes()) {
+            tracing::debug!(pid, "control connection: writing reply: {e}");
+            return;
+        }
+        if binary || !terminated {
+            return;
+        }
+    }
+}
+
+fn encode<T: Serialize>(cmd: &str, result: Result<T, String>) -> Result<serde_json::Value, String> {
+    serde_json::to_value(result?).map_err(|e| format!("encoding the {cmd} report: {e}"))
+}
+
+fn dispatch(shared: &Shared, req: Request) -> String {
+    let handler = &shared.handler;
+    let _one_at_a_time = shared.serial.lock();
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| match req {
+        Request::Status => encode("status", handler.status()),
+        Request::Sync => encode("sync", handler.sync()),
+        Request::Powercut { no_kill } => encode("powercut", handler.powercut(no_kill)),
+    }));
+    match outcome {
+        Ok(Ok(v)) => ok_line(v),
+        Ok(Err(e)) => error_line(&e),
+        Err(_) => {
+            tracing::error!(?req, "control handler panicked");
+            error_line("internal error: the lossfs control handler panicked (see the daemon log)")
+        }
+    }
+}

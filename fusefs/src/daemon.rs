@@ -1,0 +1,519 @@
+//! The `lossfs` daemon: checks the command line, recovers an unclean journal, mounts, serves
+//! the control socket, and carries out power cuts (kill, flush, freeze, roll back, thaw,
+//! invalidate).  Also the clean shutdown: unmount on SIGTERM/SIGINT, then make everything
+//! durable, as a real filesystem does when it is unmounted.
+
+use crate::control::{self, ControlHandler, ControlServer};
+use crate::fs::{fstat, Hidden, LossFs};
+use crate::fuse::FuseAdapter;
+use crate::handle::FileHandle;
+use crate::inode::InodeTable;
+use crate::journal::{FileKey, Journal};
+use crate::mountinfo;
+use crate::options::{self, MountOptions, Recover};
+use crate::procscan::{self, MountTarget};
+use crate::report::{PowercutReport, StatusReport, SyncReport};
+use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
+use parking_lot::Mutex;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What `lossfs BACKING MOUNTPOINT -o ...` asked for.
+#[derive(Debug, Clone)]
+pub struct MountArgs {
+    pub backing: PathBuf,
+    pub mountpoint: PathBuf,
+    pub options: Vec<String>,
+    pub foreground: bool,
+}
+
+/// How long a power cut waits for killed processes to die, and for the kernel to hand over
+/// dirty mmap pages.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The state the control socket acts on.
+pub struct Daemon {
+    fs: Arc<LossFs>,
+    notifier: Mutex<Option<Notifier>>,
+    mountpoint: PathBuf,
+    backing: PathBuf,
+    powercuts: AtomicU64,
+}
+
+fn err(what: impl std::fmt::Display) -> String {
+    what.to_string()
+}
+
+/// Asks the kernel to write back every dirty page it holds for the mount (shared mmap
+/// writes live there), so they reach the journal now rather than after a cut.  Bounded: a
+/// wedged writeback must not hang the control socket.
+fn flush_kernel_dirty_pages(mountpoint: &Path) -> Result<(), String> {
+    let mp = mountpoint.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("lossfs-syncfs".into())
+        .spawn(move || {
+            let r = File::open(&mp).and_then(|f| {
+                // SAFETY: valid fd.
+                if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+            let _ = tx.send(r);
+        })
+        .map_err(|e| format!("cannot start the writeback thread: {e}"))?;
+    match rx.recv_timeout(FLUSH_TIMEOUT) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("syncfs {}: {e}", mountpoint.display())),
+        Err(_) => Err(format!(
+            "syncfs {} did not finish within {:?}",
+            mountpoint.display(),
+            FLUSH_TIMEOUT
+        )),
+    }
+}
+
+impl Daemon {
+    fn target(&self) -> Result<MountTarget, String> {
+        let e = mountinfo::mount_at(&self.mountpoint)
+            .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?
+            .ok_or_else(|| format!("{} is not mounted any more", self.mountpoint.display()))?;
+        Ok(MountTarget {
+            mount_id: e.mount_id,
+            major: e.major,
+            minor: e.minor,
+            mount_point: e.mount_point,
+        })
+    }
+
+    fn invalidate_all(&self) {
+        let Some(n) = self.notifier.lock().clone() else {
+            return;
+        };
+        for id in self.fs.inodes.all_ids() {
+            // ENOENT: the kernel already forgot it; nothing cached to drop.
+            let _ = n.inval_inode(INodeNo(id), 0, 0);
+        }
+    }
+}
+
+impl ControlHandler for Daemon {
+    fn status(&self) -> Result<StatusReport, String> {
+        let files = self.fs.journal.status();
+        Ok(StatusReport {
+            mountpoint: self.mountpoint.display().to_string(),
+            backing: self.backing.display().to_string(),
+            unsynced_bytes: files.iter().map(|f| f.unsynced_bytes).sum(),
+            files,
+            powercuts: self.powercuts.load(Ordering::Relaxed),
+        })
+    }
+
+    fn sync(&self) -> Result<SyncReport, String> {
+        flush_kernel_dirty_pages(&self.mountpoint)?;
+        self.fs.journal.sync_all().map_err(|e| format!("sync: {e}"))
+    }
+
+    fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String> {
+        let t0 = Instant::now();
+        let killed = if no_kill {
+            Vec::new()
+        } else {
+            procscan::kill_users(&self.target()?, KILL_TIMEOUT)?
+        };
+        if let Err(e) = flush_kernel_dirty_pages(&self.mountpoint) {
+            // Go on: the cut itself must happen; late pages will meet EIO handles.
+            tracing::warn!("power cut: {e}");
+        }
+        let files = self
+            .fs
+            .frozen(|| self.fs.journal.rollback_all())
+            .map_err(|e| format!("rollback: {e}"))?;
+        self.powercuts.fetch_add(1, Ordering::Relaxed);
+        // After the thaw, from this (non-FUSE) thread: invalidation may make the kernel send
+        // us requests, which the workers must be free to answer.
+        self.invalidate_all();
+        let report = PowercutReport {
+            mountpoint: self.mountpoint.display().to_string(),
+            lost_bytes: files.iter().map(|f| f.lost_bytes).sum(),
+            files,
+            killed,
+            elapsed_ms: t0.elapsed().as_millis() as u64,
+        };
+        tracing::info!("{}", report.to_text().trim_end());
+        Ok(report)
+    }
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_env("LOSSFS_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn raise_fd_limit() {
+    // SAFETY: an all-zero rlimit is a valid out-buffer.
+    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: valid resource id and writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 && rl.rlim_cur < rl.rlim_max {
+        rl.rlim_cur = rl.rlim_max;
+        // SAFETY: valid resource id and rlimit within the hard limit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) };
+    }
+}
+
+fn open_dir_path(p: &Path) -> Result<OwnedFd, String> {
+    let c = CString::new(p.as_os_str().as_bytes()).map_err(err)?;
+    // SAFETY: valid C string; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF).
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "open {}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Tells systemd (Type=notify) that the mount is ready, if it is listening.
+fn sd_notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_bytes();
+    let r = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = r {
+        tracing::warn!("sd_notify READY=1 to {:?}: {e}", path);
+    }
+}
+
+/// Forks; the parent waits until the child reports the mount ready (exit 0) or failed
+/// (prints the child's message, exit 1), which is what mount(8) and fstab expect.  Returns
+/// in the child the pipe to report on.
+fn daemonize() -> Result<File, String> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a writable array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both fds were just created and are owned here.
+    let (mut rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: no other threads exist yet (called before anything spawns one).
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("fork: {}", std::io::Error::last_os_error())),
+        0 => {
+            drop(rd);
+            // SAFETY: setsid in the fresh child detaches it from the terminal session.
+            unsafe { libc::setsid() };
+            Ok(wr)
+        }
+        _ => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = rd.read_to_string(&mut msg);
+            if msg == "ok" {
+                std::process::exit(0);
+            }
+            if msg.is_empty() {
+                msg = "lossfs: the daemon died before the mount was ready".into();
+            }
+            eprintln!("{msg}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard fds of our own process.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Block the termination signals in every thread; one thread waits for them and unmounts.
+fn block_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    let _ = set.thread_block();
+    set
+}
+
+/// Entry of the `lossfs BACKING MOUNTPOINT` command: returns the process exit code.
+pub fn run(args: MountArgs) -> i32 {
+    let opts = match options::parse_mount_options(&args.options) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("lossfs: {e}");
+            return 2;
+        }
+    };
+    let foreground = args.foreground || opts.foreground;
+    init_logging(opts.log.as_deref());
+    let pipe = if foreground {
+        None
+    } else {
+        match daemonize() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("lossfs: {e}");
+                return 1;
+            }
+        }
+    };
+    // The child reports once, then closes the pipe so the parent sees EOF and exits.
+    let pipe = Mutex::new(pipe);
+    let report = |msg: &str| {
+        if let Some(mut p) = pipe.lock().take() {
+            let _ = p.write_all(msg.as_bytes());
+            true
+        } else {
+            false
+        }
+    };
+    match serve(&args, &opts, &|| {
+        if report("ok") {
+            detach_stdio();
+        }
+    }) {
+        Ok(()) => 0,
+        Err(e) => {
+            let msg = format!("lossfs: {e}");
+            if !report(&msg) {
+                eprintln!("{msg}");
+            }
+            1
+        }
+    }
+}
+
+fn serve(args: &MountArgs, opts: &MountOptions, ready: &dyn Fn()) -> Result<(), String> {
+    options::check_fuse_available()?;
+    let (backing, mountpoint) =
+        options::check_paths(&args.backing, &args.mountpoint, opts.state_dir.as_deref())?;
+    if let Ok(Some(m)) = mountinfo::mount_at(&mountpoint) {
+        if m.fstype == mountinfo::FSTYPE {
+            return Err(format!(
+                "{} is already a lossfs mount (of {}); unmount it first with fusermount3 -u {}",
+                mountpoint.display(),
+                m.source,
+                mountpoint.display()
+            ));
+        }
+    }
+    // SAFETY: umask only affects this process; files are created with the caller's mode.
+    unsafe { libc::umask(0) };
+    raise_fd_limit();
+
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| backing.join(".lossfs"));
+    let root = open_dir_path(&backing)?;
+    let root_for_journal = root
+        .try_clone()
+        .map_err(|e| format!("dup backing fd: {e}"))?;
+    let (journal, recovered) = Journal::open(
+        &state_dir,
+        root_for_journal,
+        &backing,
+        opts.recover == Recover::Rollback,
+    )
+    .map_err(|e| format!("journal in {}: {e}", state_dir.display()))?;
+    if let Some(files) = recovered {
+        let lost: u64 = files.iter().map(|f| f.lost_bytes).sum();
+        let verb = if opts.recover == Recover::Rollback {
+            "rolled back"
+        } else {
+            "kept (recover=keep)"
+        };
+        let r = PowercutReport {
+            mountpoint: mountpoint.display().to_string(),
+            lost_bytes: lost,
+            files,
+            ..Default::default()
+        };
+        tracing::warn!(
+            "found an unclean journal in {} (the previous lossfs was killed): unsynced data {verb}\n{}",
+            state_dir.display(),
+            r.to_text().trim_end()
+        );
+    }
+    // Whatever is on the backing disk now is the durable baseline.
+    // SAFETY: valid fd.
+    unsafe { libc::syncfs(root.as_raw_fd()) };
+
+    let st = fstat(root.as_fd()).map_err(|e| format!("stat {}: {e}", backing.display()))?;
+    let root_key = FileKey {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    };
+    let root_handle = FileHandle::of_fd(root.as_fd()).map_err(|e| {
+        format!(
+            "{} does not support file handles (name_to_handle_at: {e}); lossfs needs a backing filesystem that does (ext4, xfs, btrfs, tmpfs)",
+            backing.display()
+        )
+    })?;
+    let hidden = hidden_state_dir(&state_dir, &backing);
+    let fs = Arc::new(LossFs::new(
+        InodeTable::new(root, root_key, root_handle),
+        Arc::new(journal),
+        hidden,
+    ));
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(backing.display().to_string()),
+        MountOption::Subtype("lossfs".into()),
+        // As root fuser mounts with mount(2) and drops Subtype; this makes the type
+        // "fuse.lossfs", which is how lossctl recognises our mounts.
+        MountOption::CUSTOM("subtype=lossfs".into()),
+    ];
+    if opts.default_permissions {
+        config.mount_options.push(MountOption::DefaultPermissions);
+    }
+    for (on, o) in [
+        (opts.ro, MountOption::RO),
+        (opts.noatime, MountOption::NoAtime),
+        (opts.nosuid, MountOption::NoSuid),
+        (opts.nodev, MountOption::NoDev),
+        (opts.noexec, MountOption::NoExec),
+    ] {
+        if on {
+            config.mount_options.push(o);
+        }
+    }
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(opts.threads.unwrap_or(8));
+    config.clone_fd = true;
+
+    let signals = block_signals();
+    let mut session = fuser::Session::new(FuseAdapter { fs: fs.clone() }, &mountpoint, &config)
+        .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
+    let daemon = Arc::new(Daemon {
+        fs: fs.clone(),
+        notifier: Mutex::new(Some(session.notifier())),
+        mountpoint: mountpoint.clone(),
+        backing: backing.clone(),
+        powercuts: AtomicU64::new(0),
+    });
+    let default_sock = control::default_socket_path(&mountpoint);
+    let sock = opts.control.clone().unwrap_or_else(|| default_sock.clone());
+    let server = match ControlServer::start(&sock, daemon.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = session.unmount();
+            return Err(format!("control socket {}: {e}", sock.display()));
+        }
+    };
+    if sock != default_sock {
+        // lossctl finds the socket from the mount point alone.
+        if let Some(dir) = default_sock.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::remove_file(&default_sock);
+        if let Err(e) = std::os::unix::fs::symlink(&sock, &default_sock) {
+            tracing::warn!(
+                "cannot link {} -> {}: {e}",
+                default_sock.display(),
+                sock.display()
+            );
+        }
+    }
+
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new()
+        .name("lossfs-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                tracing::info!("{sig:?}: unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    tracing::error!("unmount: {e}");
+                }
+            }
+        })
+        .map_err(|e| format!("signal thread: {e}"))?;
+
+    tracing::info!(
+        "mounted {} on {} (state {}, control {})",
+        backing.display(),
+        mountpoint.display(),
+        state_dir.display(),
+        sock.display()
+    );
+    ready();
+    sd_notify_ready();
+    let result = session.run();
+    *daemon.notifier.lock() = None;
+    server.shutdown();
+    if sock != default_sock {
+        let _ = std::fs::remove_file(&default_sock);
+    }
+    // A clean unmount is a clean shutdown: the kernel would write everything back.
+    if let Err(e) = fs.journal.sync_all() {
+        tracing::error!("final sync after unmount: {e}");
+    }
+    result.map_err(|e| format!("FUSE session: {e}"))
+}
+
+/// The state dir, if it lives inside BACKING, is hidden from the mount by (parent, name).
+fn hidden_state_dir(state_dir: &Path, backing: &Path) -> Option<Hidden> {
+    let sd = state_dir.canonicalize().ok()?;
+    if !sd.starts_with(backing) || sd == backing {
+        return None;
+    }
+    let parent = sd.parent()?;
+    let st = std::fs::metadata(parent).ok()?;
+    use std::os::unix::fs::MetadataExt;
+    Some(Hidden {
+        parent: FileKey {
+            dev: st.dev(),
+            ino: st.ino(),
+        },
+        name: sd.file_name()?.to_os_string(),
+    })
+}

@@ -1,0 +1,979 @@
+//! `LossFs`: the semantics of every filesystem operation, with plain arguments and
+//! `FsResult` returns, so that it is tested without a mount.  The FUSE adapter in
+//! [`crate::fuse`] only decodes, calls and replies.
+//!
+//! Every name operation is relative to the parent's fd (`*at()` with `O_NOFOLLOW`); data fds
+//! are reopened through `/proc/self/fd/N`.  Every change to file content first goes through
+//! the durability journal ([`crate::journal`]) and then straight to the backing file.
+//!
+//! A power cut freezes all operations through `gate` (every operation holds a read lock while
+//! it runs), rolls back, and bumps `epoch`: handles opened in an older epoch answer EIO.
+
+use crate::error::{cvt, Context, FsError, FsResult};
+use crate::inode::{Inode, InodeTable, PathFd, ROOT};
+use crate::journal::{FileKey, Journal};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Who asked: the requesting process's credentials.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// A time to set: unchanged, now, or a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    Omit,
+    Now,
+    At(libc::timespec),
+}
+
+/// The changes a setattr asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: SetTime,
+    pub mtime: SetTime,
+}
+
+/// An open regular file.
+#[derive(Debug)]
+pub struct OpenFile {
+    pub inode: Arc<Inode>,
+    file: File,
+    epoch: u64,
+    /// Opened O_SYNC/O_DSYNC: every write is durable when it returns.
+    sync_writes: bool,
+}
+
+/// An open directory: its own fd, positioned by the offsets the kernel hands back.
+#[derive(Debug)]
+struct OpenDir {
+    inode: Arc<Inode>,
+    fd: OwnedFd,
+    epoch: u64,
+    lock: Mutex<()>,
+}
+
+/// Where readdir puts entries; `add` returns true when the reply buffer is full.
+pub trait DirSink {
+    fn add(&mut self, ino: u64, offset: i64, kind: u8, name: &OsStr) -> bool;
+}
+
+/// Where readdirplus puts entries with their looked-up attributes; true when full (the
+/// entry was then not taken and its lookup is undone).
+pub trait DirPlusSink {
+    fn add(&mut self, offset: i64, name: &OsStr, entry: Option<(&Inode, &libc::stat)>) -> bool;
+}
+
+/// A name hidden from the mount: the state directory, when it lives under BACKING.
+#[derive(Clone, Debug)]
+pub struct Hidden {
+    pub parent: FileKey,
+    pub name: OsString,
+}
+
+pub struct LossFs {
+    pub inodes: InodeTable,
+    pub journal: Arc<Journal>,
+    files: RwLock<HashMap<u64, Arc<OpenFile>>>,
+    dirs: RwLock<HashMap<u64, Arc<OpenDir>>>,
+    next_fh: AtomicU64,
+    epoch: AtomicU64,
+    gate: RwLock<()>,
+    hidden: Option<Hidden>,
+}
+
+fn cstr(name: &OsStr) -> FsResult<CString> {
+    CString::new(name.as_bytes()).map_err(|_| FsError::new(libc::EINVAL, "name with NUL"))
+}
+
+/// A name a program may create or look up inside a directory: one component.
+fn component(name: &OsStr) -> FsResult<CString> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.contains(&b'/') || b == b"." || b == b".." {
+        return Err(FsError::new(libc::EINVAL, "name is not one path component"));
+    }
+    cstr(name)
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is a valid fd, the path is an empty C string used with AT_EMPTY_PATH, and st
+    // is writable.
+    cvt(unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut st,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: dir is a valid fd and name a valid C string; the result is checked.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })?;
+    // SAFETY: openat returned a fresh fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_proc(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: path is a valid C string; the result is checked.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: open returned a fresh fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Runs file-creating calls with the caller's fsuid/fsgid, so new files belong to the program
+/// that made them and the backing filesystem checks its permissions.  Per thread on Linux.
+struct AsCaller;
+
+impl AsCaller {
+    fn new(c: Caller) -> AsCaller {
+        // SAFETY: setfsgid/setfsuid only change this thread's filesystem credentials.
+        unsafe {
+            libc::setfsgid(c.gid);
+            libc::setfsuid(c.uid);
+        }
+        AsCaller
+    }
+}
+
+impl Drop for AsCaller {
+    fn drop(&mut self) {
+        // SAFETY: restores the daemon's own (root) filesystem credentials for this thread.
+        unsafe {
+            libc::setfsuid(0);
+            libc::setfsgid(0);
+        }
+    }
+}
+
+fn timespec(t: SetTime) -> libc::timespec {
+    match t {
+        SetTime::Omit => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        SetTime::Now => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        SetTime::At(ts) => ts,
+    }
+}
+
+impl LossFs {
+    pub fn new(inodes: InodeTable, journal: Arc<Journal>, hidden: Option<Hidden>) -> LossFs {
+        LossFs {
+            inodes,
+            journal,
+            files: RwLock::new(HashMap::new()),
+            dirs: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            epoch: AtomicU64::new(0),
+            gate: RwLock::new(()),
+            hidden,
+        }
+    }
+
+    /// Held by every operation while it runs; a power cut takes it exclusively.
+    pub fn enter(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read()
+    }
+
+    /// Freezes every operation, runs `f` (the rollback), then starts a new epoch so that
+    /// handles opened before it answer EIO.
+    pub fn frozen<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _frozen = self.gate.write();
+        let out = f();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        // Old handles will never work again: close their backing fds now.
+        self.files.write().clear();
+        self.dirs.write().clear();
+        out
+    }
+
+    fn inode(&self, nodeid: u64) -> FsResult<Arc<Inode>> {
+        self.inodes
+            .get(nodeid)
+            .ok_or(FsError::new(libc::ESTALE, "unknown inode"))
+    }
+
+    fn path_fd(&self, inode: &Arc<Inode>) -> FsResult<PathFd> {
+        self.inodes.path_fd(inode).ctx("reopen by file handle")
+    }
+
+    fn is_hidden(&self, parent: &Inode, name: &OsStr) -> bool {
+        match &self.hidden {
+            Some(h) => parent.key == h.parent && name == h.name,
+            None => false,
+        }
+    }
+
+    fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        let f = self
+            .files
+            .read()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::new(libc::EIO, "handle from before a power cut"))?;
+        if f.epoch != self.epoch.load(Ordering::Acquire) {
+            return Err(FsError::new(libc::EIO, "handle from before a power cut"));
+        }
+        Ok(f)
+    }
+
+    fn dir(&self, fh: u64) -> FsResult<Arc<OpenDir>> {
+        let d = self.dirs.read().get(&fh).cloned().ok_or(FsError::new(
+            libc::EIO,
+            "directory handle from before a power cut",
+        ))?;
+        if d.epoch != self.epoch.load(Ordering::Acquire) {
+            return Err(FsError::new(
+                libc::EIO,
+                "directory handle from before a power cut",
+            ));
+        }
+        Ok(d)
+    }
+
+    /// The attributes of an inode, as programs will see them (st_ino = node id).
+    pub fn stat_of(&self, inode: &Arc<Inode>) -> FsResult<libc::stat> {
+        let fd = self.path_fd(inode)?;
+        let mut st = fstat(fd.fd()).ctx("fstat")?;
+        st.st_ino = inode.nodeid;
+        Ok(st)
+    }
+
+    // ---- names ----
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<(Arc<Inode>, libc::stat)> {
+        let p = self.inode(parent)?;
+        if name == ".." && parent == ROOT || name == "." {
+            // Never above the backing root.
+            let st = self.stat_of(&p)?;
+            self.inodes.incref(&p);
+            return Ok((p, st));
+        }
+        if name.as_bytes().contains(&b'/') {
+            return Err(FsError::new(libc::EINVAL, "name with /"));
+        }
+        if self.is_hidden(&p, name) {
+            return Err(FsError::new(libc::ENOENT, "lookup"));
+        }
+        let c = cstr(name)?;
+        let pfd = self.path_fd(&p)?;
+        let fd = openat(pfd.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0).ctx("lookup")?;
+        self.adopt(fd)
+    }
+
+    /// Registers a freshly opened `O_PATH` fd as an inode the kernel now references.
+    fn adopt(&self, fd: OwnedFd) -> FsResult<(Arc<Inode>, libc::stat)> {
+        let mut st = fstat(fd.as_fd()).ctx("fstat")?;
+        let inode = self.inodes.remember(fd, &st).ctx("name_to_handle_at")?;
+        st.st_ino = inode.nodeid;
+        Ok((inode, st))
+    }
+
+    fn lookup_new(&self, pfd: &PathFd, name: &CStr) -> FsResult<(Arc<Inode>, libc::stat)> {
+        let fd = openat(pfd.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ctx("lookup new")?;
+        self.adopt(fd)
+    }
+
+    pub fn forget(&self, nodeid: u64, n: u64) {
+        self.inodes.forget(nodeid, n);
+    }
+
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        who: Caller,
+    ) -> FsResult<(Arc<Inode>, libc::stat)> {
+        let (pfd, c) = self.parent_and_name(parent, name)?;
+        {
+            let _as = AsCaller::new(who);
+            // SAFETY: valid dir fd and C string.
+            cvt(unsafe { libc::mkdirat(pfd.fd().as_raw_fd(), c.as_ptr(), mode) }).ctx("mkdir")?;
+        }
+        self.lookup_new(&pfd, &c)
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        who: Caller,
+    ) -> FsResult<(Arc<Inode>, libc::stat)> {
+        let (pfd, c) = self.parent_and_name(parent, name)?;
+        {
+            let _as = AsCaller::new(who);
+            // SAFETY: valid dir fd and C string.
+            cvt(unsafe {
+                libc::mknodat(pfd.fd().as_raw_fd(), c.as_ptr(), mode, rdev as libc::dev_t)
+            })
+            .ctx("mknod")?;
+        }
+        self.lookup_new(&pfd, &c)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        who: Caller,
+    ) -> FsResult<(Arc<Inode>, libc::stat)> {
+        let (pfd, c) = self.parent_and_name(parent, name)?;
+        let t = cstr(target)?;
+        {
+            let _as = AsCaller::new(who);
+            // SAFETY: valid C strings and dir fd.
+            cvt(unsafe { libc::symlinkat(t.as_ptr(), pfd.fd().as_raw_fd(), c.as_ptr()) })
+                .ctx("symlink")?;
+        }
+        self.lookup_new(&pfd, &c)
+    }
+
+    pub fn link(
+        &self,
+        nodeid: u64,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> FsResult<(Arc<Inode>, libc::stat)> {
+        let inode = self.inode(nodeid)?;
+        let fd = self.path_fd(&inode)?;
+        let (pfd, c) = self.parent_and_name(newparent, newname)?;
+        // SAFETY: valid fds and C strings; AT_EMPTY_PATH links the inode the O_PATH fd names.
+        cvt(unsafe {
+            libc::linkat(
+                fd.fd().as_raw_fd(),
+                c"".as_ptr(),
+                pfd.fd().as_raw_fd(),
+                c.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        })
+        .ctx("link")?;
+        self.lookup_new(&pfd, &c)
+    }
+
+    fn parent_and_name(&self, parent: u64, name: &OsStr) -> FsResult<(PathFd, CString)> {
+        let p = self.inode(parent)?;
+        if self.is_hidden(&p, name) {
+            return Err(FsError::new(
+                libc::EACCES,
+                "name reserved for the lossfs state dir",
+            ));
+        }
+        let c = component(name)?;
+        Ok((self.path_fd(&p)?, c))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let (pfd, c) = self.parent_and_name(parent, name)?;
+        // SAFETY: valid dir fd and C string.
+        cvt(unsafe { libc::unlinkat(pfd.fd().as_raw_fd(), c.as_ptr(), 0) }).ctx("unlink")?;
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let (pfd, c) = self.parent_and_name(parent, name)?;
+        // SAFETY: valid dir fd and C string.
+        cvt(unsafe { libc::unlinkat(pfd.fd().as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+            .ctx("rmdir")?;
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        let (pfd, c) = self.parent_and_name(parent, name)?;
+        let (npfd, nc) = self.parent_and_name(newparent, newname)?;
+        // SAFETY: valid dir fds and C strings; flags are passed through to the kernel, which
+        // validates them.
+        cvt(unsafe {
+            libc::renameat2(
+                pfd.fd().as_raw_fd(),
+                c.as_ptr(),
+                npfd.fd().as_raw_fd(),
+                nc.as_ptr(),
+                flags,
+            )
+        })
+        .ctx("rename")?;
+        Ok(())
+    }
+
+    pub fn readlink(&self, nodeid: u64) -> FsResult<Vec<u8>> {
+        let inode = self.inode(nodeid)?;
+        let fd = self.path_fd(&inode)?;
+        let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+        // SAFETY: valid fd, empty path (the O_PATH fd names the link), writable buffer of the
+        // given length.
+        let n = cvt(unsafe {
+            libc::readlinkat(
+                fd.fd().as_raw_fd(),
+                c"".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        })
+        .ctx("readlink")?;
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+
+    // ---- attributes ----
+
+    pub fn getattr(&self, nodeid: u64) -> FsResult<libc::stat> {
+        let inode = self.inode(nodeid)?;
+        self.stat_of(&inode)
+    }
+
+    pub fn setattr(&self, nodeid: u64, fh: Option<u64>, a: SetAttr) -> FsResult<libc::stat> {
+        let inode = self.inode(nodeid)?;
+        let pfd = self.path_fd(&inode)?;
+        let is_link = inode.kind == libc::S_IFLNK;
+        if let Some(mode) = a.mode {
+            if is_link {
+                return Err(FsError::new(libc::EOPNOTSUPP, "chmod of a symlink"));
+            }
+            // SAFETY: the /proc path is a valid C string naming our own fd.
+            cvt(unsafe { libc::chmod(pfd.proc_path().as_ptr(), mode & 0o7777) }).ctx("chmod")?;
+        }
+        if a.uid.is_some() || a.gid.is_some() {
+            let uid = a.uid.unwrap_or(u32::MAX);
+            let gid = a.gid.unwrap_or(u32::MAX);
+            // SAFETY: valid fd, empty path with AT_EMPTY_PATH; -1 leaves an id unchanged.
+            cvt(unsafe {
+                libc::fchownat(
+                    pfd.fd().as_raw_fd(),
+                    c"".as_ptr(),
+                    uid,
+                    gid,
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })
+            .ctx("chown")?;
+        }
+        if let Some(size) = a.size {
+            match fh.map(|fh| self.file(fh)).transpose()? {
+                Some(f) => self.truncate(&inode, f.file.as_fd(), size)?,
+                None => {
+                    let fd = open_proc(&pfd.proc_path(), libc::O_RDWR).ctx("open for truncate")?;
+                    self.truncate(&inode, fd.as_fd(), size)?;
+                }
+            }
+        }
+        self.set_times(&pfd, is_link, a)?;
+        self.stat_of(&inode)
+    }
+
+    fn truncate(&self, inode: &Inode, file: BorrowedFd<'_>, size: u64) -> FsResult<()> {
+        let mut g = self.journal.lock(inode.key, &inode.handle);
+        g.before_truncate(file, size).ctx("journal truncate")?;
+        // SAFETY: valid fd; the size is checked to fit off_t.
+        cvt(unsafe { libc::ftruncate(file.as_raw_fd(), off(size)?) }).ctx("truncate")?;
+        Ok(())
+    }
+
+    fn set_times(&self, pfd: &PathFd, is_link: bool, a: SetAttr) -> FsResult<()> {
+        if a.atime == SetTime::Omit && a.mtime == SetTime::Omit {
+            return Ok(());
+        }
+        if is_link {
+            return Err(FsError::new(libc::EOPNOTSUPP, "utimens of a symlink"));
+        }
+        let ts = [timespec(a.atime), timespec(a.mtime)];
+        // SAFETY: the /proc path is a valid C string and ts holds two timespecs.
+        cvt(unsafe { libc::utimensat(libc::AT_FDCWD, pfd.proc_path().as_ptr(), ts.as_ptr(), 0) })
+            .ctx("utimens")?;
+        Ok(())
+    }
+
+    pub fn access(&self, nodeid: u64, mask: i32, who: Caller) -> FsResult<()> {
+        let st = self.getattr(nodeid)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        let mode = st.st_mode;
+        let bits = if who.uid == 0 {
+            // root may read and write anything, and execute what anyone may execute.
+            if mask & libc::X_OK != 0 && mode & libc::S_IFMT != libc::S_IFDIR && mode & 0o111 == 0 {
+                return Err(FsError::new(libc::EACCES, "access"));
+            }
+            return Ok(());
+        } else if who.uid == st.st_uid {
+            (mode >> 6) & 7
+        } else if who.gid == st.st_gid {
+            (mode >> 3) & 7
+        } else {
+            mode & 7
+        };
+        if (mask as u32) & !bits & 7 != 0 {
+            return Err(FsError::new(libc::EACCES, "access"));
+        }
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> FsResult<libc::statvfs> {
+        // SAFETY: an all-zero statvfs is a valid out-buffer.
+        let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: the backing root fd is valid and sv is writable.
+        cvt(unsafe { libc::fstatvfs(self.inodes.backing_root().as_raw_fd(), &mut sv) })
+            .ctx("statfs")?;
+        Ok(sv)
+    }
+
+    // ---- files ----
+
+    fn new_handle(&self, inode: Arc<Inode>, fd: OwnedFd, flags: i32) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let f = Arc::new(OpenFile {
+            inode,
+            file: File::from(fd),
+            epoch: self.epoch.load(Ordering::Acquire),
+            sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
+        });
+        self.files.write().insert(fh, f);
+        fh
+    }
+
+    /// Flags for the backing fd: always readable (the journal reads pre-images), writable
+    /// when the program may write; never O_APPEND (the kernel gives explicit offsets) nor
+    /// O_DIRECT (our buffers are not aligned); never O_NOFOLLOW, which would refuse the
+    /// `/proc/self/fd` magic link (the inode is already pinned, nothing is resolved by name).
+    fn backing_flags(flags: i32) -> i32 {
+        let acc = if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
+        acc | (flags
+            & !(libc::O_ACCMODE
+                | libc::O_APPEND
+                | libc::O_DIRECT
+                | libc::O_CREAT
+                | libc::O_EXCL
+                | libc::O_TRUNC
+                | libc::O_NOCTTY
+                | libc::O_NOFOLLOW))
+    }
+
+    pub fn open(&self, nodeid: u64, flags: i32) -> FsResult<u64> {
+        let inode = self.inode(nodeid)?;
+        let pfd = self.path_fd(&inode)?;
+        let fd = open_proc(&pfd.proc_path(), Self::backing_flags(flags)).ctx("open")?;
+        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            self.truncate(&inode, fd.as_fd(), 0)?;
+        }
+        Ok(self.new_handle(inode, fd, flags))
+    }
+
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        who: Caller,
+    ) -> FsResult<(Arc<Inode>, libc::stat, u64)> {
+        let (pfd, c) = self.parent_and_name(parent, name)?;
+        let bflags = Self::backing_flags(flags);
+        let created = {
+            let _as = AsCaller::new(who);
+            openat(pfd.fd(), &c, bflags | libc::O_CREAT | libc::O_EXCL, mode)
+        };
+        let fd = match created {
+            Ok(fd) => fd,
+            // It appeared since the kernel looked: open it as open(2) would.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                let fd = openat(pfd.fd(), &c, bflags, 0).ctx("create (open existing)")?;
+                if flags & libc::O_TRUNC != 0 {
+                    let (inode, _) = self.lookup_new(&pfd, &c)?;
+                    self.truncate(&inode, fd.as_fd(), 0)?;
+                    self.inodes.forget(inode.nodeid, 1);
+                }
+                fd
+            }
+            Err(e) => return Err(e).ctx("create"),
+        };
+        let (inode, st) = self.lookup_new(&pfd, &c)?;
+        let fh = self.new_handle(inode.clone(), fd, flags);
+        Ok((inode, st, fh))
+    }
+
+    pub fn read<'b>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        buf: &'b mut Vec<u8>,
+    ) -> FsResult<&'b [u8]> {
+        let f = self.file(fh)?;
+        buf.resize(size as usize, 0);
+        let mut done = 0;
+        while done < buf.len() {
+            match f.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).ctx("read"),
+            }
+        }
+        Ok(&buf[..done])
+    }
+
+    /// `kill_priv`: the kernel left clearing set-id bits to us (FUSE_HANDLE_KILLPRIV_V2) and
+    /// the writer lacks CAP_FSETID.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_priv: bool) -> FsResult<usize> {
+        let f = self.file(fh)?;
+        if kill_priv {
+            kill_suid(f.file.as_fd())?;
+        }
+        let mut g = self.journal.lock(f.inode.key, &f.inode.handle);
+        g.before_write(f.file.as_fd(), offset, data.len() as u64)
+            .ctx("journal write")?;
+        f.file.write_all_at(data, offset).ctx("write")?;
+        if f.sync_writes {
+            // SAFETY: valid fd.
+            cvt(unsafe { libc::fdatasync(f.file.as_raw_fd()) }).ctx("O_SYNC write")?;
+            g.mark_durable().ctx("journal sync")?;
+        }
+        Ok(data.len())
+    }
+
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        // Write-through: nothing is buffered here.  Only report a handle killed by a cut.
+        self.file(fh).map(|_| ())
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.write().remove(&fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let f = self.file(fh)?;
+        let mut g = self.journal.lock(f.inode.key, &f.inode.handle);
+        let fd = f.file.as_raw_fd();
+        // SAFETY: valid fd.
+        cvt(unsafe {
+            if datasync {
+                libc::fdatasync(fd)
+            } else {
+                libc::fsync(fd)
+            }
+        })
+        .ctx("fsync")?;
+        g.mark_durable().ctx("journal sync")?;
+        Ok(())
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        let f = self.file(fh)?;
+        let mut g = self.journal.lock(f.inode.key, &f.inode.handle);
+        g.before_fallocate(f.file.as_fd(), mode, offset, length)
+            .ctx("journal fallocate")?;
+        // SAFETY: valid fd; offsets checked to fit off_t.
+        cvt(unsafe { libc::fallocate(f.file.as_raw_fd(), mode, off(offset)?, off(length)?) })
+            .ctx("fallocate")?;
+        Ok(())
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+        flags: u32,
+    ) -> FsResult<usize> {
+        let fin = self.file(fh_in)?;
+        let fout = self.file(fh_out)?;
+        let mut g = self.journal.lock(fout.inode.key, &fout.inode.handle);
+        g.before_write(fout.file.as_fd(), off_out, len)
+            .ctx("journal copy_file_range")?;
+        let mut oi = off(off_in)?;
+        let mut oo = off(off_out)?;
+        // SAFETY: valid fds and offset pointers; the kernel checks len and flags.
+        let n = cvt(unsafe {
+            libc::copy_file_range(
+                fin.file.as_raw_fd(),
+                &mut oi,
+                fout.file.as_raw_fd(),
+                &mut oo,
+                len as usize,
+                flags,
+            )
+        })
+        .ctx("copy_file_range")?;
+        Ok(n as usize)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let f = self.file(fh)?;
+        // SAFETY: valid fd; the kernel validates offset and whence.
+        let r = cvt(unsafe { libc::lseek(f.file.as_raw_fd(), offset, whence) }).ctx("lseek")?;
+        Ok(r)
+    }
+
+    // ---- directories ----
+
+    pub fn opendir(&self, nodeid: u64) -> FsResult<u64> {
+        let inode = self.inode(nodeid)?;
+        let pfd = self.path_fd(&inode)?;
+        let fd = open_proc(&pfd.proc_path(), libc::O_RDONLY | libc::O_DIRECTORY).ctx("opendir")?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let d = Arc::new(OpenDir {
+            inode,
+            fd,
+            epoch: self.epoch.load(Ordering::Acquire),
+            lock: Mutex::new(()),
+        });
+        self.dirs.write().insert(fh, d);
+        Ok(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.write().remove(&fh);
+    }
+
+    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let d = self.dir(fh)?;
+        let fd = d.fd.as_raw_fd();
+        // SAFETY: valid fd.
+        cvt(unsafe {
+            if datasync {
+                libc::fdatasync(fd)
+            } else {
+                libc::fsync(fd)
+            }
+        })
+        .ctx("fsyncdir")?;
+        Ok(())
+    }
+
+    /// Reads entries from `offset` (0 = start; otherwise a d_off returned before) and hands
+    /// them to `each` until it says stop.
+    fn scan_dir(
+        &self,
+        d: &OpenDir,
+        offset: i64,
+        mut each: impl FnMut(u64, i64, u8, &OsStr) -> bool,
+    ) -> FsResult<()> {
+        let _one_reader = d.lock.lock();
+        let fd = d.fd.as_raw_fd();
+        // SAFETY: valid directory fd; directory offsets are the cookies getdents returned.
+        cvt(unsafe { libc::lseek(fd, offset, libc::SEEK_SET) }).ctx("seekdir")?;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            // SAFETY: valid fd and writable buffer of the given size.
+            let n = cvt(unsafe {
+                libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len())
+            })
+            .ctx("getdents")? as usize;
+            if n == 0 {
+                return Ok(());
+            }
+            let mut pos = 0;
+            while pos + 19 <= n {
+                let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().unwrap_or([0; 8]));
+                let doff = i64::from_ne_bytes(buf[pos + 8..pos + 16].try_into().unwrap_or([0; 8]));
+                let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
+                let kind = buf[pos + 18];
+                if reclen == 0 || pos + reclen > n {
+                    return Err(FsError::new(libc::EIO, "malformed getdents record"));
+                }
+                let name_bytes = &buf[pos + 19..pos + reclen];
+                let len = name_bytes
+                    .iter()
+                    .position(|&b| b == 0)
+                    .unwrap_or(name_bytes.len());
+                let name = OsStr::from_bytes(&name_bytes[..len]);
+                pos += reclen;
+                if self.is_hidden(&d.inode, name) {
+                    continue;
+                }
+                if each(ino, doff, kind, name) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    pub fn readdir(&self, fh: u64, offset: i64, sink: &mut dyn DirSink) -> FsResult<()> {
+        let d = self.dir(fh)?;
+        self.scan_dir(&d, offset, |ino, doff, kind, name| {
+            sink.add(ino, doff, kind, name)
+        })
+    }
+
+    pub fn readdirplus(&self, fh: u64, offset: i64, sink: &mut dyn DirPlusSink) -> FsResult<()> {
+        let d = self.dir(fh)?;
+        let parent = d.inode.nodeid;
+        let mut failed = None;
+        self.scan_dir(&d, offset, |_ino, doff, _kind, name| {
+            if name == "." || name == ".." {
+                return sink.add(doff, name, None);
+            }
+            match self.lookup(parent, name) {
+                Ok((inode, st)) => {
+                    let full = sink.add(doff, name, Some((&inode, &st)));
+                    if full {
+                        self.inodes.forget(inode.nodeid, 1);
+                    }
+                    full
+                }
+                // Removed since getdents saw it: skip it, as readdir would on a race.
+                Err(e) if e.errno == libc::ENOENT => false,
+                Err(e) => {
+                    failed = Some(e);
+                    true
+                }
+            }
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    // ---- extended attributes ----
+
+    fn xattr_target(&self, nodeid: u64) -> FsResult<(PathFd, bool)> {
+        let inode = self.inode(nodeid)?;
+        let is_link = inode.kind == libc::S_IFLNK;
+        Ok((self.path_fd(&inode)?, is_link))
+    }
+
+    pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+        let (pfd, is_link) = self.xattr_target(nodeid)?;
+        if is_link {
+            return Err(FsError::new(libc::EPERM, "xattr on a symlink"));
+        }
+        let n = cstr(name)?;
+        // SAFETY: valid C strings and a value buffer of the given length.
+        cvt(unsafe {
+            libc::setxattr(
+                pfd.proc_path().as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        })
+        .ctx("setxattr")?;
+        Ok(())
+    }
+
+    /// `size` 0 asks for the value's size; otherwise the value (ERANGE if larger than size).
+    pub fn getxattr(&self, nodeid: u64, name: &OsStr, size: u32) -> FsResult<Vec<u8>> {
+        let (pfd, is_link) = self.xattr_target(nodeid)?;
+        if is_link {
+            return Err(FsError::new(libc::ENODATA, "getxattr"));
+        }
+        let n = cstr(name)?;
+        let mut buf = vec![0u8; size as usize];
+        // SAFETY: valid C strings; buf is writable for buf.len() bytes (0 = size query).
+        let r = cvt(unsafe {
+            libc::getxattr(
+                pfd.proc_path().as_ptr(),
+                n.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        })
+        .ctx("getxattr")?;
+        if size == 0 {
+            return Ok(vec![0u8; r as usize]);
+        }
+        buf.truncate(r as usize);
+        Ok(buf)
+    }
+
+    pub fn listxattr(&self, nodeid: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (pfd, is_link) = self.xattr_target(nodeid)?;
+        if is_link {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; size as usize];
+        // SAFETY: valid C string; buf is writable for buf.len() bytes (0 = size query).
+        let r = cvt(unsafe {
+            libc::listxattr(pfd.proc_path().as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        })
+        .ctx("listxattr")?;
+        if size == 0 {
+            return Ok(vec![0u8; r as usize]);
+        }
+        buf.truncate(r as usize);
+        Ok(buf)
+    }
+
+    pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> FsResult<()> {
+        let (pfd, is_link) = self.xattr_target(nodeid)?;
+        if is_link {
+            return Err(FsError::new(libc::EPERM, "xattr on a symlink"));
+        }
+        let n = cstr(name)?;
+        // SAFETY: valid C strings.
+        cvt(unsafe { libc::removexattr(pfd.proc_path().as_ptr(), n.as_ptr()) })
+            .ctx("removexattr")?;
+        Ok(())
+    }
+}
+
+fn off(v: u64) -> FsResult<libc::off_t> {
+    libc::off_t::try_from(v).map_err(|_| FsError::new(libc::EFBIG, "offset too large"))
+}
+
+/// Clears set-user-id, and set-group-id where group-execute is set, as a write by an
+/// unprivileged program must (the kernel leaves this to us with HANDLE_KILLPRIV_V2).
+fn kill_suid(fd: BorrowedFd<'_>) -> FsResult<()> {
+    let st = fstat(fd).ctx("fstat before write")?;
+    let mut mode = st.st_mode & 0o7777;
+    let before = mode;
+    mode &= !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        mode &= !libc::S_ISGID;
+    }
+    if mode != before {
+        // SAFETY: valid fd.
+        cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).ctx("clear set-id bits")?;
+    }
+    Ok(())
+}

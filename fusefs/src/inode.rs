@@ -1,0 +1,328 @@
+//! The inode table: FUSE node ids to backing files.
+//!
+//! Each inode is named by a kernel file handle, not a path, so renames by anyone cannot send
+//! an operation to the wrong file and nothing is resolved through a string.  Open `O_PATH`
+//! fds are a cache on top: our machines cap fds at 20,000, so at most [`FD_CACHE`] inodes hold
+//! one at a time and the rest are reopened with `open_by_handle_at` when used again.
+
+use crate::handle::FileHandle;
+use crate::journal::FileKey;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+/// How many inodes may hold an open `O_PATH` fd at once.
+pub const FD_CACHE: usize = 8192;
+
+/// The FUSE node id of the mount root.
+pub const ROOT: u64 = 1;
+
+/// Node ids at or above this were made up because the backing inode number was taken.
+const SYNTHETIC: u64 = 1 << 63;
+
+/// One backing file the kernel knows about.
+#[derive(Debug)]
+pub struct Inode {
+    /// Our FUSE node id: the backing inode number unless that was taken.
+    pub nodeid: u64,
+    /// Backing (st_dev, st_ino), which also keys the durability journal.
+    pub key: FileKey,
+    /// Persistent name of the backing file.
+    pub handle: FileHandle,
+    /// `st_mode & S_IFMT` of the backing file.
+    pub kind: u32,
+    lookups: AtomicU64,
+    fd: Mutex<Option<Arc<OwnedFd>>>,
+}
+
+impl Inode {
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+    pub fn is_reg(&self) -> bool {
+        self.kind == libc::S_IFREG
+    }
+}
+
+/// A borrowed `O_PATH` fd of an inode, kept alive while in use even if the cache evicts it.
+#[derive(Debug, Clone)]
+pub struct PathFd(Arc<OwnedFd>);
+
+impl PathFd {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+    /// `/proc/self/fd/N`: the way to reopen an `O_PATH` fd with real access modes, or to
+    /// reach calls that have no fd form, without ever naming the file by its path.
+    pub fn proc_path(&self) -> std::ffi::CString {
+        // A decimal number never contains NUL.
+        std::ffi::CString::new(format!("/proc/self/fd/{}", self.0.as_raw_fd())).unwrap_or_default()
+    }
+}
+
+struct Maps {
+    by_id: HashMap<u64, Arc<Inode>>,
+    by_key: HashMap<FileKey, u64>,
+}
+
+/// The table.  Lookups take a read lock; only inserting and forgetting take the write lock.
+pub struct InodeTable {
+    maps: RwLock<Maps>,
+    next_id: AtomicU64,
+    backing_root: Arc<OwnedFd>,
+    cached: Mutex<VecDeque<Weak<Inode>>>,
+    cached_count: AtomicUsize,
+}
+
+impl InodeTable {
+    /// `root` is an `O_PATH` fd of the backing root; `root_key` and `root_handle` name it.
+    pub fn new(root: OwnedFd, root_key: FileKey, root_handle: FileHandle) -> InodeTable {
+        let root = Arc::new(root);
+        let inode = Arc::new(Inode {
+            nodeid: ROOT,
+            key: root_key,
+            handle: root_handle,
+            kind: libc::S_IFDIR,
+            lookups: AtomicU64::new(1),
+            fd: Mutex::new(Some(root.clone())),
+        });
+        let mut by_id = HashMap::new();
+        by_id.insert(ROOT, inode);
+        let mut by_key = HashMap::new();
+        by_key.insert(root_key, ROOT);
+        InodeTable {
+            maps: RwLock::new(Maps { by_id, by_key }),
+            next_id: AtomicU64::new(ROOT + 1),
+            backing_root: root,
+            cached: Mutex::new(VecDeque::new()),
+            cached_count: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn backing_root(&self) -> BorrowedFd<'_> {
+        self.backing_root.as_fd()
+    }
+
+    pub fn get(&self, nodeid: u64) -> Option<Arc<Inode>> {
+        self.maps.read().by_id.get(&nodeid).cloned()
+    }
+
+    /// All inodes the kernel currently knows (for cache invalidation after a cut).
+    pub fn all_ids(&self) -> Vec<u64> {
+        self.maps.read().by_id.keys().copied().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.maps.read().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `O_PATH` fd of an inode, reopening it by handle if the cache dropped it.
+    pub fn path_fd(&self, inode: &Arc<Inode>) -> io::Result<PathFd> {
+        if let Some(fd) = inode.fd.lock().as_ref() {
+            return Ok(PathFd(fd.clone()));
+        }
+        let fd = Arc::new(
+            inode
+                .handle
+                .open(self.backing_root(), libc::O_PATH | libc::O_NOFOLLOW)?,
+        );
+        self.cache_fd(inode, fd.clone());
+        Ok(PathFd(fd))
+    }
+
+    fn cache_fd(&self, inode: &Arc<Inode>, fd: Arc<OwnedFd>) {
+        {
+            let mut slot = inode.fd.lock();
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some(fd);
+        }
+        let mut queue = self.cached.lock();
+        queue.push_back(Arc::downgrade(inode));
+        if self.cached_count.fetch_add(1, Ordering::Relaxed) + 1 > FD_CACHE {
+            // FIFO eviction: cheap, and a reopen by handle is one syscall.
+            while let Some(old) = queue.pop_front() {
+                if let Some(old) = old.upgrade() {
+                    if old.nodeid == ROOT {
+                        queue.push_back(Arc::downgrade(&old));
+                        continue;
+                    }
+                    if old.fd.lock().take().is_some() {
+                        self.cached_count.fetch_sub(1, Ordering::Relaxed);
+                        break;
+                    }
+                } else {
+                    self.cached_count.fetch_sub(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Registers a backing file found by a lookup or a create (its fresh `O_PATH` fd and
+    /// `st`), counts one kernel reference, and returns the inode.  A known (dev, ino) whose
+    /// file handle differs is a new file that reused the inode number: it gets a new node id.
+    pub fn remember(&self, fd: OwnedFd, st: &libc::stat) -> io::Result<Arc<Inode>> {
+        let key = FileKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        let existing = self.maps.read().by_key.get(&key).copied();
+        let mut handle = None;
+        if let Some(id) = existing {
+            if let Some(inode) = self.get(id) {
+                // While an inode holds an fd its (dev, ino) cannot be reused, so the match is
+                // certain; otherwise compare handles, which carry the generation.
+                let same = if inode.fd.lock().is_some() {
+                    true
+                } else {
+                    let h = FileHandle::of_fd(fd.as_fd())?;
+                    let same = h == inode.handle;
+                    handle = Some(h);
+                    same
+                };
+                if same {
+                    inode.lookups.fetch_add(1, Ordering::Relaxed);
+                    self.cache_fd(&inode, Arc::new(fd));
+                    return Ok(inode);
+                }
+            }
+        }
+        let handle = match handle {
+            Some(h) => h,
+            None => FileHandle::of_fd(fd.as_fd())?,
+        };
+        let mut maps = self.maps.write();
+        // Re-check under the write lock: another thread may have inserted it meanwhile.
+        if let Some(id) = maps.by_key.get(&key).copied() {
+            if let Some(inode) = maps.by_id.get(&id).cloned() {
+                if inode.handle == handle {
+                    inode.lookups.fetch_add(1, Ordering::Relaxed);
+                    drop(maps);
+                    self.cache_fd(&inode, Arc::new(fd));
+                    return Ok(inode);
+                }
+            }
+        }
+        // The node id is also the st_ino programs see (fuser sends attr.ino for both), so use
+        // the backing inode number, which then matches readdir's d_ino; fall back to a
+        // synthetic id when that number is taken (the root's 1, another device, a reused ino
+        // of an unlinked file the kernel still holds).
+        let nodeid = if st.st_ino != ROOT && !maps.by_id.contains_key(&st.st_ino) {
+            st.st_ino
+        } else {
+            SYNTHETIC | self.next_id.fetch_add(1, Ordering::Relaxed)
+        };
+        let inode = Arc::new(Inode {
+            nodeid,
+            key,
+            handle,
+            kind: st.st_mode & libc::S_IFMT,
+            lookups: AtomicU64::new(1),
+            fd: Mutex::new(None),
+        });
+        maps.by_id.insert(nodeid, inode.clone());
+        maps.by_key.insert(key, nodeid);
+        drop(maps);
+        self.cache_fd(&inode, Arc::new(fd));
+        Ok(inode)
+    }
+
+    /// The kernel took one more reference to an inode it already has.
+    pub fn incref(&self, inode: &Inode) {
+        inode.lookups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The kernel dropped `n` references to `nodeid`.
+    pub fn forget(&self, nodeid: u64, n: u64) {
+        if nodeid == ROOT {
+            return;
+        }
+        let Some(inode) = self.get(nodeid) else {
+            return;
+        };
+        let prev = inode
+            .lookups
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if prev > n {
+            return;
+        }
+        let mut maps = self.maps.write();
+        // A lookup may have revived it between the decrement and this lock.
+        if inode.lookups.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        maps.by_id.remove(&nodeid);
+        if maps.by_key.get(&inode.key) == Some(&nodeid) {
+            maps.by_key.remove(&inode.key);
+        }
+        drop(maps);
+        if inode.fd.lock().take().is_some() {
+            self.cached_count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::os::fd::FromRawFd;
+
+    fn open_path(p: &std::path::Path) -> OwnedFd {
+        let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C string; the returned fd is checked and owned below.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW) };
+        assert!(fd >= 0);
+        // SAFETY: fd is a new fd we own.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    fn fstat(fd: BorrowedFd<'_>) -> libc::stat {
+        // SAFETY: zeroed stat is a valid out-buffer for fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fd is valid, st is writable.
+        assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+        st
+    }
+
+    #[test]
+    fn same_file_same_node_and_forget_drops_it() {
+        let dir = std::env::temp_dir().join(format!("lossfs-inode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a"), b"x").unwrap();
+        std::fs::hard_link(dir.join("a"), dir.join("b")).unwrap();
+        let root = open_path(&dir);
+        let st = fstat(root.as_fd());
+        let key = FileKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        let h = FileHandle::of_fd(root.as_fd()).unwrap();
+        let t = InodeTable::new(root, key, h);
+        let fa = open_path(&dir.join("a"));
+        let sa = fstat(fa.as_fd());
+        let a = t.remember(fa, &sa).unwrap();
+        let fb = open_path(&dir.join("b"));
+        let sb = fstat(fb.as_fd());
+        let b = t.remember(fb, &sb).unwrap();
+        assert_eq!(a.nodeid, b.nodeid, "hard links share one node");
+        assert!(t.path_fd(&a).is_ok());
+        t.forget(a.nodeid, 1);
+        assert!(t.get(a.nodeid).is_some(), "one reference left");
+        t.forget(a.nodeid, 1);
+        assert!(t.get(a.nodeid).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

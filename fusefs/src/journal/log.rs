@@ -1,0 +1,473 @@
+//! The journal's on-disk log: record format, appending, replay parsing and compaction, plus
+//! the in-memory mirror of its live records (what a rollback or a compaction needs).
+//!
+//! Format: one record per line, `CRC PAYLOAD\n`, where CRC is the crc32 of PAYLOAD as 8 hex
+//! digits and PAYLOAD starts with a one-letter tag.  A line that is torn, lacks its newline or
+//! fails its crc ends the replay: everything from it on is ignored.  Records of a tag this
+//! version does not know are skipped, so later record kinds (namespace undo) fit in.
+//!
+//! - `H 1`: header, first line of every log (format version).
+//! - `F id dev ino durable_size handle`: a file entered a sync epoch; until its `S`, a rollback
+//!   truncates it to durable_size.  Written before the first change of the epoch.
+//! - `P id start len undo_off`: bytes `[start, start+len)` of file `id` had, when it was last
+//!   durable, the content stored at `undo_off` of `undo/<id>`.  Written after that data and
+//!   before the change it protects.
+//! - `S id`: file `id` is durable again; forget its `F` and `P` records.
+
+use crate::handle::FileHandle;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Log format version written in the header.
+const VERSION: u32 = 1;
+/// Below this size the log is never compacted: rewriting it would cost more than it saves.
+const COMPACT_MIN: u64 = 1 << 20;
+
+/// One pre-image: bytes `[start, start+len)` of a file, saved at `undo_off` of its undo file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Extent {
+    pub start: u64,
+    pub len: u64,
+    pub undo_off: u64,
+}
+
+/// Everything the log says about one file in its current epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LiveFile {
+    pub handle: FileHandle,
+    pub dev: u64,
+    pub ino: u64,
+    pub durable_size: u64,
+    pub extents: Vec<Extent>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Record {
+    Header,
+    File {
+        id: u64,
+        dev: u64,
+        ino: u64,
+        durable_size: u64,
+        handle: FileHandle,
+    },
+    PreImage {
+        id: u64,
+        extent: Extent,
+    },
+    Durable {
+        id: u64,
+    },
+}
+
+impl Record {
+    fn payload(&self) -> String {
+        match self {
+            Record::Header => format!("H {VERSION}"),
+            Record::File {
+                id,
+                dev,
+                ino,
+                durable_size,
+                handle,
+            } => format!("F {id} {dev} {ino} {durable_size} {}", handle.to_text()),
+            Record::PreImage { id, extent } => {
+                format!("P {id} {} {} {}", extent.start, extent.len, extent.undo_off)
+            }
+            Record::Durable { id } => format!("S {id}"),
+        }
+    }
+
+    /// Appends the record's line (with crc and newline) to `out`.
+    pub fn encode_into(&self, out: &mut String) {
+        let payload = self.payload();
+        let crc = crc32fast::hash(payload.as_bytes());
+        out.push_str(&format!("{crc:08x} {payload}\n"));
+    }
+
+    /// Parses one payload; `Ok(None)` for a well-formed record of an unknown kind.
+    fn parse(payload: &str) -> Result<Option<Record>, ()> {
+        let mut it = payload.split(' ');
+        let tag = it.next().ok_or(())?;
+        let mut num = || -> Result<u64, ()> { it.next().ok_or(())?.parse().map_err(|_| ()) };
+        let rec = match tag {
+            "H" => {
+                if num()? != u64::from(VERSION) {
+                    return Err(());
+                }
+                Record::Header
+            }
+            "F" => {
+                let id = num()?;
+                let dev = num()?;
+                let ino = num()?;
+                let durable_size = num()?;
+                let handle = FileHandle::from_text(it.next().ok_or(())?).ok_or(())?;
+                Record::File {
+                    id,
+                    dev,
+                    ino,
+                    durable_size,
+                    handle,
+                }
+            }
+            "P" => {
+                let id = num()?;
+                let start = num()?;
+                let len = num()?;
+                let undo_off = num()?;
+                Record::PreImage {
+                    id,
+                    extent: Extent {
+                        start,
+                        len,
+                        undo_off,
+                    },
+                }
+            }
+            "S" => Record::Durable { id: num()? },
+            _ => return Ok(None),
+        };
+        if it.next().is_some() {
+            return Err(());
+        }
+        Ok(Some(rec))
+    }
+}
+
+/// Applies one record to the live map (replay and the in-memory mirror share this).
+fn apply(live: &mut BTreeMap<u64, LiveFile>, rec: &Record) {
+    match rec {
+        Record::Header => {}
+        Record::File {
+            id,
+            dev,
+            ino,
+            durable_size,
+            handle,
+        } => {
+            live.insert(
+                *id,
+                LiveFile {
+                    handle: handle.clone(),
+                    dev: *dev,
+                    ino: *ino,
+                    durable_size: *durable_size,
+                    extents: Vec::new(),
+                },
+            );
+        }
+        Record::PreImage { id, extent } => {
+            if let Some(f) = live.get_mut(id) {
+                // Sequential overwrites save contiguous pages into contiguous undo space:
+                // keep them as one extent so memory grows with ranges, not pages.
+                match f.extents.last_mut() {
+                    Some(last)
+                        if last.start + last.len == extent.start
+                            && last.undo_off + last.len == extent.undo_off =>
+                    {
+                        last.len += extent.len;
+                    }
+                    _ => f.extents.push(*extent),
+                }
+            }
+        }
+        Record::Durable { id } => {
+            live.remove(id);
+        }
+    }
+}
+
+/// Parses a log's bytes into its live files.  Stops at the first torn or corrupt line.
+/// Returns the live files and how many bytes were valid.
+pub(crate) fn parse_log(bytes: &[u8]) -> (BTreeMap<u64, LiveFile>, usize) {
+    let mut live = BTreeMap::new();
+    let mut pos = 0;
+    let mut first = true;
+    while pos < bytes.len() {
+        let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
+            tracing::warn!(offset = pos, "journal: ignoring torn tail record");
+            break;
+        };
+        let line = &bytes[pos..pos + nl];
+        let Some(rec) = parse_line(line) else {
+            tracing::warn!(
+                offset = pos,
+                "journal: ignoring corrupt record and everything after it"
+            );
+            break;
+        };
+        match rec {
+            Some(Record::Header) => {}
+            Some(_) if first => {
+                tracing::warn!("journal: log lacks its header, ignoring it");
+                break;
+            }
+            Some(r) => apply(&mut live, &r),
+            None => tracing::warn!(offset = pos, "journal: skipping record of unknown kind"),
+        }
+        first = false;
+        pos += nl + 1;
+    }
+    (live, pos)
+}
+
+/// `None` when the line is corrupt; `Some(None)` for a valid record of unknown kind.
+fn parse_line(line: &[u8]) -> Option<Option<Record>> {
+    let line = std::str::from_utf8(line).ok()?;
+    let (crc, payload) = line.split_once(' ')?;
+    if crc.len() != 8 || u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(payload.as_bytes()) {
+        return None;
+    }
+    Record::parse(payload).ok()
+}
+
+/// The open log plus the mirror of its live records.
+pub(crate) struct Log {
+    path: PathBuf,
+    file: File,
+    /// Bytes of valid records in the file; the next record goes here.
+    len: u64,
+    live: BTreeMap<u64, LiveFile>,
+    /// Compact once `len` exceeds this.
+    compact_at: u64,
+    /// Reused encode buffer, so appends do not allocate once warmed up.
+    buf: String,
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| ctx(e, format!("opening journal log {}", path.display())))
+}
+
+/// Wraps an error with what was being done, keeping its kind.
+pub(crate) fn ctx(e: io::Error, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+impl Log {
+    /// Opens (creating) the log at `path` and returns it with what its valid records say.
+    /// The log is left as found; call [`Log::reset`] once the old records are dealt with.
+    pub fn open(path: &Path) -> io::Result<(Log, BTreeMap<u64, LiveFile>)> {
+        let file = open_log(path)?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| ctx(e, format!("reading journal log {}", path.display())))?;
+        let (live, valid) = parse_log(&bytes);
+        let log = Log {
+            path: path.to_path_buf(),
+            file,
+            len: valid as u64,
+            live: BTreeMap::new(),
+            compact_at: COMPACT_MIN,
+            buf: String::new(),
+        };
+        Ok((log, live))
+    }
+
+    /// Empties the log: every file is durable.
+    pub fn reset(&mut self) -> io::Result<()> {
+        self.file
+            .set_len(0)
+            .map_err(|e| ctx(e, format!("truncating journal log {}", self.path.display())))?;
+        self.len = 0;
+        self.live.clear();
+        self.compact_at = COMPACT_MIN;
+        Ok(())
+    }
+
+    /// Writes one record (with one write(2)) and mirrors it.  On failure the log is cut back
+    /// so that a torn record never hides the ones written after it.
+    pub fn append(&mut self, rec: &Record) -> io::Result<()> {
+        self.buf.clear();
+        if self.len == 0 {
+            Record::Header.encode_into(&mut self.buf);
+        }
+        rec.encode_into(&mut self.buf);
+        if let Err(e) = self.file.write_all_at(self.buf.as_bytes(), self.len) {
+            // Best effort: if even this fails the crc still rejects the torn record.
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        self.len += self.buf.len() as u64;
+        apply(&mut self.live, rec);
+        Ok(())
+    }
+
+    pub fn live(&self) -> &BTreeMap<u64, LiveFile> {
+        &self.live
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Rewrites the log with only its live records once it has grown past its threshold,
+    /// so a long run with many fsyncs does not grow it without bound.  The temp file is
+    /// renamed over the log: a daemon killed midway leaves either the old or the new log,
+    /// both complete.
+    pub fn maybe_compact(&mut self) -> io::Result<()> {
+        if self.live.is_empty() {
+            return self.reset();
+        }
+        if self.len <= self.compact_at {
+            return Ok(());
+        }
+        let mut text = String::new();
+        Record::Header.encode_into(&mut text);
+        for (&id, f) in &self.live {
+            Record::File {
+                id,
+                dev: f.dev,
+                ino: f.ino,
+                durable_size: f.durable_size,
+                handle: f.handle.clone(),
+            }
+            .encode_into(&mut text);
+            for extent in &f.extents {
+                Record::PreImage {
+                    id,
+                    extent: *extent,
+                }
+                .encode_into(&mut text);
+            }
+        }
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, text.as_bytes())
+            .map_err(|e| ctx(e, format!("writing compacted journal {}", tmp.display())))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| {
+            ctx(
+                e,
+                format!("renaming {} over {}", tmp.display(), self.path.display()),
+            )
+        })?;
+        self.file = open_log(&self.path)?;
+        self.len = text.len() as u64;
+        self.compact_at = COMPACT_MIN.max(self.len * 2);
+        tracing::debug!(bytes = self.len, "journal: compacted log");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> FileHandle {
+        FileHandle {
+            handle_type: 1,
+            bytes: vec![1, 2, 3, 4, 5, 6, 7, 8],
+        }
+    }
+
+    fn encode(recs: &[Record]) -> String {
+        let mut s = String::new();
+        for r in recs {
+            r.encode_into(&mut s);
+        }
+        s
+    }
+
+    fn sample() -> Vec<Record> {
+        vec![
+            Record::Header,
+            Record::File {
+                id: 1,
+                dev: 2,
+                ino: 3,
+                durable_size: 10_000,
+                handle: handle(),
+            },
+            Record::PreImage {
+                id: 1,
+                extent: Extent {
+                    start: 0,
+                    len: 4096,
+                    undo_off: 0,
+                },
+            },
+            Record::PreImage {
+                id: 1,
+                extent: Extent {
+                    start: 4096,
+                    len: 4096,
+                    undo_off: 4096,
+                },
+            },
+            Record::File {
+                id: 2,
+                dev: 2,
+                ino: 4,
+                durable_size: 5,
+                handle: handle(),
+            },
+            Record::Durable { id: 2 },
+        ]
+    }
+
+    #[test]
+    fn roundtrip_merges_contiguous_extents_and_drops_durable_files() {
+        let text = encode(&sample());
+        let (live, valid) = parse_log(text.as_bytes());
+        assert_eq!(valid, text.len());
+        assert_eq!(live.len(), 1);
+        let f = &live[&1];
+        assert_eq!(f.durable_size, 10_000);
+        assert_eq!(
+            f.extents,
+            vec![Extent {
+                start: 0,
+                len: 8192,
+                undo_off: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn torn_and_corrupt_tails_are_ignored() {
+        let text = encode(&sample()[..3]);
+        let full = parse_log(text.as_bytes()).0;
+        // Torn: the last line loses its end.
+        let torn = &text.as_bytes()[..text.len() - 5];
+        let (live, valid) = parse_log(torn);
+        assert_eq!(live[&1].extents, vec![]);
+        assert!(valid < torn.len());
+        // Corrupt: one flipped digit in the last record, then a valid record after it.
+        let mut bad = text.clone().into_bytes();
+        let n = bad.len();
+        bad[n - 2] = if bad[n - 2] == b'0' { b'1' } else { b'0' };
+        bad.extend_from_slice(encode(&[Record::Durable { id: 1 }]).as_bytes());
+        let (live, _) = parse_log(&bad);
+        assert_eq!(
+            live[&1].extents,
+            vec![],
+            "corrupt record and what follows ignored"
+        );
+        assert_ne!(full[&1].extents, live[&1].extents);
+    }
+
+    #[test]
+    fn unknown_kinds_are_skipped_and_headerless_logs_ignored() {
+        let mut text = encode(&sample()[..2]);
+        let payload = "N future record";
+        text.push_str(&format!(
+            "{:08x} {payload}\n",
+            crc32fast::hash(payload.as_bytes())
+        ));
+        text.push_str(&encode(&[Record::Durable { id: 1 }]));
+        let (live, valid) = parse_log(text.as_bytes());
+        assert!(live.is_empty());
+        assert_eq!(valid, text.len());
+        let headerless = encode(&sample()[1..2]);
+        assert!(parse_log(headerless.as_bytes()).0.is_empty());
+    }
+}

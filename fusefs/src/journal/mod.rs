@@ -1,0 +1,764 @@
+//! The durability journal: per-file durable state (durable size, saved pre-image pages,
+//! dirty byte ranges), the on-disk undo store that makes a power cut possible with
+//! write-through I/O, and the rollback/sync/replay operations built on it.
+//!
+//! Writes go straight to the backing file.  Before a change first touches bytes of a file
+//! that were durable, their old content (the pre-image, whole 4096-byte pages clipped to the
+//! durable size) is copied once per sync epoch into `state_dir/undo/<id>` and a record naming
+//! it is appended to `state_dir/journal` (format: see the private `log` module).  Appends
+//! past the durable size need no pre-image: a rollback truncates them away.  Memory holds
+//! ranges only, never data.
+//!
+//! Threat model: the log and the undo data are written with plain write(2) and never
+//! fsynced.  They protect against the lossfs daemon itself being SIGKILLed (a `docker kill`):
+//! the kernel's page cache survives that, so the next [`Journal::open`] on the same state dir
+//! finds the records and rolls the files back.  A crash of the host is out of scope (the
+//! backing files would lose their own unsynced data anyway, by the host's rules).
+//!
+//! Dropping a [`Journal`] does not clean it: a drop is the same as the daemon being killed,
+//! and the next open replays.  A clean unmount calls [`Journal::sync_all`] first, as a real
+//! unmount writes dirty pages back.
+//!
+//! Errors from [`FileGuard`] methods keep their raw OS error (the FUSE layer replies with that
+//! errno, e.g. ENOSPC when the undo store is full) and log their context at warn level;
+//! errors of the whole-journal operations carry their context in the message.
+
+mod fileio;
+mod log;
+#[cfg(test)]
+mod tests;
+
+use self::fileio::{byte_ranges, copy_range, path_of, restore, size_of};
+use self::log::{ctx, Extent, LiveFile, Log, Record};
+use crate::handle::FileHandle;
+use crate::rangeset::RangeSet;
+use crate::report::{FileLoss, FileStatus, SyncReport};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use parking_lot::{Condvar, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Pre-image granularity.
+const PAGE: u64 = 4096;
+
+const FALLOC_KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+const FALLOC_PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+const FALLOC_COLLAPSE_RANGE: i32 = libc::FALLOC_FL_COLLAPSE_RANGE;
+const FALLOC_ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE;
+const FALLOC_INSERT_RANGE: i32 = libc::FALLOC_FL_INSERT_RANGE;
+const FALLOC_UNSHARE_RANGE: i32 = libc::FALLOC_FL_UNSHARE_RANGE;
+
+/// Identity of a backing file: its `st_dev` and `st_ino`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// A file's state in the current sync epoch (exists from its first change until it is
+/// durable again).
+struct Tracked {
+    /// Names the file's records and undo file; never reused within a daemon.
+    id: u64,
+    /// Size a power cut leaves the file with.
+    durable_size: u64,
+    /// Page-aligned ranges whose pre-image is saved.
+    saved: RangeSet,
+    /// Bytes changed since the file was durable.
+    dirty: RangeSet,
+    /// Bytes used in the undo file.
+    undo_len: u64,
+}
+
+struct SlotState {
+    /// Held by a live [`FileGuard`].
+    busy: bool,
+    handle: FileHandle,
+    tracked: Option<Tracked>,
+}
+
+/// One file's entry.  `busy` is the per-file lock a [`FileGuard`] holds across the caller's
+/// syscall; the mutex itself is held only briefly, so `status` never waits on a slow write.
+struct Slot {
+    state: Mutex<SlotState>,
+    freed: Condvar,
+}
+
+/// The durability journal of one mount.  `Send + Sync`; shared by every FUSE worker.
+pub struct Journal {
+    state_dir: PathBuf,
+    undo_dir: PathBuf,
+    root: OwnedFd,
+    root_path: PathBuf,
+    /// Held for the journal's life: one daemon per state dir.
+    _lock: Flock<File>,
+    files: Mutex<HashMap<FileKey, Arc<Slot>>>,
+    /// Lock order: a slot's state, then the log.
+    log: Mutex<Log>,
+    next_id: AtomicU64,
+}
+
+fn mkdir_private(dir: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ctx(e, format!("creating state dir {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| ctx(e, format!("chmod 0700 {}", dir.display())))
+}
+
+/// Deletes every undo file (they are worthless once the log is reset).
+fn clear_undo_dir(dir: &Path) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "journal: cannot list undo store");
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        if let Err(e) = std::fs::remove_file(entry.path()) {
+            tracing::warn!(file = %entry.path().display(), error = %e, "journal: cannot delete undo data");
+        }
+    }
+}
+
+fn remove_undo(undo_dir: &Path, id: u64) {
+    let path = undo_dir.join(id.to_string());
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "journal: cannot delete undo data")
+        }
+    }
+}
+
+impl Journal {
+    /// Creates `state_dir` if needed (mode 0700), takes an exclusive non-blocking flock on
+    /// `state_dir/lock` (an error naming the dir "is in use by another lossfs" if held),
+    /// replays an unclean journal left by a killed daemon: `rollback = true` restores the
+    /// durable state exactly like a power cut, `rollback = false` makes the current content
+    /// durable instead (fsync).  Returns what it did (`None` when the journal was clean).
+    /// Files are opened with [`FileHandle::open`] relative to `backing_root`; paths in reports
+    /// are made relative to `backing_root_path`.
+    pub fn open(
+        state_dir: &Path,
+        backing_root: OwnedFd,
+        backing_root_path: &Path,
+        rollback: bool,
+    ) -> io::Result<(Journal, Option<Vec<FileLoss>>)> {
+        mkdir_private(state_dir)?;
+        let lock_path = state_dir.join("lock");
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&lock_path)
+            .map_err(|e| ctx(e, format!("opening {}", lock_path.display())))?;
+        let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "state dir {} is in use by another lossfs (lock {} is held)",
+                        state_dir.display(),
+                        lock_path.display()
+                    ),
+                ))
+            }
+            Err((_, e)) => return Err(ctx(e.into(), format!("flock {}", lock_path.display()))),
+        };
+        let undo_dir = state_dir.join("undo");
+        mkdir_private(&undo_dir)?;
+        let root_path = std::fs::canonicalize(backing_root_path)
+            .unwrap_or_else(|_| backing_root_path.to_path_buf());
+        let (mut log, live) = Log::open(&state_dir.join("journal"))?;
+        let report = if live.is_empty() {
+            None
+        } else {
+            tracing::warn!(
+                files = live.len(),
+                rollback,
+                "journal: found an unclean journal left by a killed lossfs"
+            );
+            Some(replay(
+                backing_root.as_fd(),
+                &root_path,
+                &undo_dir,
+                &live,
+                rollback,
+            )?)
+        };
+        // Only now, with every file restored or synced, may the records go: a daemon killed
+        // during the replay replays again.
+        log.reset()?;
+        clear_undo_dir(&undo_dir);
+        let journal = Journal {
+            state_dir: state_dir.to_path_buf(),
+            undo_dir,
+            root: backing_root,
+            root_path,
+            _lock: lock,
+            files: Mutex::new(HashMap::new()),
+            log: Mutex::new(log),
+            next_id: AtomicU64::new(1),
+        };
+        Ok((journal, report))
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Current size of the on-disk log, for status and monitoring.
+    pub fn log_bytes(&self) -> u64 {
+        self.log.lock().len()
+    }
+
+    /// Locks one file's durability state for the duration of a change; the caller keeps the
+    /// guard across its own syscall that changes the file (so concurrent writers to the same
+    /// file serialise here, writers to different files do not).
+    pub fn lock(&self, key: FileKey, handle: &FileHandle) -> FileGuard<'_> {
+        let slot = {
+            let mut files = self.files.lock();
+            files
+                .entry(key)
+                .or_insert_with(|| {
+                    Arc::new(Slot {
+                        state: Mutex::new(SlotState {
+                            busy: false,
+                            handle: handle.clone(),
+                            tracked: None,
+                        }),
+                        freed: Condvar::new(),
+                    })
+                })
+                .clone()
+        };
+        self.acquire(key, slot)
+    }
+
+    fn acquire(&self, key: FileKey, slot: Arc<Slot>) -> FileGuard<'_> {
+        {
+            let mut st = slot.state.lock();
+            while st.busy {
+                slot.freed.wait(&mut st);
+            }
+            st.busy = true;
+        }
+        FileGuard {
+            journal: self,
+            key,
+            slot,
+        }
+    }
+
+    fn slots(&self) -> Vec<(FileKey, Arc<Slot>)> {
+        self.files
+            .lock()
+            .iter()
+            .map(|(k, s)| (*k, Arc::clone(s)))
+            .collect()
+    }
+
+    /// Unsynced state of every tracked file.  Opens each file by handle to find its size and
+    /// path (never done on the write path).
+    pub fn status(&self) -> Vec<FileStatus> {
+        let mut out = Vec::new();
+        for (_, slot) in self.slots() {
+            let (handle, durable_size, unsynced) = {
+                let st = slot.state.lock();
+                let Some(t) = &st.tracked else { continue };
+                (st.handle.clone(), t.durable_size, byte_ranges(&t.dirty))
+            };
+            let (path, size) = match handle.open(self.root.as_fd(), libc::O_PATH) {
+                Ok(fd) => (
+                    path_of(fd.as_fd(), &self.root_path),
+                    size_of(fd.as_fd()).unwrap_or(durable_size),
+                ),
+                Err(_) => (None, durable_size),
+            };
+            let unsynced_bytes = unsynced.iter().map(|r| r.len()).sum();
+            out.push(FileStatus {
+                path,
+                durable_size,
+                size,
+                unsynced,
+                unsynced_bytes,
+            });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    /// Sum of every tracked file's dirty bytes.
+    pub fn unsynced_bytes(&self) -> u64 {
+        let files = self.files.lock();
+        files
+            .values()
+            .map(|s| {
+                s.state
+                    .lock()
+                    .tracked
+                    .as_ref()
+                    .map_or(0, |t| t.dirty.total_len())
+            })
+            .sum()
+    }
+
+    /// Number of files with changes not yet durable.
+    pub fn tracked_files(&self) -> usize {
+        let files = self.files.lock();
+        files
+            .values()
+            .filter(|s| s.state.lock().tracked.is_some())
+            .count()
+    }
+
+    /// fsyncs every tracked file (opened by handle), marks it durable and resets the
+    /// journal.  A file that no longer exists (unlinked and closed) has nothing left to make
+    /// durable and is just forgotten.  Every file is tried; the first error is returned.
+    pub fn sync_all(&self) -> io::Result<SyncReport> {
+        let mut report = SyncReport::default();
+        let mut first_err = None;
+        for (key, slot) in self.slots() {
+            let mut guard = self.acquire(key, slot);
+            let (handle, bytes) = {
+                let st = guard.slot.state.lock();
+                match &st.tracked {
+                    Some(t) => (st.handle.clone(), t.dirty.total_len()),
+                    None => continue,
+                }
+            };
+            let synced = match handle.open(self.root.as_fd(), libc::O_RDONLY) {
+                Ok(fd) => match nix::unistd::fsync(&fd) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        let what = path_of(fd.as_fd(), &self.root_path)
+                            .unwrap_or_else(|| format!("inode {}", key.ino));
+                        first_err.get_or_insert(ctx(e.into(), format!("fsync of {what}")));
+                        continue;
+                    }
+                },
+                Err(e) if e.raw_os_error() == Some(libc::ESTALE) => false,
+                Err(e) => {
+                    first_err.get_or_insert(ctx(e, format!("opening inode {} to sync", key.ino)));
+                    continue;
+                }
+            };
+            if let Err(e) = guard.mark_durable() {
+                first_err.get_or_insert(ctx(e, format!("marking inode {} durable", key.ino)));
+                continue;
+            }
+            if synced {
+                report.files_synced += 1;
+                report.bytes_synced += bytes;
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Power cut: restores every tracked file to its durable content and size, fdatasyncs
+    /// them, resets the journal; returns per-file losses.  A file that cannot be restored
+    /// (e.g. unlinked and closed: ESTALE) is reported with `error`, not a failure of the cut.
+    /// The caller guarantees no [`FileGuard`] is alive (it freezes all operations first).
+    pub fn rollback_all(&self) -> io::Result<Vec<FileLoss>> {
+        let drained: Vec<(Tracked, FileHandle, FileKey)> = {
+            let mut files = self.files.lock();
+            files
+                .drain()
+                .filter_map(|(key, slot)| {
+                    let mut st = slot.state.lock();
+                    let handle = st.handle.clone();
+                    st.tracked.take().map(|t| (t, handle, key))
+                })
+                .collect()
+        };
+        let mut log = self.log.lock();
+        let mut losses = Vec::new();
+        for (t, handle, key) in drained {
+            let fallback;
+            let live = match log.live().get(&t.id) {
+                Some(live) => live,
+                None => {
+                    fallback = LiveFile {
+                        handle,
+                        dev: key.dev,
+                        ino: key.ino,
+                        durable_size: t.durable_size,
+                        extents: Vec::new(),
+                    };
+                    &fallback
+                }
+            };
+            let mut lost = t.dirty.clone();
+            let loss = match restore(
+                self.root.as_fd(),
+                &self.root_path,
+                &self.undo_dir,
+                t.id,
+                live,
+            ) {
+                Ok(r) => {
+                    lost.truncate(r.size_before.max(t.durable_size));
+                    FileLoss {
+                        path: r.path,
+                        size_before: r.size_before,
+                        size_after: t.durable_size,
+                        lost_bytes: lost.total_len(),
+                        lost: byte_ranges(&lost),
+                        error: None,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(ino = key.ino, error = %e, "power cut: file not restored");
+                    FileLoss {
+                        path: None,
+                        size_before: t.durable_size,
+                        size_after: t.durable_size,
+                        lost_bytes: lost.total_len(),
+                        lost: byte_ranges(&lost),
+                        error: Some(e.to_string()),
+                    }
+                }
+            };
+            losses.push(loss);
+        }
+        log.reset()?;
+        clear_undo_dir(&self.undo_dir);
+        losses.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(losses)
+    }
+}
+
+/// Replays the live records of a killed daemon's log.
+fn replay(
+    root: BorrowedFd<'_>,
+    root_path: &Path,
+    undo_dir: &Path,
+    live: &BTreeMap<u64, LiveFile>,
+    rollback: bool,
+) -> io::Result<Vec<FileLoss>> {
+    let mut out = Vec::new();
+    for (&id, f) in live {
+        let loss = if rollback {
+            match restore(root, root_path, undo_dir, id, f) {
+                Ok(r) => {
+                    // Dirty ranges were never logged (that would cost a write per write):
+                    // what was lost is at most the pre-imaged pages and the growth.
+                    let mut lost = RangeSet::new();
+                    for x in &f.extents {
+                        lost.insert(x.start, x.start + x.len);
+                    }
+                    lost.insert(f.durable_size, r.size_before);
+                    FileLoss {
+                        path: r.path,
+                        size_before: r.size_before,
+                        size_after: f.durable_size,
+                        lost_bytes: lost.total_len(),
+                        lost: byte_ranges(&lost),
+                        error: None,
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ESTALE) => unrestorable(f, e),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => unrestorable(f, e),
+                // Anything else (EIO, ENOSPC...) must stop the mount: the records stay and
+                // the next attempt replays them again.
+                Err(e) => return Err(e),
+            }
+        } else {
+            keep(root, root_path, f)?
+        };
+        out.push(loss);
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn unrestorable(f: &LiveFile, e: io::Error) -> FileLoss {
+    tracing::warn!(ino = f.ino, error = %e, "journal replay: file not restored");
+    FileLoss {
+        path: None,
+        size_before: f.durable_size,
+        size_after: f.durable_size,
+        lost: Vec::new(),
+        lost_bytes: 0,
+        error: Some(e.to_string()),
+    }
+}
+
+/// Replay without rollback: the current content becomes durable.
+fn keep(root: BorrowedFd<'_>, root_path: &Path, f: &LiveFile) -> io::Result<FileLoss> {
+    let fd = match f.handle.open(root, libc::O_RDONLY) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESTALE) => return Ok(unrestorable(f, e)),
+        Err(e) => return Err(ctx(e, format!("opening inode {} to sync it", f.ino))),
+    };
+    let path = path_of(fd.as_fd(), root_path);
+    let name = || path.clone().unwrap_or_else(|| format!("inode {}", f.ino));
+    let size = size_of(fd.as_fd()).map_err(|e| ctx(e, format!("fstat of {}", name())))?;
+    nix::unistd::fsync(&fd).map_err(|e| ctx(e.into(), format!("fsync of {}", name())))?;
+    Ok(FileLoss {
+        path,
+        size_before: size,
+        size_after: size,
+        lost: Vec::new(),
+        lost_bytes: 0,
+        error: None,
+    })
+}
+
+/// Exclusive access to one file's durability state.  Dropping it lets the next writer of
+/// that file in.
+pub struct FileGuard<'a> {
+    journal: &'a Journal,
+    key: FileKey,
+    slot: Arc<Slot>,
+}
+
+/// Logs a failed guard operation with its context and hands the raw error back unchanged.
+fn warn_err(key: FileKey, op: &str, e: io::Error) -> io::Error {
+    tracing::warn!(dev = key.dev, ino = key.ino, op, error = %e, "journal: refusing change");
+    e
+}
+
+impl FileGuard<'_> {
+    /// Starts the file's epoch on its first change: one fstat and one log write.
+    fn tracked<'s>(
+        &self,
+        st: &'s mut SlotState,
+        file: BorrowedFd<'_>,
+    ) -> io::Result<&'s mut Tracked> {
+        if st.tracked.is_none() {
+            let stat = nix::sys::stat::fstat(file)?;
+            let id = self.journal.next_id.fetch_add(1, Ordering::Relaxed);
+            let durable_size = stat.st_size as u64;
+            self.journal.log.lock().append(&Record::File {
+                id,
+                dev: stat.st_dev,
+                ino: stat.st_ino,
+                durable_size,
+                handle: st.handle.clone(),
+            })?;
+            st.tracked = Some(Tracked {
+                id,
+                durable_size,
+                saved: RangeSet::new(),
+                dirty: RangeSet::new(),
+                undo_len: 0,
+            });
+        }
+        match st.tracked.as_mut() {
+            Some(t) => Ok(t),
+            None => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+
+    /// Saves the pre-image of every not yet saved page holding durable bytes in
+    /// `[start, end)`, before they change.
+    fn protect(
+        &self,
+        t: &mut Tracked,
+        file: BorrowedFd<'_>,
+        start: u64,
+        end: u64,
+    ) -> io::Result<()> {
+        let end = end.min(t.durable_size);
+        if start >= end {
+            return Ok(());
+        }
+        let page_start = start / PAGE * PAGE;
+        let page_end = end.div_ceil(PAGE) * PAGE;
+        if t.saved.covers(page_start, page_end) {
+            return Ok(());
+        }
+        let undo_path = self.journal.undo_dir.join(t.id.to_string());
+        let undo = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(t.undo_len == 0)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&undo_path)?;
+        for (s, e) in t.saved.missing(page_start, page_end) {
+            let len = e.min(t.durable_size) - s;
+            let copied = copy_range(file, s, undo.as_fd(), t.undo_len, len)?;
+            if copied > 0 {
+                self.journal.log.lock().append(&Record::PreImage {
+                    id: t.id,
+                    extent: Extent {
+                        start: s,
+                        len: copied,
+                        undo_off: t.undo_len,
+                    },
+                })?;
+                t.undo_len += copied;
+            }
+            t.saved.insert(s, e);
+        }
+        Ok(())
+    }
+
+    /// Call before writing `[off, off+len)` of the file (also for the destination of
+    /// copy_file_range).  `file` is a readable and writable fd of the backing file; the
+    /// change has not happened yet.  On error the caller must not change the file and
+    /// returns the errno (e.g. ENOSPC when the undo store cannot be written).
+    pub fn before_write(&mut self, file: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let slot = Arc::clone(&self.slot);
+        let mut st = slot.state.lock();
+        let end = off.saturating_add(len);
+        let res = self.tracked(&mut st, file).and_then(|t| {
+            self.protect(t, file, off, end)?;
+            t.dirty.insert(off, end);
+            Ok(())
+        });
+        res.map_err(|e| warn_err(self.key, "write", e))
+    }
+
+    /// Call before truncating the file to `new_size`.  Truncating below the durable size
+    /// counts `[new_size, durable size)` as changed.
+    pub fn before_truncate(&mut self, file: BorrowedFd<'_>, new_size: u64) -> io::Result<()> {
+        let slot = Arc::clone(&self.slot);
+        let mut st = slot.state.lock();
+        let res = self.tracked(&mut st, file).and_then(|t| {
+            let old = size_of(file)?;
+            let d = t.durable_size;
+            if new_size < d {
+                self.protect(t, file, new_size, d)?;
+            }
+            // Bytes past both sizes exist neither in the file nor on the durable disk.
+            t.dirty.truncate(new_size.max(d));
+            t.dirty.insert(new_size, d);
+            t.dirty.insert(old.max(d), new_size);
+            Ok(())
+        });
+        res.map_err(|e| warn_err(self.key, "truncate", e))
+    }
+
+    /// Call before fallocate(2) with any mode: 0 (may extend the size), KEEP_SIZE,
+    /// PUNCH_HOLE, ZERO_RANGE (with or without KEEP_SIZE), COLLAPSE_RANGE and INSERT_RANGE
+    /// (these shift everything after `off`, so `[off, durable size)` is saved).
+    pub fn before_fallocate(
+        &mut self,
+        file: BorrowedFd<'_>,
+        mode: i32,
+        off: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let slot = Arc::clone(&self.slot);
+        let mut st = slot.state.lock();
+        let end = off.saturating_add(len);
+        let res = self.tracked(&mut st, file).and_then(|t| {
+            let old = size_of(file)?;
+            let d = t.durable_size;
+            if mode & (FALLOC_COLLAPSE_RANGE | FALLOC_INSERT_RANGE) != 0 {
+                self.protect(t, file, off, d)?;
+                let grown = if mode & FALLOC_INSERT_RANGE != 0 {
+                    len
+                } else {
+                    0
+                };
+                t.dirty.insert(off, old.max(d).saturating_add(grown));
+            } else if mode & (FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE) != 0 {
+                self.protect(t, file, off, end)?;
+                let changed_end = if mode & FALLOC_KEEP_SIZE != 0 {
+                    end.min(old.max(d))
+                } else {
+                    end
+                };
+                t.dirty.insert(off, changed_end);
+            } else if mode & !(FALLOC_KEEP_SIZE | FALLOC_UNSHARE_RANGE) != 0 {
+                // A mode this version does not know: assume it may change everything
+                // from `off` on.
+                self.protect(t, file, off, d)?;
+                t.dirty.insert(off, old.max(d).max(end));
+            } else if mode & FALLOC_KEEP_SIZE == 0 {
+                // Plain allocation keeps existing bytes; only growth is new.
+                t.dirty.insert(old.max(d), end);
+            }
+            Ok(())
+        });
+        res.map_err(|e| warn_err(self.key, "fallocate", e))
+    }
+
+    /// Call after fsyncing/fdatasyncing the backing file, still holding this guard (so no
+    /// write slips in between): everything in the file is durable now.  The file's records
+    /// are retired and its undo data deleted.
+    pub fn mark_durable(&mut self) -> io::Result<()> {
+        let mut st = self.slot.state.lock();
+        let Some(t) = st.tracked.take() else {
+            return Ok(());
+        };
+        {
+            let mut log = self.journal.log.lock();
+            if let Err(e) = log.append(&Record::Durable { id: t.id }) {
+                // Still described by the log: keep tracking so memory and disk agree.
+                st.tracked = Some(t);
+                return Err(warn_err(self.key, "fsync", e));
+            }
+            if let Err(e) = log.maybe_compact() {
+                // The log stays valid (old or new), only bigger than it needs to be.
+                tracing::warn!(error = %e, "journal: compaction failed");
+            }
+        }
+        if t.undo_len > 0 {
+            remove_undo(&self.journal.undo_dir, t.id);
+        }
+        Ok(())
+    }
+
+    /// The durable size, if the file has changes not yet durable.
+    pub fn durable_size(&self) -> Option<u64> {
+        self.slot
+            .state
+            .lock()
+            .tracked
+            .as_ref()
+            .map(|t| t.durable_size)
+    }
+}
+
+impl Drop for FileGuard<'_> {
+    fn drop(&mut self) {
+        let clean = {
+            let mut st = self.slot.state.lock();
+            st.busy = false;
+            st.tracked.is_none()
+        };
+        self.slot.freed.notify_one();
+        if clean {
+            // Forget files with nothing to undo, so memory follows tracked files only.  Under
+            // the map lock nobody can take a new reference: a count of two (map + us) means
+            // no one else holds or waits for this slot.
+            let mut files = self.journal.files.lock();
+            let ours = files
+                .get(&self.key)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.slot));
+            if ours && Arc::strong_count(&self.slot) == 2 {
+                let st = self.slot.state.lock();
+                if !st.busy && st.tracked.is_none() {
+                    files.remove(&self.key);
+                }
+            }
+        }
+    }
+}

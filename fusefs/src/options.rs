@@ -1,0 +1,599 @@
+//! The `lossfs BACKING MOUNTPOINT [-o OPTIONS] [-f]` command line as mount(8), mount.fuse3
+//! and /etc/fstab hand it over: parsing the `-o` option lists, and the checks on the two
+//! paths and on the FUSE setup that must pass before anything is mounted.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// What a mount does with an unclean journal left by a daemon that died.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recover {
+    /// Roll the unsynced changes back, as a power cut would have.
+    #[default]
+    Rollback,
+    /// Keep the files as they are and discard the journal.
+    Keep,
+}
+
+/// Everything `-o` and `-f` can set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountOptions {
+    pub allow_other: bool,
+    pub default_permissions: bool,
+    /// `state_dir=PATH`: where the undo journal lives.
+    pub state_dir: Option<PathBuf>,
+    /// `control=PATH`: the control socket.
+    pub control: Option<PathBuf>,
+    /// `log=LEVEL`: one of error, warn, info, debug, trace.
+    pub log: Option<String>,
+    /// `recover=rollback|keep`.
+    pub recover: Recover,
+    /// `threads=N`: FUSE worker threads, 1..=64.
+    pub threads: Option<usize>,
+    pub ro: bool,
+    pub noatime: bool,
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+    /// Set by `-f` (by the caller) and by the option `foreground`.
+    pub foreground: bool,
+}
+
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+const MAX_THREADS: usize = 64;
+
+/// Options mount(8) and fstab pass to every helper that mean nothing to lossfs.  `fsname`
+/// and `subtype` are dropped too: lossfs names its mounts itself.
+const IGNORED_FLAGS: [&str; 16] = [
+    "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "nofail", "_netdev",
+    "dev", "suid", "exec", "atime", "async", "relatime",
+];
+const IGNORED_WITH_VALUE: [&str; 3] = ["fsname", "subtype", "comment"];
+
+/// Parses `-o` arguments; each element is one comma separated list.
+pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
+    let mut o = MountOptions::default();
+    for item in opts.iter().flat_map(|list| list.split(',')) {
+        if item.is_empty() {
+            continue;
+        }
+        let (name, value) = match item.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (item, None),
+        };
+        if name.starts_with("x-") || IGNORED_WITH_VALUE.contains(&name) {
+            continue;
+        }
+        if IGNORED_FLAGS.contains(&name) {
+            no_value(name, value)?;
+            continue;
+        }
+        let flag = match name {
+            "allow_other" => Some(&mut o.allow_other),
+            "default_permissions" => Some(&mut o.default_permissions),
+            "ro" => Some(&mut o.ro),
+            "noatime" => Some(&mut o.noatime),
+            "nosuid" => Some(&mut o.nosuid),
+            "nodev" => Some(&mut o.nodev),
+            "noexec" => Some(&mut o.noexec),
+            "foreground" => Some(&mut o.foreground),
+            _ => None,
+        };
+        if let Some(flag) = flag {
+            no_value(name, value)?;
+            *flag = true;
+            continue;
+        }
+        let value = value.ok_or_else(|| format!("mount option {name} needs a value ({name}=...)"));
+        match name {
+            "state_dir" => o.state_dir = Some(path_value(name, value?)?),
+            "control" => o.control = Some(path_value(name, value?)?),
+            "log" => {
+                let v = value?;
+                if !LOG_LEVELS.contains(&v) {
+                    return Err(format!(
+                        "mount option log={v}: the level must be one of {}",
+                        LOG_LEVELS.join(", ")
+                    ));
+                }
+                o.log = Some(v.to_string());
+            }
+            "recover" => {
+                o.recover = match value? {
+                    "rollback" => Recover::Rollback,
+                    "keep" => Recover::Keep,
+                    v => {
+                        return Err(format!(
+                            "mount option recover={v}: must be rollback or keep"
+                        ))
+                    }
+                }
+            }
+            "threads" => {
+                let v = value?;
+                match v.parse::<usize>() {
+                    Ok(n) if (1..=MAX_THREADS).contains(&n) => o.threads = Some(n),
+                    _ => {
+                        return Err(format!(
+                            "mount option threads={v}: must be a number from 1 to {MAX_THREADS}"
+                        ))
+                    }
+                }
+            }
+            _ => return Err(format!("unknown mount option {name:?} (in {item:?})")),
+        }
+    }
+    Ok(o)
+}
+
+fn no_value(name: &str, value: Option<&str>) -> Result<(), String> {
+    match value {
+        None => Ok(()),
+        Some(v) => Err(format!(
+            "mount option {name} takes no value (got {name}={v})"
+        )),
+    }
+}
+
+fn path_value(name: &str, value: &str) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        return Err(format!("mount option {name}= needs a path"));
+    }
+    Ok(PathBuf::from(value))
+}
+
+/// Checks and canonicalises the two paths; errors (as text a user can act on) for: BACKING
+/// missing, BACKING not a directory, MOUNTPOINT missing, MOUNTPOINT not a directory, the two
+/// the same, MOUNTPOINT inside BACKING, BACKING inside MOUNTPOINT; state_dir (if given) inside
+/// MOUNTPOINT.
+pub fn check_paths(
+    backing: &Path,
+    mountpoint: &Path,
+    state_dir: Option<&Path>,
+) -> Result<(PathBuf, PathBuf), String> {
+    let backing_meta = dir_metadata("BACKING", backing)?;
+    let mount_meta = dir_metadata("MOUNTPOINT", mountpoint)?;
+    let b = fs::canonicalize(backing).map_err(|e| {
+        format!(
+            "BACKING {}: cannot resolve the path: {e}",
+            backing.display()
+        )
+    })?;
+    let m = fs::canonicalize(mountpoint).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            disconnected(mountpoint)
+        } else {
+            format!(
+                "MOUNTPOINT {}: cannot resolve the path: {e}",
+                mountpoint.display()
+            )
+        }
+    })?;
+    // Comparing (dev, ino) also catches one being a bind mount of the other.
+    if b == m || (backing_meta.dev(), backing_meta.ino()) == (mount_meta.dev(), mount_meta.ino()) {
+        return Err(format!(
+            "BACKING {} and MOUNTPOINT {} are the same directory: mount lossfs on an empty \
+             directory elsewhere",
+            backing.display(),
+            mountpoint.display()
+        ));
+    }
+    if m.starts_with(&b) {
+        return Err(format!(
+            "MOUNTPOINT {} is inside BACKING {}: the mount would contain itself; choose a \
+             mount point outside the backing directory",
+            m.display(),
+            b.display()
+        ));
+    }
+    if b.starts_with(&m) {
+        return Err(format!(
+            "BACKING {} is inside MOUNTPOINT {}: the mount would hide it and lossfs would \
+             serve itself; choose a backing directory outside the mount point",
+            b.display(),
+            m.display()
+        ));
+    }
+    if let Some(state) = state_dir {
+        let s = canonicalize_existing_prefix(state).map_err(|e| {
+            format!(
+                "state_dir {}: cannot resolve the path: {e}",
+                state.display()
+            )
+        })?;
+        if s.starts_with(&m) {
+            return Err(format!(
+                "state_dir {} is inside MOUNTPOINT {}: the journal must live outside the \
+                 mount so it survives a power cut; choose another state_dir",
+                s.display(),
+                m.display()
+            ));
+        }
+    }
+    Ok((b, m))
+}
+
+fn disconnected(mountpoint: &Path) -> String {
+    format!(
+        "MOUNTPOINT {0} is a disconnected FUSE mount; run fusermount3 -u {0}",
+        mountpoint.display()
+    )
+}
+
+fn dir_metadata(role: &str, path: &Path) -> Result<fs::Metadata, String> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(m),
+        Ok(_) => Err(format!("{role} {} is not a directory", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(format!("{role} {} does not exist", path.display()))
+        }
+        Err(e) if role == "MOUNTPOINT" && e.raw_os_error() == Some(libc::ENOTCONN) => {
+            Err(disconnected(path))
+        }
+        Err(e) => Err(format!("{role} {}: {e}", path.display())),
+    }
+}
+
+/// Canonicalises a path that may not exist yet: its longest existing ancestor is resolved
+/// and the rest appended as written.
+fn canonicalize_existing_prefix(path: &Path) -> io::Result<PathBuf> {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match fs::canonicalize(existing) {
+            Ok(mut c) => {
+                for part in rest.iter().rev() {
+                    c.push(part);
+                }
+                return Ok(c);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match (existing.parent(), existing.file_name()) {
+                    (Some(parent), Some(name)) => {
+                        rest.push(name.to_os_string());
+                        existing = parent;
+                    }
+                    // `..` or the root: nothing more to strip.
+                    _ => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// /dev/fuse present and a char device; fusermount3 on PATH (needed to unmount as a user and
+/// by mount.fuse3); clear messages naming the package to install (fuse3).
+pub fn check_fuse_available() -> Result<(), String> {
+    check_fuse_at(Path::new("/dev/fuse"), std::env::var_os("PATH").as_deref())
+}
+
+fn check_fuse_at(dev: &Path, path_var: Option<&OsStr>) -> Result<(), String> {
+    match fs::metadata(dev) {
+        Ok(m) if m.file_type().is_char_device() => {}
+        Ok(_) => {
+            return Err(format!(
+                "{} is not a character device: recreate it with `mknod {} c 10 229` or reboot",
+                dev.display(),
+                dev.display()
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(format!(
+                "{} does not exist: load the fuse kernel module (`modprobe fuse`; package \
+                 fuse3 on Debian/Ubuntu), or in a container pass `--device /dev/fuse`",
+                dev.display()
+            ))
+        }
+        Err(e) => return Err(format!("{}: {e}", dev.display())),
+    }
+    let found = path_var
+        .map(|p| std::env::split_paths(p).any(|dir| is_executable(&dir.join("fusermount3"))))
+        .unwrap_or(false);
+    if !found {
+        return Err(
+            "fusermount3 not found on PATH: install the fuse3 package (`apt-get install fuse3`, \
+             `dnf install fuse3`)"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+fn is_executable(path: &Path) -> bool {
+    fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    static UNIQUE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// A fresh directory under the temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let d = std::env::temp_dir().join(format!(
+                "lossfs-options-{tag}-{}-{}",
+                std::process::id(),
+                UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            fs::create_dir_all(&d).unwrap();
+            TempDir(d)
+        }
+        fn dir(&self, name: &str) -> PathBuf {
+            let p = self.0.join(name);
+            fs::create_dir_all(&p).unwrap();
+            p
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn fstab_style_list_parses() {
+        let o = parse_mount_options(&s(&[
+            "rw,nofail,allow_other,state_dir=/var/lib/x=y,x-systemd.requires=foo",
+        ]))
+        .unwrap();
+        assert_eq!(
+            o,
+            MountOptions {
+                allow_other: true,
+                state_dir: Some(PathBuf::from("/var/lib/x=y")),
+                ..MountOptions::default()
+            }
+        );
+        assert_eq!(o.recover, Recover::Rollback);
+    }
+
+    #[test]
+    fn every_option_sets_its_field() {
+        let o = parse_mount_options(&s(&[
+            "default_permissions,control=/run/l.sock,log=debug",
+            "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
+        ]))
+        .unwrap();
+        assert_eq!(
+            o,
+            MountOptions {
+                allow_other: false,
+                default_permissions: true,
+                state_dir: None,
+                control: Some(PathBuf::from("/run/l.sock")),
+                log: Some("debug".into()),
+                recover: Recover::Keep,
+                threads: Some(8),
+                ro: true,
+                noatime: true,
+                nosuid: true,
+                nodev: true,
+                noexec: true,
+                foreground: true,
+            }
+        );
+        assert_eq!(
+            parse_mount_options(&s(&["recover=rollback,threads=1", "threads=64"]))
+                .unwrap()
+                .threads,
+            Some(64)
+        );
+    }
+
+    #[test]
+    fn helper_options_and_empty_items_are_ignored() {
+        let o = parse_mount_options(&s(&[
+            ",,defaults,auto,noauto,user,users,nouser,_netdev,dev,suid,exec,atime,async,",
+            "fsname=foo,subtype=bar,x-gvfs-show,x-systemd.automount,,",
+            "",
+        ]))
+        .unwrap();
+        assert_eq!(o, MountOptions::default());
+        assert_eq!(parse_mount_options(&[]).unwrap(), MountOptions::default());
+    }
+
+    #[test]
+    fn unknown_options_and_bad_values_name_the_option() {
+        let cases: &[(&str, &str)] = &[
+            ("rw,bogus", "bogus"),
+            ("sync", "sync"),
+            ("log=loud", "log=loud"),
+            ("log", "log"),
+            ("recover=maybe", "recover=maybe"),
+            ("threads=0", "threads=0"),
+            ("threads=65", "threads=65"),
+            ("threads=two", "threads=two"),
+            ("threads=", "threads="),
+            ("state_dir=", "state_dir"),
+            ("state_dir", "state_dir"),
+            ("control", "control"),
+            ("allow_other=1", "allow_other"),
+            ("nofail=yes", "nofail"),
+        ];
+        for (opt, named) in cases {
+            let err = parse_mount_options(&s(&[opt])).unwrap_err();
+            assert!(err.contains(named), "{opt}: {err}");
+        }
+    }
+
+    #[test]
+    fn good_paths_are_canonicalised() {
+        let t = TempDir::new("good");
+        let b = t.dir("backing");
+        let m = t.dir("mnt");
+        fs::create_dir(b.join("sub")).unwrap();
+        symlink(&m, t.0.join("link")).unwrap();
+        let (cb, cm) = check_paths(
+            &b.join("sub/.."),
+            &t.0.join("link"),
+            Some(&t.0.join("state/not/yet")),
+        )
+        .unwrap();
+        assert_eq!(cb, fs::canonicalize(&b).unwrap());
+        assert_eq!(cm, fs::canonicalize(&m).unwrap());
+        // A state dir inside BACKING is allowed (only inside MOUNTPOINT is refused).
+        check_paths(&b, &m, Some(&b.join("state"))).unwrap();
+    }
+
+    #[test]
+    fn bad_paths_are_refused_with_reasons() {
+        let t = TempDir::new("bad");
+        let b = t.dir("backing");
+        let m = t.dir("mnt");
+        let file = t.0.join("file");
+        fs::write(&file, b"x").unwrap();
+        let missing = t.0.join("missing");
+
+        let err = check_paths(&missing, &m, None).unwrap_err();
+        assert!(
+            err.contains("BACKING") && err.contains("does not exist"),
+            "{err}"
+        );
+        let err = check_paths(&file, &m, None).unwrap_err();
+        assert!(
+            err.contains("BACKING") && err.contains("not a directory"),
+            "{err}"
+        );
+        let err = check_paths(&b, &missing, None).unwrap_err();
+        assert!(
+            err.contains("MOUNTPOINT") && err.contains("does not exist"),
+            "{err}"
+        );
+        let err = check_paths(&b, &file, None).unwrap_err();
+        assert!(
+            err.contains("MOUNTPOINT") && err.contains("not a directory"),
+            "{err}"
+        );
+        let err = check_paths(&b, &b.join("."), None).unwrap_err();
+        assert!(err.contains("same directory"), "{err}");
+        let inner = t.dir("backing/inner");
+        let err = check_paths(&b, &inner, None).unwrap_err();
+        assert!(
+            err.contains("MOUNTPOINT") && err.contains("inside BACKING"),
+            "{err}"
+        );
+        let under_mnt = t.dir("mnt/data");
+        let err = check_paths(&under_mnt, &m, None).unwrap_err();
+        assert!(
+            err.contains("BACKING") && err.contains("inside MOUNTPOINT"),
+            "{err}"
+        );
+        let err = check_paths(&b, &m, Some(&m.join("state/new"))).unwrap_err();
+        assert!(
+            err.contains("state_dir") && err.contains("inside MOUNTPOINT"),
+            "{err}"
+        );
+        // Through a symlink into the mount point counts as inside too.
+        symlink(&m, t.0.join("to-mnt")).unwrap();
+        let err = check_paths(&b, &m, Some(&t.0.join("to-mnt/state"))).unwrap_err();
+        assert!(err.contains("inside MOUNTPOINT"), "{err}");
+    }
+
+    #[test]
+    fn bind_mount_of_backing_counts_as_the_same_directory() {
+        let t = TempDir::new("bind");
+        let b = t.dir("backing");
+        let m = t.dir("mnt");
+        nix::mount::mount(
+            Some(&b),
+            &m,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap_or_else(|e| panic!("bind mount failed: {e} (this test needs root)"));
+        let r = check_paths(&b, &m, None);
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        let err = r.unwrap_err();
+        assert!(err.contains("same directory"), "{err}");
+    }
+
+    #[test]
+    fn disconnected_fuse_mount_is_reported() {
+        let t = TempDir::new("stale");
+        let b = t.dir("backing");
+        let m = t.dir("mnt");
+        // A FUSE mount whose daemon is gone: mount with an fd of /dev/fuse, then close it.
+        let fuse = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .unwrap_or_else(|e| panic!("open /dev/fuse: {e}"));
+        let data = {
+            use std::os::fd::AsRawFd;
+            format!(
+                "fd={},rootmode=40000,user_id=0,group_id=0",
+                fuse.as_raw_fd()
+            )
+        };
+        nix::mount::mount(
+            Some("lossfs-test"),
+            &m,
+            Some("fuse.lossfs-test"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .unwrap_or_else(|e| panic!("fuse mount failed: {e} (this test needs root)"));
+        drop(fuse);
+        let r = check_paths(&b, &m, None);
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        let err = r.unwrap_err();
+        assert!(
+            err.contains("disconnected FUSE mount") && err.contains("fusermount3 -u"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fuse_availability_checks() {
+        let t = TempDir::new("fuse");
+        let bin = t.dir("bin");
+        let empty = t.dir("empty");
+        let fm = bin.join("fusermount3");
+        fs::write(&fm, b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(&fm, fs::Permissions::from_mode(0o755)).unwrap();
+        let dev = Path::new("/dev/fuse");
+
+        check_fuse_at(dev, Some(bin.as_os_str())).unwrap();
+        let err = check_fuse_at(dev, Some(empty.as_os_str())).unwrap_err();
+        assert!(
+            err.contains("fusermount3") && err.contains("fuse3"),
+            "{err}"
+        );
+        let err = check_fuse_at(dev, None).unwrap_err();
+        assert!(err.contains("fusermount3"), "{err}");
+        let err = check_fuse_at(&t.0.join("nofuse"), Some(bin.as_os_str())).unwrap_err();
+        assert!(
+            err.contains("does not exist") && err.contains("fuse3"),
+            "{err}"
+        );
+        let err = check_fuse_at(&fm, Some(bin.as_os_str())).unwrap_err();
+        assert!(err.contains("not a character device"), "{err}");
+        // A non-executable fusermount3 does not count.
+        fs::set_permissions(&fm, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_fuse_at(dev, Some(bin.as_os_str())).is_err());
+        // This machine has both.
+        check_fuse_available().unwrap();
+    }
+}
