@@ -159,7 +159,7 @@ fn init_logging(level: Option<&str>) {
     let filter = match level {
         Some(l) => tracing_subscriber::EnvFilter::new(l),
         None => tracing_subscriber::EnvFilter::try_from_env("LOSSFS_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=error")),
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
