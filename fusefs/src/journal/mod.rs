@@ -232,9 +232,16 @@ impl Journal {
     /// guard across its own syscall that changes the file (so concurrent writers to the same
     /// file serialise here, writers to different files do not).
     pub fn lock(&self, key: FileKey, handle: &FileHandle) -> FileGuard<'_> {
-        let slot = {
+        let (slot, retired) = {
             let mut files = self.files.lock();
-            files
+            // Same (dev, ino), other handle: the inode number was reused, so the file the
+            // slot describes is gone (an open file, even unlinked, keeps its number).  Its
+            // state must not be inherited by the new file.
+            let retired = match files.get(&key) {
+                Some(s) if s.state.lock().handle != *handle => files.remove(&key),
+                _ => None,
+            };
+            let slot = files
                 .entry(key)
                 .or_insert_with(|| {
                     Arc::new(Slot {
@@ -246,8 +253,15 @@ impl Journal {
                         freed: Condvar::new(),
                     })
                 })
-                .clone()
+                .clone();
+            (slot, retired)
         };
+        if let Some(old) = retired {
+            // Nothing of it can be restored any more: retire its records and undo data.
+            if let Err(e) = self.acquire(key, old).mark_durable() {
+                tracing::warn!(ino = key.ino, error = %e, "retiring a reused inode's journal state");
+            }
+        }
         self.acquire(key, slot)
     }
 
@@ -279,10 +293,10 @@ impl Journal {
     pub fn status(&self) -> Vec<FileStatus> {
         let mut out = Vec::new();
         for (_, slot) in self.slots() {
-            let (handle, durable_size, unsynced) = {
+            let (handle, durable_size, mut dirty) = {
                 let st = slot.state.lock();
                 let Some(t) = &st.tracked else { continue };
-                (st.handle.clone(), t.durable_size, byte_ranges(&t.dirty))
+                (st.handle.clone(), t.durable_size, t.dirty.clone())
             };
             let (path, size) = match handle.open(self.root.as_fd(), libc::O_PATH) {
                 Ok(fd) => (
@@ -291,6 +305,10 @@ impl Journal {
                 ),
                 Err(_) => (None, durable_size),
             };
+            // Growth past the durable size is unsynced even where no write landed (a hole
+            // left by a write past EOF and a truncate back into it).
+            dirty.insert(durable_size, size.max(durable_size));
+            let unsynced = byte_ranges(&dirty);
             let unsynced_bytes = unsynced.iter().map(|r| r.len()).sum();
             out.push(FileStatus {
                 path,
@@ -417,6 +435,7 @@ impl Journal {
             ) {
                 Ok(r) => {
                     lost.truncate(r.size_before.max(t.durable_size));
+                    lost.insert(t.durable_size, r.size_before.max(t.durable_size));
                     FileLoss {
                         path: r.path,
                         size_before: r.size_before,
