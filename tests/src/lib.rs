@@ -1,1 +1,683 @@
+//! Shared harness for the mounted end-to-end tests of lossfs and lossctl: checks the
+//! preconditions (root, `/dev/fuse`, `fusermount3`), finds the binaries, mounts a fresh
+//! backing directory with `lossfs -f`, runs `lossctl` with bounded waits, and tears every
+//! mount and process down in `Drop`, also when a test panics.
+//!
+//! Nothing here skips: a missing precondition panics with the reason.
 
+use std::ffi::{CString, OsStr};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a mount may take to show up in `/proc/self/mountinfo`.
+pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long any single `lossctl` or helper command may run.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default lifetime of a [`Mount`] before its watchdog kills the daemon (env
+/// `LOSSFS_TEST_TIMEOUT`, seconds, overrides).
+pub const MOUNT_LIFETIME: Duration = Duration::from_secs(420);
+
+fn mount_lifetime() -> Duration {
+    match std::env::var("LOSSFS_TEST_TIMEOUT") {
+        Ok(s) => Duration::from_secs(
+            s.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("LOSSFS_TEST_TIMEOUT={s:?}: {e}")),
+        ),
+        Err(_) => MOUNT_LIFETIME,
+    }
+}
+
+/// Bounds every file operation a test makes through a mount: if the mount outlives its
+/// deadline (a hung daemon blocks the test in a syscall, which no timeout can interrupt),
+/// the watchdog SIGKILLs the daemon, which aborts the FUSE connection, so the blocked
+/// operation fails with ENOTCONN and the test fails instead of hanging.
+struct Watchdog {
+    stop: mpsc::Sender<()>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(mnt: PathBuf, pid: Arc<Mutex<i32>>) -> Watchdog {
+        let (stop, rx) = mpsc::channel::<()>();
+        let limit = mount_lifetime();
+        let thread = thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                let pid = pid.lock().unwrap_or_else(|e| e.into_inner());
+                if *pid > 0 {
+                    eprintln!(
+                        "lossfs test watchdog: mount {} still in use after {limit:?}; \
+                         SIGKILLing lossfs pid {} so blocked operations fail",
+                        mnt.display(),
+                        *pid
+                    );
+                    // SAFETY: plain kill(2) of our own unreaped child (the mutex keeps the
+                    // pid from being reaped, and so reused, while we hold it).
+                    unsafe { libc::kill(*pid, libc::SIGKILL) };
+                }
+            }
+        });
+        Watchdog {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Panics with a clear reason unless the tests can mount FUSE file systems here.
+pub fn check_preconditions() {
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    let res = CHECKED.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            return Err(format!(
+                "lossfs mounted tests must run as root (euid is {euid}): they mount FUSE \
+                 file systems, kill processes and read /proc of other processes"
+            ));
+        }
+        if let Err(e) = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+        {
+            return Err(format!(
+                "/dev/fuse cannot be opened ({e}); the mounted tests need FUSE \
+                 (load the fuse module / run the container with --device /dev/fuse)"
+            ));
+        }
+        if find_in_path("fusermount3").is_none() {
+            return Err("fusermount3 is not installed (apt-get install -y fuse3); \
+                        the mounted tests need it to unmount"
+                .to_string());
+        }
+        Ok(())
+    });
+    if let Err(e) = res {
+        panic!("cannot run lossfs mounted tests: {e}");
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn bin(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "{env}={} does not name an existing file",
+            p.display()
+        );
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable has no grandparent directory");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} not found: run `cargo build --workspace` first (or set {env})",
+        p.display()
+    );
+    p
+}
+
+/// Path of the `lossfs` binary (env `LOSSFS_BIN` overrides).
+pub fn lossfs_bin() -> PathBuf {
+    bin("lossfs", "LOSSFS_BIN")
+}
+
+/// Path of the `lossctl` binary (env `LOSSCTL_BIN` overrides).
+pub fn lossctl_bin() -> PathBuf {
+    bin("lossctl", "LOSSCTL_BIN")
+}
+
+/// Output of a bounded command run.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `cmd` to completion with piped stdout/stderr, killing it and panicking if it takes
+/// longer than `timeout`.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {desc}: {e}"));
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = match wait_bounded(&mut child, timeout) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{desc} did not finish within {timeout:?}; killed it");
+        }
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+/// Waits for `child` at most `timeout`; `None` if it is still running.
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) => {}
+            Err(e) => panic!("waiting for pid {}: {e}", child.id()),
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Decodes the octal escapes (`\040` etc.) of a `/proc/self/mountinfo` field.
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            let oct = &b[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = (oct[0] - b'0') as u32 * 64
+                    + (oct[1] - b'0') as u32 * 8
+                    + (oct[2] - b'0') as u32;
+                out.push(v as u8);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// File system types of every mount at `path` listed in `/proc/self/mountinfo`, in order.
+pub fn mount_fstypes(path: &Path) -> Vec<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    let want = path.as_os_str().as_bytes();
+    let mut v = Vec::new();
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if fields.len() < 5 || sep + 1 >= fields.len() {
+            continue;
+        }
+        if unescape_mountinfo(fields[4]) == want {
+            v.push(fields[sep + 1].to_string());
+        }
+    }
+    v
+}
+
+/// True if a `fuse.lossfs` mount sits at `path`.
+pub fn is_lossfs_mounted(path: &Path) -> bool {
+    mount_fstypes(path).iter().any(|t| t == "fuse.lossfs")
+}
+
+/// True if anything is mounted at `path`.
+pub fn is_mounted(path: &Path) -> bool {
+    !mount_fstypes(path).is_empty()
+}
+
+/// `systemd-escape --path`, as lossfs names its default control socket.
+pub fn systemd_escape_path(p: &Path) -> String {
+    let bytes = p.as_os_str().as_bytes();
+    let parts: Vec<&[u8]> = bytes
+        .split(|&c| c == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    if parts.is_empty() {
+        return "-".into();
+    }
+    let mut s = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            s.push('-');
+        }
+        for (j, &c) in part.iter().enumerate() {
+            let plain = c.is_ascii_alphanumeric() || c == b':' || c == b'_' || c == b'.';
+            if plain && !(i == 0 && j == 0 && c == b'.') {
+                s.push(c as char);
+            } else {
+                s.push_str(&format!("\\x{c:02x}"));
+            }
+        }
+    }
+    s
+}
+
+/// Default control socket of the lossfs mount at `mnt`.
+pub fn default_control_socket(mnt: &Path) -> PathBuf {
+    PathBuf::from(format!("/run/lossfs/{}.sock", systemd_escape_path(mnt)))
+}
+
+/// A fresh unique directory under /tmp whose name needs no escaping anywhere.
+pub fn unique_tmp_dir(tag: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let p = PathBuf::from(format!(
+        "/tmp/lossfs_t_{tag}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+    p
+}
+
+/// Runs `fusermount3 -u [-z] mnt`, bounded; true if it exited 0.
+pub fn fusermount_u(mnt: &Path, lazy: bool) -> bool {
+    let mut c = Command::new("fusermount3");
+    c.arg("-u");
+    if lazy {
+        c.arg("-z");
+    }
+    c.arg(mnt);
+    run_bounded(&mut c, Duration::from_secs(20))
+        .status
+        .success()
+}
+
+/// Unmounts whatever is at `mnt` (normal, then lazy), bounded. True if nothing is left.
+pub fn unmount_all(mnt: &Path) -> bool {
+    for _ in 0..4 {
+        if !is_mounted(mnt) {
+            return true;
+        }
+        if !fusermount_u(mnt, false) {
+            fusermount_u(mnt, true);
+        }
+    }
+    !is_mounted(mnt)
+}
+
+/// Kills (SIGKILL) and reaps a child if it is still running, bounded.
+pub fn kill_child(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = wait_bounded(child, Duration::from_secs(10));
+    }
+}
+
+/// A spawned helper process that is SIGKILLed and reaped when dropped.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        kill_child(&mut self.0);
+    }
+}
+
+/// A lossfs mount of a fresh backing directory, torn down on drop.
+pub struct Mount {
+    /// Temporary directory holding everything below.
+    pub root: PathBuf,
+    /// Backing directory.
+    pub backing: PathBuf,
+    /// Mount point.
+    pub mnt: PathBuf,
+    /// Options passed with `-o` (empty: none).
+    pub opts: Vec<String>,
+    daemon: Option<Child>,
+    /// Pid of `daemon` while it is unreaped (0 otherwise), shared with the watchdog.
+    daemon_pid: Arc<Mutex<i32>>,
+    watchdog: Option<Watchdog>,
+    stderr_path: PathBuf,
+    generation: u32,
+}
+
+impl Mount {
+    /// Mounts a fresh empty backing directory with the given `-o` options.
+    pub fn new(opts: &[&str]) -> Mount {
+        check_preconditions();
+        let root = unique_tmp_dir("m");
+        let backing = root.join("backing");
+        let mnt = root.join("mnt");
+        fs::create_dir(&backing).expect("mkdir backing");
+        fs::create_dir(&mnt).expect("mkdir mnt");
+        let mut m = Mount {
+            stderr_path: root.join("daemon0.stderr"),
+            root,
+            backing,
+            mnt,
+            opts: opts.iter().map(|s| s.to_string()).collect(),
+            daemon: None,
+            daemon_pid: Arc::new(Mutex::new(0)),
+            watchdog: None,
+            generation: 0,
+        };
+        m.watchdog = Some(Watchdog::start(m.mnt.clone(), m.daemon_pid.clone()));
+        m.start();
+        m
+    }
+
+    fn start(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        self.stderr_path = self.root.join(format!("daemon{}.stderr", self.generation));
+        self.generation += 1;
+        let errf = File::create(&self.stderr_path).expect("create daemon stderr file");
+        let mut cmd = Command::new(lossfs_bin());
+        cmd.arg(&self.backing).arg(&self.mnt);
+        if !self.opts.is_empty() {
+            cmd.arg("-o").arg(self.opts.join(","));
+        }
+        cmd.arg("-f")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(errf));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+        *self.daemon_pid.lock().unwrap_or_else(|e| e.into_inner()) = child.id() as i32;
+        self.daemon = Some(child);
+        let deadline = Instant::now() + MOUNT_TIMEOUT;
+        loop {
+            if is_lossfs_mounted(&self.mnt) {
+                return;
+            }
+            let child = self.daemon.as_mut().expect("daemon");
+            if let Ok(Some(st)) = child.try_wait() {
+                self.take_daemon();
+                panic!(
+                    "lossfs exited ({st:?}) before mounting {}:\n{}",
+                    self.mnt.display(),
+                    self.daemon_stderr()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "lossfs did not mount {} within {MOUNT_TIMEOUT:?} (mount types there: \
+                     {:?}); daemon stderr:\n{}",
+                    self.mnt.display(),
+                    mount_fstypes(&self.mnt),
+                    self.daemon_stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Takes the daemon out, so the watchdog no longer targets its pid, before reaping it.
+    fn take_daemon(&mut self) -> Option<Child> {
+        let mut pid = self.daemon_pid.lock().unwrap_or_else(|e| e.into_inner());
+        *pid = 0;
+        self.daemon.take()
+    }
+
+    /// Everything the current daemon wrote to stderr so far.
+    pub fn daemon_stderr(&self) -> String {
+        fs::read(&self.stderr_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.stderr_path.display()))
+    }
+
+    /// Pid of the running daemon.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    /// True if the daemon process is still running.
+    pub fn daemon_alive(&mut self) -> bool {
+        match self.daemon.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// A path inside the backing directory.
+    pub fn backing_path(&self, rel: &str) -> PathBuf {
+        self.backing.join(rel)
+    }
+
+    /// The control socket lossfs listens on for this mount (the default location).
+    pub fn control_socket(&self) -> PathBuf {
+        default_control_socket(&self.mnt)
+    }
+
+    /// Runs `lossctl ARGS`, bounded.
+    pub fn lossctl(&self, args: &[&str]) -> Output {
+        lossctl(args)
+    }
+
+    /// `lossctl status MNT --json`, asserting success; the parsed JSON.
+    pub fn status_json(&self) -> serde_json::Value {
+        self.ctl_json(&["status"])
+    }
+
+    /// `lossctl sync MNT --json`, asserting success.
+    pub fn sync(&self) -> serde_json::Value {
+        self.ctl_json(&["sync"])
+    }
+
+    /// `lossctl powercut MNT --json`, asserting success; the parsed report.
+    pub fn powercut_json(&self) -> serde_json::Value {
+        self.ctl_json(&["powercut"])
+    }
+
+    /// `lossctl powercut MNT --no-kill --json`, asserting success; the parsed report.
+    pub fn powercut_nokill_json(&self) -> serde_json::Value {
+        self.ctl_json(&["powercut", "--no-kill"])
+    }
+
+    fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mnt = self.mnt.to_str().expect("utf-8 mount path");
+        let mut full: Vec<&str> = vec![args[0], mnt];
+        full.extend_from_slice(&args[1..]);
+        full.push("--json");
+        let out = lossctl(&full);
+        assert!(
+            out.status.success(),
+            "lossctl {full:?} failed:\n{}\ndaemon stderr:\n{}",
+            output_text(&out),
+            self.daemon_stderr()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "lossctl {full:?} printed invalid JSON ({e}):\n{}",
+                output_text(&out)
+            )
+        })
+    }
+
+    /// SIGKILLs the daemon (the mount stays behind, dead) and reaps it.
+    pub fn kill_daemon(&mut self) {
+        let mut c = self.take_daemon().expect("no daemon running");
+        let _ = c.kill();
+        let st = wait_bounded(&mut c, Duration::from_secs(10))
+            .expect("daemon did not die within 10 s of SIGKILL");
+        assert_eq!(st.signal(), Some(libc::SIGKILL), "daemon exit: {st:?}");
+    }
+
+    /// Unmounts cleanly with `fusermount3 -u` and asserts the daemon exits 0, bounded.
+    pub fn unmount(&mut self) {
+        assert!(
+            fusermount_u(&self.mnt, false),
+            "fusermount3 -u {} failed",
+            self.mnt.display()
+        );
+        if let Some(mut c) = self.take_daemon() {
+            let st = wait_bounded(&mut c, Duration::from_secs(15));
+            match st {
+                Some(st) => assert!(
+                    st.success(),
+                    "daemon exited with {st:?} after unmount; stderr:\n{}",
+                    self.daemon_stderr()
+                ),
+                None => {
+                    kill_child(&mut c);
+                    panic!("daemon still running 15 s after fusermount3 -u");
+                }
+            }
+        }
+    }
+
+    /// Lazily unmounts whatever is left at the mount point (after `kill_daemon`).
+    pub fn lazy_unmount(&self) {
+        assert!(
+            fusermount_u(&self.mnt, true) || !is_mounted(&self.mnt),
+            "fusermount3 -u -z {} failed",
+            self.mnt.display()
+        );
+        assert!(
+            !is_mounted(&self.mnt),
+            "{} still mounted",
+            self.mnt.display()
+        );
+    }
+
+    /// Mounts again on the same backing directory and mount point. If the daemon is still
+    /// running, unmounts it cleanly first.
+    pub fn remount(&mut self) {
+        if self.daemon.is_some() {
+            self.unmount();
+        }
+        if is_mounted(&self.mnt) {
+            self.lazy_unmount();
+        }
+        self.start();
+    }
+
+    /// Remount with other options.
+    pub fn remount_with(&mut self, opts: &[&str]) {
+        self.opts = opts.iter().map(|s| s.to_string()).collect();
+        self.remount();
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let clean = unmount_all(&self.mnt);
+        if let Some(mut c) = self.take_daemon() {
+            if wait_bounded(&mut c, Duration::from_secs(5)).is_none() {
+                kill_child(&mut c);
+            }
+        }
+        let clean = clean || unmount_all(&self.mnt);
+        self.watchdog.take();
+        if clean {
+            let _ = fs::remove_dir_all(&self.root);
+        } else {
+            eprintln!(
+                "lossfs test harness: {} is still mounted; leaving {} in place",
+                self.mnt.display(),
+                self.root.display()
+            );
+        }
+    }
+}
+
+/// Runs `lossctl ARGS`, bounded by [`CMD_TIMEOUT`].
+pub fn lossctl(args: &[&str]) -> Output {
+    let mut c = Command::new(lossctl_bin());
+    c.args(args);
+    run_bounded(&mut c, CMD_TIMEOUT)
+}
+
+/// A C string from a path.
+pub fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+/// A C string from bytes.
+pub fn cstr(s: impl AsRef<OsStr>) -> CString {
+    CString::new(s.as_ref().as_bytes()).expect("string without NUL")
+}
+
+/// The last OS error, as an `io::Error`.
+pub fn last_err() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// Reads a whole file, panicking with the path on error.
+pub fn read_all(p: &Path) -> Vec<u8> {
+    fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+/// A deterministic byte pattern for `tag` at file offset `off`.
+pub fn pattern(tag: u8, off: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| {
+            let x = (off + i)
+                .wrapping_mul(2654435761)
+                .wrapping_add(tag as u64 * 97);
+            (x >> 7) as u8 ^ tag
+        })
+        .collect()
+}
+
+/// The `files` entry of a status/powercut report whose `path` is `rel`.
+pub fn report_file<'a>(report: &'a serde_json::Value, rel: &str) -> Option<&'a serde_json::Value> {
+    report["files"]
+        .as_array()?
+        .iter()
+        .find(|f| f["path"].as_str() == Some(rel))
+}
+
+/// A JSON number field as u64, panicking with the report on mismatch.
+pub fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("field {key:?} missing or not a number in {v}"))
+}
