@@ -273,8 +273,13 @@ fn canonicalize_existing_prefix(path: &Path) -> io::Result<PathBuf> {
 /// /dev/fuse present and a char device; fusermount3 on PATH (needed to unmount as a user and
 /// by mount.fuse3); clear messages naming the package to install (fuse3).
 pub fn check_fuse_available() -> Result<(), String> {
-    check_fuse_at(Path::new("/dev/fuse"), std::env::var_os("PATH").as_deref())
+    // mount(8) runs helpers such as mount.fuse3 -> lossfs with no PATH at all; search the
+    // system path then, as execvp(3) does.
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    check_fuse_at(Path::new("/dev/fuse"), Some(&path))
 }
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn check_fuse_at(dev: &Path, path_var: Option<&OsStr>) -> Result<(), String> {
     match fs::metadata(dev) {
