@@ -690,16 +690,7 @@ impl LossFs {
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let f = self.file(fh)?;
         let mut g = self.journal.lock(f.inode.key, &f.inode.handle);
-        let fd = f.file.as_raw_fd();
-        // SAFETY: valid fd.
-        cvt(unsafe {
-            if datasync {
-                libc::fdatasync(fd)
-            } else {
-                libc::fsync(fd)
-            }
-        })
-        .ctx("fsync")?;
+        sync_fd(f.file.as_fd(), datasync).ctx("fsync")?;
         g.mark_durable().ctx("journal sync")?;
         Ok(())
     }
@@ -778,16 +769,7 @@ impl LossFs {
 
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let d = self.dir(fh)?;
-        let fd = d.fd.as_raw_fd();
-        // SAFETY: valid fd.
-        cvt(unsafe {
-            if datasync {
-                libc::fdatasync(fd)
-            } else {
-                libc::fsync(fd)
-            }
-        })
-        .ctx("fsyncdir")?;
+        sync_fd(d.fd.as_fd(), datasync).ctx("fsyncdir")?;
         Ok(())
     }
 
@@ -958,6 +940,19 @@ impl LossFs {
             .ctx("removexattr")?;
         Ok(())
     }
+}
+
+fn sync_fd(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: valid fd.
+    cvt(unsafe {
+        if datasync {
+            libc::fdatasync(fd)
+        } else {
+            libc::fsync(fd)
+        }
+    })?;
+    Ok(())
 }
 
 fn off(v: u64) -> FsResult<libc::off_t> {

@@ -274,36 +274,9 @@ pub fn is_mounted(path: &Path) -> bool {
     !mount_fstypes(path).is_empty()
 }
 
-/// `systemd-escape --path`, as lossfs names its default control socket.
-pub fn systemd_escape_path(p: &Path) -> String {
-    let bytes = p.as_os_str().as_bytes();
-    let parts: Vec<&[u8]> = bytes
-        .split(|&c| c == b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
-    if parts.is_empty() {
-        return "-".into();
-    }
-    let mut s = String::new();
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            s.push('-');
-        }
-        for (j, &c) in part.iter().enumerate() {
-            let plain = c.is_ascii_alphanumeric() || c == b':' || c == b'_' || c == b'.';
-            if plain && !(i == 0 && j == 0 && c == b'.') {
-                s.push(c as char);
-            } else {
-                s.push_str(&format!("\\x{c:02x}"));
-            }
-        }
-    }
-    s
-}
-
-/// Default control socket of the lossfs mount at `mnt`.
+/// The control socket lossctl would use for `mnt`: the daemon's own rule, from the library.
 pub fn default_control_socket(mnt: &Path) -> PathBuf {
-    PathBuf::from(format!("/run/lossfs/{}.sock", systemd_escape_path(mnt)))
+    lossfs::control::default_socket_path(mnt)
 }
 
 /// A fresh unique directory under /tmp whose name needs no escaping anywhere.
