@@ -200,7 +200,8 @@ impl Server {
         let mut c = self.child.take()?;
         signal_group(&c, libc::SIGTERM);
         if let Some(st) = wait_bounded(&mut c, STOP_TIMEOUT) {
-            signal_group(&c, libc::SIGKILL);
+            // Reaped: its group id may be reused now, so no further signal to it (a
+            // postmaster exits only after its backends).
             return Some(st);
         }
         signal_group(&c, libc::SIGKILL);
