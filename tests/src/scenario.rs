@@ -13,6 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,7 @@ impl Server {
     /// Spawns `cmd` with stdin closed, output appended to `log`, in a new process group.
     /// Set the working directory (outside the mount!) on `cmd` before.
     pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Server {
+        become_subreaper();
         let out = File::options()
             .create(true)
             .append(true)
@@ -209,6 +211,62 @@ impl Server {
     }
 }
 
+/// Makes this test process the reaper of its orphaned descendants (a postmaster's
+/// backends SIGKILLed together with it), so [`reap_pids`] can collect them instead of
+/// leaving zombies to the init process.
+fn become_subreaper() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) only sets a flag on this process.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER): {}", crate::last_err());
+    });
+}
+
+/// Pids of the direct children of `pid` (from `/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<libc::pid_t> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let child: libc::pid_t = e.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == pid).then_some(child)
+    })
+    .collect()
+}
+
+/// SIGKILLs `pids`: children of a server that may have left its process group, as
+/// PostgreSQL backends do (setsid).
+fn kill_pids(pids: &[libc::pid_t]) {
+    for &p in pids {
+        // SAFETY: kill(2) of a child of our own server, which is not reaped yet, so the
+        // child is alive or a zombie and its pid is not reused.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+}
+
+/// Reaps `pids`, orphans of a dead server that were reparented to us (see
+/// [`become_subreaper`]), for at most `timeout` in all.
+fn reap_pids(pids: &[libc::pid_t], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for &p in pids {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid of one pid with a valid out-pointer; ECHILD if it is not ours.
+            let r = unsafe { libc::waitpid(p, &mut status, libc::WNOHANG) };
+            if r != 0 || Instant::now() >= deadline {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 fn signal_group(c: &Child, sig: libc::c_int) {
     // SAFETY: kill(2) of the process group the child leads (process_group(0) made its
     // pgid its pid); the child is not reaped yet, so the id is still ours.
@@ -218,9 +276,12 @@ fn signal_group(c: &Child, sig: libc::c_int) {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let children = children_of(c.id());
             signal_group(&c, libc::SIGKILL);
+            kill_pids(&children);
             let _ = c.kill();
             let _ = wait_bounded(&mut c, Duration::from_secs(10));
+            reap_pids(&children, Duration::from_secs(10));
         }
     }
 }
@@ -239,6 +300,7 @@ pub fn powercut(m: &Mount, server: &mut Server) -> serde_json::Value {
     if let Some(c) = server.child.as_ref() {
         signal_group(c, libc::SIGSTOP);
     }
+    let children = children_of(pid);
     let rep = m.powercut_json();
     let killed = rep["killed"]
         .as_array()
@@ -249,6 +311,7 @@ pub fn powercut(m: &Mount, server: &mut Server) -> serde_json::Value {
         server.name
     );
     server.assert_killed(Duration::from_secs(20));
+    reap_pids(&children, Duration::from_secs(10));
     rep
 }
 
