@@ -5,6 +5,8 @@
 //!
 //! Nothing here skips: a missing precondition panics with the reason.
 
+pub mod scenario;
+
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
 use std::io::{self, Read};
