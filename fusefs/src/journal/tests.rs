@@ -290,7 +290,10 @@ fn mark_durable_deletes_undo_data_and_retires_records() {
     assert!(!undo.exists());
     // The log is not truncated on every fsync (that would cost each fdatasync an extra
     // journal commit); its records are retired, so a replay finds nothing to do.
-    assert!(j.log.lock().live().is_empty(), "no live records after fsync");
+    assert!(
+        j.log.lock().live().is_empty(),
+        "no live records after fsync"
+    );
     assert_eq!(j.files.lock().len(), 0, "clean files are forgotten");
 }
 
