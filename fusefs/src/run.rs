@@ -152,10 +152,15 @@ fn supervise(args: &RunArgs, m: &Mounted, slot: &Mutex<ChildSlot>) -> i32 {
         let mut cmd = Command::new(&args.program[0]);
         cmd.args(&args.program[1..]);
         let (umask, nofile) = (m.umask, m.nofile);
-        // SAFETY: the closure only makes async-signal-safe syscalls (umask, setrlimit) that
-        // give PROGRAM the umask and fd limit `lossfs run` was started with.
+        // SAFETY: the closure only makes async-signal-safe calls (sigemptyset, sigprocmask,
+        // umask, setrlimit) on its own stack data: PROGRAM gets no blocked signals (the
+        // daemon blocks the termination signals in every thread, and the mask is inherited)
+        // and the umask and fd limit `lossfs run` was started with.
         unsafe {
             cmd.pre_exec(move || {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
                 libc::umask(umask);
                 if let Some(rl) = nofile {
                     libc::setrlimit(libc::RLIMIT_NOFILE, &rl);

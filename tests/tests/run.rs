@@ -154,6 +154,42 @@ fn exit_status_of_program_is_the_runs() {
         "mount left behind after PROGRAM exited"
     );
 
+    // PROGRAM starts with no blocked signals (the daemon blocks SIGTERM/SIGINT/SIGHUP in
+    // its own threads) and with the umask of the run, not the daemon's 0.
+    let mut g = d.spawn(
+        &[],
+        &["grep", "-q", "^SigBlk:[[:space:]]*0*$", "/proc/self/status"],
+    );
+    let st = d.wait_exit(&mut g.0);
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "PROGRAM has blocked signals; stderr:\n{}",
+        d.stderr()
+    );
+    // SAFETY: umask has no preconditions; it is set back at once.
+    let mask = unsafe {
+        let m = libc::umask(0o027);
+        libc::umask(m);
+        m
+    };
+    let mut g = d.spawn(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "test \"$(umask)\" = \"$0\"",
+            &format!("{mask:04o}"),
+        ],
+    );
+    let st = d.wait_exit(&mut g.0);
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "PROGRAM's umask is not {mask:04o}; stderr:\n{}",
+        d.stderr()
+    );
+
     // A PROGRAM that does not exist: 127, nothing left mounted.
     let mut g = d.spawn(&[], &["/nonexistent/program"]);
     let st = d.wait_exit(&mut g.0);
@@ -223,4 +259,99 @@ fn restart_runs_program_again_on_rolled_back_data_and_sigterm_stops_it() {
     assert!(!is_mounted(&d.mnt), "mount left behind after SIGTERM");
     // The clean unmount made the second run's unsynced write durable.
     assert_eq!(read_all(&d.backing.join("unsynced")), b"volatile");
+}
+
+/// Sends one RESP command and returns the first reply line.
+fn redis_cmd(port: u16, args: &[&str]) -> std::io::Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    Ok(line.trim_end().to_string())
+}
+
+#[test]
+fn redis_server_runs_on_the_mount_and_stops_cleanly_on_sigterm() {
+    let d = RunDir::new("run-redis");
+    let redis = ["/usr/bin/redis-server", "/usr/sbin/redis-server"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("redis-server is not installed (apt-get install -y redis-server); this test runs it under lossfs run");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .port()
+        .to_string();
+    let mnt = d.mnt.to_str().expect("utf-8");
+    let mut g = d.spawn(
+        &[],
+        &[
+            redis,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--dir",
+            mnt,
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+        ],
+    );
+    let port: u16 = port.parse().expect("port");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis_cmd(port, &["PING"]).ok().as_deref() != Some("+PONG") {
+        if let Ok(Some(st)) = g.0.try_wait() {
+            panic!(
+                "lossfs run exited ({st:?}) before redis answered; stderr:\n{}",
+                d.stderr()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis did not answer PING within 30 s; stderr:\n{}",
+            d.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        redis_cmd(port, &["SET", "lossfs-key", "lossfs-value"]).expect("SET"),
+        "+OK"
+    );
+    // appendfsync always: the write is durable at once.
+    let status = lossctl(&["status", mnt, "--json"]);
+    assert!(status.status.success(), "status: {}", output_text(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(num(&status, "unsynced_bytes"), 0, "status: {status}");
+    // SAFETY: kill(2) of our own unreaped child.
+    unsafe { libc::kill(g.0.id() as i32, libc::SIGTERM) };
+    let st = d.wait_exit(&mut g.0);
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "redis did not shut down cleanly; stderr:\n{}",
+        d.stderr()
+    );
+    assert!(!is_mounted(&d.mnt), "mount left behind after redis exited");
+    let aof_dir = d.backing.join("appendonlydir");
+    let found = fs::read_dir(&aof_dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", aof_dir.display()))
+        .filter_map(Result::ok)
+        .any(|e| {
+            fs::read(e.path())
+                .map(|b| b.windows(12).any(|w| w == b"lossfs-value"))
+                .unwrap_or(false)
+        });
+    assert!(found, "the SET is not in the AOF in {}", aof_dir.display());
 }
