@@ -396,8 +396,15 @@ pub struct Unmounter {
 }
 
 impl Unmounter {
-    /// Unmounts; errors are logged (the mount may already be gone).
+    /// Unmounts; errors are logged (the mount may be busy or already gone).
     pub fn unmount(&self) {
+        if let Err(e) = self.inner.lock().unmount() {
+            tracing::error!("unmount {}: {e}", self.mountpoint.display());
+        }
+    }
+
+    /// Unmounts, and if that fails (busy), detaches the mount lazily; errors are logged.
+    pub fn unmount_or_detach(&self) {
         if let Err(e) = self.inner.lock().unmount() {
             tracing::warn!(
                 "unmount {}: {e}; detaching it lazily",

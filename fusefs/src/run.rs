@@ -94,7 +94,7 @@ pub fn run(args: RunArgs) -> i32 {
             .spawn(move || {
                 let c = supervise(&args, &m, &slot);
                 *code_out.lock() = Some(c);
-                m.unmounter.unmount();
+                m.unmounter.unmount_or_detach();
             });
         match spawned {
             Ok(h) => *supervisor.lock() = Some(h),
