@@ -50,6 +50,8 @@ pub struct Daemon {
     /// whether its program died in a cut and when the rollback is over.
     cuts: Mutex<CutCounts>,
     cut_ended: Condvar,
+    /// Serializes syncs and power cuts from the control socket and the LazyFS FIFO.
+    ops: Mutex<()>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -159,11 +161,13 @@ impl ControlHandler for Daemon {
     }
 
     fn sync(&self) -> Result<SyncReport, String> {
+        let _one_at_a_time = self.ops.lock();
         flush_kernel_dirty_pages(&self.mountpoint)?;
         self.fs.journal.sync_all().map_err(|e| format!("sync: {e}"))
     }
 
     fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String> {
+        let _one_at_a_time = self.ops.lock();
         let t0 = Instant::now();
         self.cuts.lock().started += 1;
         let _ended = CutGuard(self);
@@ -549,6 +553,7 @@ pub fn serve(
         powercuts: AtomicU64::new(0),
         cuts: Mutex::new(CutCounts::default()),
         cut_ended: Condvar::new(),
+        ops: Mutex::new(()),
     });
     let default_sock = control::default_socket_path(&mountpoint);
     let sock = opts.control.clone().unwrap_or_else(|| default_sock.clone());
@@ -559,6 +564,13 @@ pub fn serve(
             return Err(format!("control socket {}: {e}", sock.display()));
         }
     };
+    if let Some(fifo) = &opts.lazyfs_fifo {
+        if let Err(e) = crate::lazyfs::start(fifo, daemon.clone()) {
+            server.shutdown();
+            let _ = session.unmount();
+            return Err(e);
+        }
+    }
     if sock != default_sock {
         // lossctl finds the socket from the mount point alone.
         if let Some(dir) = default_sock.parent() {

@@ -60,6 +60,9 @@ Options (-o):
   recover=rollback|keep after the previous daemon was killed: undo its unsynced data
                         (rollback, default: the same as a power cut) or make it durable (keep)
   threads=N             FUSE worker threads (default 8)
+  lazyfs_fifo=PATH      LazyFS command FIFO: lazyfs::clear-cache (power cut, no kill),
+                        lazyfs::cache-checkpoint (sync), lazyfs::display-cache-usage,
+                        lazyfs::unsynced-data-report (logged at level info)
   ro, noatime, nosuid, nodev, noexec   as for mount(8)
 Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`.
 Run a program on a mount: lossfs run --backing DIR --mount DIR [-o OPTIONS] [--restart] -- PROGRAM ARGS...";
