@@ -355,3 +355,30 @@ fn redis_server_runs_on_the_mount_and_stops_cleanly_on_sigterm() {
         });
     assert!(found, "the SET is not in the AOF in {}", aof_dir.display());
 }
+
+#[test]
+fn a_mount_that_fails_never_starts_program() {
+    let d = RunDir::new("run-nomount");
+    let marker = d.root.join("started");
+    let missing = d.root.join("missing");
+    let out = run_bounded(
+        Command::new(lossfs_bin())
+            .arg("run")
+            .arg("--backing")
+            .arg(&missing)
+            .arg("--mount")
+            .arg(&d.mnt)
+            .arg("--")
+            .arg("touch")
+            .arg(&marker),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!marker.exists(), "PROGRAM ran although the mount failed");
+    assert!(!is_mounted(&d.mnt));
+}
