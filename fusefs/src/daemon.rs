@@ -14,7 +14,7 @@ use crate::options::{self, MountOptions, Recover};
 use crate::procscan::{self, MountTarget};
 use crate::report::{PowercutReport, StatusReport, SyncReport};
 use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -46,6 +46,28 @@ pub struct Daemon {
     mountpoint: PathBuf,
     backing: PathBuf,
     powercuts: AtomicU64,
+    /// Power cuts begun and ended (successful or not), for `lossfs run`, which must know
+    /// whether its program died in a cut and when the rollback is over.
+    cuts: Mutex<CutCounts>,
+    cut_ended: Condvar,
+    /// Serializes syncs and power cuts from the control socket and the LazyFS FIFO.
+    ops: Mutex<()>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct CutCounts {
+    started: u64,
+    ended: u64,
+}
+
+/// Marks a power cut ended when dropped, also when it fails half way.
+struct CutGuard<'a>(&'a Daemon);
+
+impl Drop for CutGuard<'_> {
+    fn drop(&mut self) {
+        self.0.cuts.lock().ended += 1;
+        self.0.cut_ended.notify_all();
+    }
 }
 
 fn err(what: impl std::fmt::Display) -> String {
@@ -84,6 +106,25 @@ fn flush_kernel_dirty_pages(mountpoint: &Path) -> Result<(), String> {
 }
 
 impl Daemon {
+    /// How many power cuts (with or without kill) have begun on this mount.  A cut counts
+    /// as begun before it kills anything.
+    pub fn cuts_started(&self) -> u64 {
+        self.cuts.lock().started
+    }
+
+    /// Waits until every power cut begun so far has ended (rolled back and invalidated, or
+    /// failed), at most `timeout`; false on timeout.
+    pub fn wait_cuts_ended(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut c = self.cuts.lock();
+        while c.ended < c.started {
+            if self.cut_ended.wait_until(&mut c, deadline).timed_out() {
+                return c.ended >= c.started;
+            }
+        }
+        true
+    }
+
     fn target(&self) -> Result<MountTarget, String> {
         let e = mountinfo::mount_at(&self.mountpoint)
             .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?
@@ -120,12 +161,16 @@ impl ControlHandler for Daemon {
     }
 
     fn sync(&self) -> Result<SyncReport, String> {
+        let _one_at_a_time = self.ops.lock();
         flush_kernel_dirty_pages(&self.mountpoint)?;
         self.fs.journal.sync_all().map_err(|e| format!("sync: {e}"))
     }
 
     fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String> {
+        let _one_at_a_time = self.ops.lock();
         let t0 = Instant::now();
+        self.cuts.lock().started += 1;
+        let _ended = CutGuard(self);
         let killed = if no_kill {
             Vec::new()
         } else {
@@ -155,7 +200,7 @@ impl ControlHandler for Daemon {
     }
 }
 
-fn init_logging(level: Option<&str>) {
+pub(crate) fn init_logging(level: Option<&str>) {
     let filter = match level {
         Some(l) => tracing_subscriber::EnvFilter::new(l),
         None => tracing_subscriber::EnvFilter::try_from_env("LOSSFS_LOG")
@@ -167,15 +212,20 @@ fn init_logging(level: Option<&str>) {
         .try_init();
 }
 
-fn raise_fd_limit() {
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit before, if it changed.
+fn raise_fd_limit() -> Option<libc::rlimit> {
     // SAFETY: an all-zero rlimit is a valid out-buffer.
     let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: valid resource id and writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 && rl.rlim_cur < rl.rlim_max {
+        let before = rl;
         rl.rlim_cur = rl.rlim_max;
         // SAFETY: valid resource id and rlimit within the hard limit.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } == 0 {
+            return Some(before);
+        }
     }
+    None
 }
 
 fn open_dir_path(p: &Path) -> Result<OwnedFd, String> {
@@ -313,11 +363,12 @@ pub fn run(args: MountArgs) -> i32 {
             false
         }
     };
-    match serve(&args, &opts, &|| {
+    let ready = |_: Mounted| {
         if report("ok") {
             detach_stdio();
         }
-    }) {
+    };
+    match serve(&args, &opts, &ready, None) {
         Ok(()) => 0,
         Err(e) => {
             let msg = format!("lossfs: {e}");
@@ -329,7 +380,67 @@ pub fn run(args: MountArgs) -> i32 {
     }
 }
 
-fn serve(args: &MountArgs, opts: &MountOptions, ready: &dyn Fn()) -> Result<(), String> {
+/// Handed to the caller of [`serve`] once the mount is ready.
+pub struct Mounted {
+    /// The mount's daemon state (power cut counts).
+    pub daemon: Arc<Daemon>,
+    /// Unmounts the mount; the session then ends and [`serve`] returns.
+    pub unmounter: Arc<Unmounter>,
+    /// The umask the process had before the daemon cleared it (for programs it starts).
+    pub umask: libc::mode_t,
+    /// The RLIMIT_NOFILE the process had before the daemon raised it, if it did.
+    pub nofile: Option<libc::rlimit>,
+}
+
+/// Unmounts a running session: normally, and if the mount is busy, lazily (the session
+/// then ends when its last user lets go).
+pub struct Unmounter {
+    inner: Mutex<fuser::SessionUnmounter>,
+    mountpoint: PathBuf,
+}
+
+impl Unmounter {
+    /// Unmounts; errors are logged (the mount may be busy or already gone).
+    pub fn unmount(&self) {
+        if let Err(e) = self.inner.lock().unmount() {
+            tracing::error!("unmount {}: {e}", self.mountpoint.display());
+        }
+    }
+
+    /// Unmounts, and if that fails (busy), detaches the mount lazily; errors are logged.
+    pub fn unmount_or_detach(&self) {
+        if let Err(e) = self.inner.lock().unmount() {
+            tracing::warn!(
+                "unmount {}: {e}; detaching it lazily",
+                self.mountpoint.display()
+            );
+            let Ok(c) = CString::new(self.mountpoint.as_os_str().as_bytes()) else {
+                return;
+            };
+            // SAFETY: valid C string; umount2 has no memory effects on our side.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                tracing::error!(
+                    "lazy unmount {}: {}",
+                    self.mountpoint.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+/// Called on SIGTERM, SIGINT or SIGHUP instead of unmounting; returns true to unmount now.
+pub type SignalHook = Arc<dyn Fn(nix::sys::signal::Signal) -> bool + Send + Sync>;
+
+/// Recovers, mounts and serves until the mount goes away.  `ready` runs once the mount and
+/// the control socket are up; a termination signal unmounts, or with `on_signal` is handed
+/// to it.  The FUSE session runs on the calling thread.
+pub fn serve(
+    args: &MountArgs,
+    opts: &MountOptions,
+    ready: &dyn Fn(Mounted),
+    on_signal: Option<SignalHook>,
+) -> Result<(), String> {
     options::check_fuse_available()?;
     let (backing, mountpoint) =
         options::check_paths(&args.backing, &args.mountpoint, opts.state_dir.as_deref())?;
@@ -344,8 +455,8 @@ fn serve(args: &MountArgs, opts: &MountOptions, ready: &dyn Fn()) -> Result<(), 
         }
     }
     // SAFETY: umask only affects this process; files are created with the caller's mode.
-    unsafe { libc::umask(0) };
-    raise_fd_limit();
+    let umask = unsafe { libc::umask(0) };
+    let nofile = raise_fd_limit();
 
     let state_dir = opts
         .state_dir
@@ -440,6 +551,9 @@ fn serve(args: &MountArgs, opts: &MountOptions, ready: &dyn Fn()) -> Result<(), 
         mountpoint: mountpoint.clone(),
         backing: backing.clone(),
         powercuts: AtomicU64::new(0),
+        cuts: Mutex::new(CutCounts::default()),
+        cut_ended: Condvar::new(),
+        ops: Mutex::new(()),
     });
     let default_sock = control::default_socket_path(&mountpoint);
     let sock = opts.control.clone().unwrap_or_else(|| default_sock.clone());
@@ -450,6 +564,13 @@ fn serve(args: &MountArgs, opts: &MountOptions, ready: &dyn Fn()) -> Result<(), 
             return Err(format!("control socket {}: {e}", sock.display()));
         }
     };
+    if let Some(fifo) = &opts.lazyfs_fifo {
+        if let Err(e) = crate::lazyfs::start(fifo, daemon.clone()) {
+            server.shutdown();
+            let _ = session.unmount();
+            return Err(e);
+        }
+    }
     if sock != default_sock {
         // lossctl finds the socket from the mount point alone.
         if let Some(dir) = default_sock.parent() {
@@ -465,15 +586,23 @@ fn serve(args: &MountArgs, opts: &MountOptions, ready: &dyn Fn()) -> Result<(), 
         }
     }
 
-    let mut unmounter = session.unmount_callable();
+    let unmounter = Arc::new(Unmounter {
+        inner: Mutex::new(session.unmount_callable()),
+        mountpoint: mountpoint.clone(),
+    });
+    let sig_unmounter = unmounter.clone();
     std::thread::Builder::new()
         .name("lossfs-signals".into())
         .spawn(move || {
-            if let Ok(sig) = signals.wait() {
-                tracing::info!("{sig:?}: unmounting");
-                if let Err(e) = unmounter.unmount() {
-                    tracing::error!("unmount: {e}");
+            while let Ok(sig) = signals.wait() {
+                if let Some(hook) = &on_signal {
+                    if !hook(sig) {
+                        continue;
+                    }
                 }
+                tracing::info!("{sig:?}: unmounting");
+                sig_unmounter.unmount();
+                break;
             }
         })
         .map_err(|e| format!("signal thread: {e}"))?;
@@ -485,7 +614,12 @@ fn serve(args: &MountArgs, opts: &MountOptions, ready: &dyn Fn()) -> Result<(), 
         state_dir.display(),
         sock.display()
     );
-    ready();
+    ready(Mounted {
+        daemon: daemon.clone(),
+        unmounter,
+        umask,
+        nofile,
+    });
     sd_notify_ready();
     let result = session.run();
     *daemon.notifier.lock() = None;

@@ -4,8 +4,8 @@
 //! Layers, bottom up: [`handle`] names backing files; [`rangeset`] and [`journal`] keep the
 //! durability state and the on-disk undo journal; [`inode`] maps FUSE inodes to backing files;
 //! [`fs`] holds every operation's semantics; [`fuse`] is the thin `fuser` adapter; [`control`]
-//! serves `lossctl`; [`procscan`] and [`mountinfo`] find the processes and mounts a power cut
-//! acts on; [`options`] reads the command line; [`daemon`] wires it all for the `lossfs` binary.
+//! serves `lossctl` (and [`lazyfs`] a LazyFS-style command FIFO); [`procscan`] and [`mountinfo`] find the processes and mounts a power cut
+//! acts on; [`options`] reads the command line; [`daemon`] wires it all for the `lossfs` binary, and [`run`] supervises a program on the mount.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod control;
@@ -16,8 +16,10 @@ pub mod fuse;
 pub mod handle;
 pub mod inode;
 pub mod journal;
+pub mod lazyfs;
 pub mod mountinfo;
 pub mod options;
 pub mod procscan;
 pub mod rangeset;
 pub mod report;
+pub mod run;

@@ -33,6 +33,8 @@ pub struct MountOptions {
     pub recover: Recover,
     /// `threads=N`: FUSE worker threads, 1..=64.
     pub threads: Option<usize>,
+    /// `lazyfs_fifo=PATH`: a LazyFS-style command FIFO.
+    pub lazyfs_fifo: Option<PathBuf>,
     pub ro: bool,
     pub noatime: bool,
     pub nosuid: bool,
@@ -91,6 +93,7 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
         match name {
             "state_dir" => o.state_dir = Some(path_value(name, value?)?),
             "control" => o.control = Some(path_value(name, value?)?),
+            "lazyfs_fifo" => o.lazyfs_fifo = Some(path_value(name, value?)?),
             "log" => {
                 let v = value?;
                 if !LOG_LEVELS.contains(&v) {
@@ -378,6 +381,7 @@ mod tests {
         let o = parse_mount_options(&s(&[
             "default_permissions,control=/run/l.sock,log=debug",
             "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
+            "lazyfs_fifo=/tmp/lazyfs.fifo",
         ]))
         .unwrap();
         assert_eq!(
@@ -390,6 +394,7 @@ mod tests {
                 log: Some("debug".into()),
                 recover: Recover::Keep,
                 threads: Some(8),
+                lazyfs_fifo: Some(PathBuf::from("/tmp/lazyfs.fifo")),
                 ro: true,
                 noatime: true,
                 nosuid: true,

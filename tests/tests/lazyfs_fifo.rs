@@ -1,0 +1,134 @@
+//! `-o lazyfs_fifo=PATH`: LazyFS commands written to the FIFO act on the mount
+//! (clear-cache = power cut without kill, cache-checkpoint = sync, the two reports are
+//! logged); unknown and malformed lines are logged as errors and change nothing.
+
+use lossfs_tests::*;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn send(fifo: &Path, line: &[u8]) {
+    // The daemon holds the FIFO open for reading, so this open does not block.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(fifo)
+        .unwrap_or_else(|e| panic!("open {}: {e}", fifo.display()));
+    f.write_all(line).expect("write to the FIFO");
+}
+
+fn wait_until(what: &str, m: &Mount, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} within 20 s; daemon stderr:\n{}",
+            m.daemon_stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn lazyfs_fifo_commands_act_on_the_mount() {
+    check_preconditions();
+    let dir = unique_tmp_dir("lazyfs");
+    let fifo = dir.join("faults.fifo");
+    let opt = format!("lazyfs_fifo={}", fifo.display());
+    let m = Mount::new(&[&opt, "log=info"]);
+    let ft = fs::symlink_metadata(&fifo)
+        .expect("the FIFO was created")
+        .file_type();
+    assert!(ft.is_fifo(), "{} is not a FIFO", fifo.display());
+
+    // Unknown and malformed lines: errors, nothing done.
+    fs::write(m.path("a"), b"unsynced").expect("write");
+    send(
+        &fifo,
+        b"lazyfs::crash::timing=before::op=write::from_rgx=a\n\xff\xfe\n",
+    );
+    wait_until("two errors logged", &m, || {
+        m.daemon_stderr().matches("not done").count() >= 2
+    });
+    let err = m.daemon_stderr();
+    assert!(
+        err.contains("unknown command \"lazyfs::crash::timing"),
+        "{err}"
+    );
+    assert!(err.contains("not UTF-8"), "{err}");
+    assert!(
+        !err.contains(" done ("),
+        "an unknown line was reported as done:\n{err}"
+    );
+    assert_eq!(num(&m.status_json(), "unsynced_bytes"), 8);
+
+    send(
+        &fifo,
+        b"lazyfs::display-cache-usage\nlazyfs::unsynced-data-report\n",
+    );
+    wait_until("the reports logged", &m, || {
+        m.daemon_stderr().contains("unsynced-data-report:")
+    });
+    assert!(
+        m.daemon_stderr()
+            .contains("display-cache-usage: 8 unsynced bytes in 1 files"),
+        "{}",
+        m.daemon_stderr()
+    );
+
+    // clear-cache: the unsynced bytes are gone, and no process was killed (we hold a file
+    // open on the mount).
+    let held = fs::File::open(m.path("a")).expect("open");
+    send(&fifo, b"lazyfs::clear-cache\n");
+    wait_until("clear-cache done", &m, || {
+        m.daemon_stderr().contains("clear-cache done")
+    });
+    assert_eq!(
+        read_all(&m.path("a")),
+        b"",
+        "unsynced bytes survived clear-cache"
+    );
+    drop(held);
+
+    // cache-checkpoint: everything written becomes durable.
+    fs::write(m.path("b"), b"kept").expect("write");
+    send(&fifo, b"lazyfs::cache-checkpoint\n");
+    wait_until("cache-checkpoint done", &m, || {
+        m.daemon_stderr().contains("cache-checkpoint done")
+    });
+    assert_eq!(num(&m.status_json(), "unsynced_bytes"), 0);
+    let cut = m.powercut_nokill_json();
+    assert_eq!(num(&cut, "lost_bytes"), 0, "{cut}");
+    assert_eq!(read_all(&m.path("b")), b"kept");
+    drop(m);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn lazyfs_fifo_on_a_regular_file_is_refused() {
+    check_preconditions();
+    let dir = unique_tmp_dir("lazyfs-bad");
+    let (b, mnt, not_fifo) = (dir.join("b"), dir.join("m"), dir.join("plain"));
+    fs::create_dir(&b).expect("mkdir");
+    fs::create_dir(&mnt).expect("mkdir");
+    fs::write(&not_fifo, b"").expect("write");
+    let out = run_bounded(
+        std::process::Command::new(lossfs_bin())
+            .arg(&b)
+            .arg(&mnt)
+            .arg("-o")
+            .arg(format!("lazyfs_fifo={}", not_fifo.display()))
+            .arg("-f"),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a FIFO"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!is_mounted(&mnt), "left a mount behind");
+    let _ = fs::remove_dir_all(&dir);
+}
