@@ -40,7 +40,11 @@ fn powercut_all_cuts_every_mount_and_kills_their_users() {
         Command::new(lossctl_bin()).args(["powercut", "--all", "--json"]),
         Duration::from_secs(60),
     );
-    assert!(out.status.success(), "powercut --all: {}", output_text(&out));
+    assert!(
+        out.status.success(),
+        "powercut --all: {}",
+        output_text(&out)
+    );
     let reports: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("--all --json prints a JSON array");
     let reports = reports.as_array().expect("a JSON array");
