@@ -239,6 +239,11 @@ pub(crate) struct Log {
 }
 
 fn open_log(path: &Path) -> io::Result<File> {
+    open_private(path, "journal log")
+}
+
+/// Opens (creating, never truncating) a file of the state dir, mode 0600, close-on-exec.
+pub(super) fn open_private(path: &Path, what: &str) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -247,7 +252,7 @@ fn open_log(path: &Path) -> io::Result<File> {
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| ctx(e, format!("opening journal log {}", path.display())))
+        .map_err(|e| ctx(e, format!("opening {what} {}", path.display())))
 }
 
 /// Wraps an error with what was being done, keeping its kind.

@@ -158,15 +158,7 @@ impl Journal {
     ) -> io::Result<(Journal, Option<Vec<FileLoss>>)> {
         mkdir_private(state_dir)?;
         let lock_path = state_dir.join("lock");
-        let lock_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&lock_path)
-            .map_err(|e| ctx(e, format!("opening {}", lock_path.display())))?;
+        let lock_file = log::open_private(&lock_path, "lock file")?;
         let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((_, Errno::EWOULDBLOCK)) => {
