@@ -12,6 +12,7 @@ use crate::journal::{FileKey, Journal};
 use crate::mountinfo;
 use crate::options::{self, MountOptions, Recover};
 use crate::procscan::{self, MountTarget};
+use crate::readahead;
 use crate::report::{PowercutReport, StatusReport, SyncReport};
 use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 use parking_lot::{Condvar, Mutex};
@@ -606,6 +607,21 @@ pub fn serve(
             }
         })
         .map_err(|e| format!("signal thread: {e}"))?;
+
+    let read_ahead = opts.read_ahead_kb.unwrap_or(options::DEFAULT_READ_AHEAD_KB);
+    if read_ahead > 0 {
+        let mp = mountpoint.clone();
+        // Not fatal: only sequential read speed depends on it.
+        let spawned = std::thread::Builder::new()
+            .name("lossfs-readahead".into())
+            .spawn(move || match readahead::set_after_init(&mp, read_ahead) {
+                Ok(()) => tracing::debug!("readahead of {} set to {read_ahead} KiB", mp.display()),
+                Err(e) => tracing::warn!("cannot set the readahead window: {e}"),
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("readahead thread: {e}");
+        }
+    }
 
     tracing::info!(
         "mounted {} on {} (state {}, control {})",

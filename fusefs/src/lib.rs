@@ -21,5 +21,6 @@ pub mod mountinfo;
 pub mod options;
 pub mod procscan;
 pub mod rangeset;
+pub mod readahead;
 pub mod report;
 pub mod run;

@@ -35,6 +35,9 @@ pub struct MountOptions {
     pub threads: Option<usize>,
     /// `lazyfs_fifo=PATH`: a LazyFS-style command FIFO.
     pub lazyfs_fifo: Option<PathBuf>,
+    /// `read_ahead_kb=N`: the mount's kernel readahead window (None: the default,
+    /// [`DEFAULT_READ_AHEAD_KB`]; 0 leaves the kernel's own).
+    pub read_ahead_kb: Option<u32>,
     pub ro: bool,
     pub noatime: bool,
     pub nosuid: bool,
@@ -46,6 +49,10 @@ pub struct MountOptions {
 
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 const MAX_THREADS: usize = 64;
+/// One FUSE read request can carry 1 MiB (max_pages follows max_write); a window this size
+/// lets sequential reads use whole requests instead of the kernel's 128 KiB default.
+pub const DEFAULT_READ_AHEAD_KB: u32 = 1024;
+const MAX_READ_AHEAD_KB: u32 = 65536;
 
 /// Options mount(8) and fstab pass to every helper that mean nothing to lossfs.  `fsname`
 /// and `subtype` are dropped too: lossfs names its mounts itself.
@@ -122,6 +129,18 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                     _ => {
                         return Err(format!(
                             "mount option threads={v}: must be a number from 1 to {MAX_THREADS}"
+                        ))
+                    }
+                }
+            }
+            "read_ahead_kb" => {
+                let v = value?;
+                match v.parse::<u32>() {
+                    Ok(n) if n <= MAX_READ_AHEAD_KB => o.read_ahead_kb = Some(n),
+                    _ => {
+                        return Err(format!(
+                            "mount option read_ahead_kb={v}: must be a number of KiB from 0 \
+                             (the kernel's default) to {MAX_READ_AHEAD_KB}"
                         ))
                     }
                 }
@@ -381,7 +400,7 @@ mod tests {
         let o = parse_mount_options(&s(&[
             "default_permissions,control=/run/l.sock,log=debug",
             "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
-            "lazyfs_fifo=/tmp/lazyfs.fifo",
+            "lazyfs_fifo=/tmp/lazyfs.fifo,read_ahead_kb=4096",
         ]))
         .unwrap();
         assert_eq!(
@@ -395,6 +414,7 @@ mod tests {
                 recover: Recover::Keep,
                 threads: Some(8),
                 lazyfs_fifo: Some(PathBuf::from("/tmp/lazyfs.fifo")),
+                read_ahead_kb: Some(4096),
                 ro: true,
                 noatime: true,
                 nosuid: true,
@@ -434,6 +454,8 @@ mod tests {
             ("threads=0", "threads=0"),
             ("threads=65", "threads=65"),
             ("threads=two", "threads=two"),
+            ("read_ahead_kb=-1", "read_ahead_kb=-1"),
+            ("read_ahead_kb=65537", "read_ahead_kb=65537"),
             ("threads=", "threads="),
             ("state_dir=", "state_dir"),
             ("state_dir", "state_dir"),
