@@ -138,20 +138,34 @@ impl Server {
         &mut self,
         what: &str,
         timeout: Duration,
-        mut probe: impl FnMut() -> Result<(), String>,
+        probe: impl FnMut() -> Result<(), String>,
     ) {
+        if let Err((st, last)) = self.wait_ready_or_exit(what, timeout, probe) {
+            panic!(
+                "{} exited ({st:?}) before {what}; last probe: {last}\n--- log ---\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+    }
+
+    /// Like [`Server::wait_ready`], but a server that exits first is an answer, not a
+    /// failure: its exit status and the last probe error (a server refusing to start
+    /// after a power cut is a finding). Still panics if the time runs out.
+    pub fn wait_ready_or_exit(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut() -> Result<(), String>,
+    ) -> Result<(), (ExitStatus, String)> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("(not probed)");
         loop {
             if let Some(st) = self.exited() {
-                panic!(
-                    "{} exited ({st:?}) before {what}; last probe: {last}\n--- log ---\n{}",
-                    self.name,
-                    self.log_text()
-                );
+                return Err((st, last));
             }
             match probe() {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(e) => last = e,
             }
             if Instant::now() >= deadline {
