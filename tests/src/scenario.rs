@@ -8,6 +8,8 @@
 //! picks free ports on 127.0.0.1, waits for readiness with a bound, cuts the power and
 //! prints the verdict line.
 
+pub mod etcd;
+
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
