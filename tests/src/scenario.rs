@@ -9,6 +9,7 @@
 //! prints the verdict line.
 
 pub mod etcd;
+pub mod nats;
 
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -331,6 +332,29 @@ pub fn powercut(m: &Mount, server: &mut Server) -> serde_json::Value {
     rep
 }
 
+/// Standard base64 (RFC 4648, with padding): etcd's JSON gateway wants keys and values
+/// in it, JetStream returns message data in it.
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
 /// Total bytes a powercut report says were lost.
 pub fn lost_bytes(rep: &serde_json::Value) -> u64 {
     crate::num(rep, "lost_bytes")
@@ -404,5 +428,19 @@ impl Verdict {
             "{}: acknowledged records lost although the server syncs",
             self.line()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     }
 }

@@ -7,30 +7,8 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
 
-use super::{require_program, Server, CLIENT_TIMEOUT};
+use super::{base64, require_program, Server, CLIENT_TIMEOUT};
 use crate::{output_text, run_bounded};
-
-/// Standard base64 (RFC 4648, with padding), as the JSON gateway wants keys and values.
-pub fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
-}
 
 /// One put through etcd's v3 JSON gateway (`POST /v3/kv/put`), which answers once the
 /// put is committed by raft and applied. Ok if etcd acknowledged it.
@@ -159,19 +137,5 @@ impl Member {
                 }
             })
             .map_err(|(st, _)| st)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base64;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     }
 }
