@@ -168,6 +168,24 @@ fn scenario(sync_before_cut: bool) -> Outcome {
         found.push(here);
     }
     assert_eq!(found[0], found[1], "A and C serve different histories");
+    // What the next publish gets: a sequence number at or below N means an acknowledged
+    // sequence now names a different message.
+    let next = Client::connect(c.client)
+        .and_then(|mut cl| cl.request("lossfs.k", b"after-the-cut"))
+        .unwrap_or_else(|e| panic!("publish after the restart: {e}"));
+    let next_seq = json_u64(&next, "seq");
+    eprintln!(
+        "nats sync_before_cut={sync_before_cut}: the next publish is acknowledged with seq \
+         {next_seq:?}"
+    );
+    // The stream continues from the messages it kept: after a loss, acknowledged sequence
+    // numbers are handed out again.
+    assert_eq!(
+        next_seq,
+        Some(found[0] + 1),
+        "the next publish should follow the {} messages kept: {next}",
+        found[0]
+    );
     let setting = if sync_before_cut {
         "defaults, lossctl sync before the cut (control)"
     } else {
