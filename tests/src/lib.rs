@@ -173,7 +173,13 @@ pub fn output_text(o: &Output) -> String {
 /// Runs `cmd` to completion with piped stdout/stderr, killing it and panicking if it takes
 /// longer than `timeout`.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
-    cmd.stdin(Stdio::null())
+    run_bounded_stdin(cmd, Stdio::null(), timeout)
+}
+
+/// [`run_bounded`] with `stdin` as the command's standard input (a file of commands for
+/// an interactive client, say).
+pub fn run_bounded_stdin(cmd: &mut Command, stdin: Stdio, timeout: Duration) -> Output {
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let desc = format!("{cmd:?}");

@@ -8,6 +8,9 @@
 //! picks free ports on 127.0.0.1, waits for readiness with a bound, cuts the power and
 //! prints the verdict line.
 
+pub mod etcd;
+pub mod nats;
+
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -138,20 +141,34 @@ impl Server {
         &mut self,
         what: &str,
         timeout: Duration,
-        mut probe: impl FnMut() -> Result<(), String>,
+        probe: impl FnMut() -> Result<(), String>,
     ) {
+        if let Err((st, last)) = self.wait_ready_or_exit(what, timeout, probe) {
+            panic!(
+                "{} exited ({st:?}) before {what}; last probe: {last}\n--- log ---\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+    }
+
+    /// Like [`Server::wait_ready`], but a server that exits first is an answer, not a
+    /// failure: its exit status and the last probe error (a server refusing to start
+    /// after a power cut is a finding). Still panics if the time runs out.
+    pub fn wait_ready_or_exit(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut() -> Result<(), String>,
+    ) -> Result<(), (ExitStatus, String)> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("(not probed)");
         loop {
             if let Some(st) = self.exited() {
-                panic!(
-                    "{} exited ({st:?}) before {what}; last probe: {last}\n--- log ---\n{}",
-                    self.name,
-                    self.log_text()
-                );
+                return Err((st, last));
             }
             match probe() {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(e) => last = e,
             }
             if Instant::now() >= deadline {
@@ -315,6 +332,29 @@ pub fn powercut(m: &Mount, server: &mut Server) -> serde_json::Value {
     rep
 }
 
+/// Standard base64 (RFC 4648, with padding): etcd's JSON gateway wants keys and values
+/// in it, JetStream returns message data in it.
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
 /// Total bytes a powercut report says were lost.
 pub fn lost_bytes(rep: &serde_json::Value) -> u64 {
     crate::num(rep, "lost_bytes")
@@ -388,5 +428,19 @@ impl Verdict {
             "{}: acknowledged records lost although the server syncs",
             self.line()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     }
 }
