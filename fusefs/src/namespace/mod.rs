@@ -17,7 +17,7 @@
 //! inode: open fds keep working and the data journal, keyed by the inode, still rolls its
 //! content back), and a rename over an existing entry first links (a directory: moves) that
 //! entry into the graveyard.  Each change is written to the undo log (`state_dir/namespace`,
-//! format in [`log`]) before it is made.  Commit writes `D seq`, then deletes the change's
+//! format in the private `log` module) before it is made.  Commit writes `D seq`, then deletes the change's
 //! graveyard entries for real.  Undo (power cut, or replay after a killed daemon) walks the
 //! pending changes newest first: creations are moved to the graveyard and deleted, removed
 //! entries are renamed back, renames are renamed back and the entry they replaced returns.
@@ -303,6 +303,9 @@ impl Namespace {
 
     /// unlink (`rmdir = false`) or rmdir of `name`: moves the entry into the graveyard.
     pub fn remove(&self, parent: Parent<'_>, name: &CStr, rmdir: bool) -> io::Result<()> {
+        // Locked before the checks: no creation through the mount can slip into a directory
+        // found empty.
+        let mut st = self.state.lock();
         let victim = sys::stat_at(parent.fd, name)?
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
         match (rmdir, sys::is_dir(&victim)) {
@@ -313,7 +316,6 @@ impl Namespace {
             }
             _ => {}
         }
-        let mut st = self.state.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
         let grave = seq.to_string();
@@ -353,6 +355,7 @@ impl Namespace {
         if flags & !(noreplace | exchange) != 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
+        let mut st = self.state.lock();
         let src = sys::stat_at(from.fd, name)?
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
         let dst = sys::stat_at(to.fd, new_name)?;
@@ -381,7 +384,6 @@ impl Namespace {
             // The kernel answers ENOENT itself.
             _ => None,
         };
-        let mut st = self.state.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
         let grave = seq.to_string();

@@ -377,3 +377,38 @@ fn dependencies_follow_names_subjects_and_parents() {
         "the same name and inode"
     );
 }
+
+#[test]
+fn non_durable_models_need_the_state_dir_on_the_backing_filesystem() {
+    let t = Tmp::new("xdev");
+    let shm = Path::new("/dev/shm");
+    let other = fs::metadata(shm).map(|m| m.dev()).unwrap_or_else(|e| {
+        panic!("this test needs /dev/shm (a filesystem other than the temp dir's): {e}")
+    });
+    assert_ne!(
+        other,
+        fs::metadata(t.backing()).unwrap().dev(),
+        "this test needs /dev/shm on another filesystem than {}",
+        t.backing().display()
+    );
+    let state = shm.join(format!("lossfs-ns-xdev-{}", std::process::id()));
+    let root = fs::File::open(t.backing()).unwrap();
+    let (journal, _) =
+        Journal::open(&state, root.try_clone().unwrap().into(), &t.backing(), true).unwrap();
+    let journal = Arc::new(journal);
+    let open = |model| {
+        Namespace::open(
+            &state,
+            root.try_clone().unwrap().into(),
+            &t.backing(),
+            journal.clone(),
+            model,
+            true,
+        )
+    };
+    let err = open(Model::Posix).unwrap_err().to_string();
+    assert!(err.contains("same filesystem as BACKING"), "{err}");
+    assert!(open(Model::Durable).is_ok());
+    drop(journal);
+    let _ = fs::remove_dir_all(&state);
+}
