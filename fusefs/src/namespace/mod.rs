@@ -17,10 +17,11 @@
 //! inode: open fds keep working and the data journal, keyed by the inode, still rolls its
 //! content back), and a rename over an existing entry first links (a directory: moves) that
 //! entry into the graveyard.  Each change is written to the undo log (`state_dir/namespace`,
-//! format in the private `log` module) before it is made.  Commit writes `D seq`, then deletes the change's
-//! graveyard entries for real.  Undo (power cut, or replay after a killed daemon) walks the
-//! pending changes newest first: creations are moved to the graveyard and deleted, removed
-//! entries are renamed back, renames are renamed back and the entry they replaced returns.
+//! format in the private `log` module) before it is made.  Commit writes `D seq`, then
+//! deletes the change's graveyard entries for real.  Undo (power cut, or replay after a
+//! killed daemon) walks the pending changes newest first: creations are moved to the
+//! graveyard and deleted, removed entries are renamed back, renames are renamed back and the
+//! entry they replaced returns.
 //! Each undo step checks the inode it expects before acting and is followed by `D seq`, so a
 //! replay interrupted half way finishes the job exactly once.
 //!
@@ -427,7 +428,10 @@ impl Namespace {
                     None => Ok(()),
                 };
                 if let Err(b) = back {
-                    tracing::warn!(error = %b, "namespace: cannot put back the entry a failed rename would have replaced");
+                    tracing::warn!(
+                        error = %b,
+                        "namespace: cannot put back the entry a failed rename would replace"
+                    );
                 }
                 self.cancel(&mut st, seq);
                 Err(e)
@@ -504,7 +508,7 @@ impl Namespace {
                 let fd = sys::open_path_at(self.graveyard.as_fd(), &g);
                 if let Ok(handle) = fd.and_then(|fd| FileHandle::of_fd(fd.as_fd())) {
                     if let Err(e) = self.journal.lock(key_of(&st), &handle).mark_durable() {
-                        tracing::warn!(error = %e, "namespace: dropping a deleted file's journal state");
+                        tracing::warn!(error = %e, "namespace: dropping a deleted file's state");
                     }
                 }
             }
@@ -693,7 +697,11 @@ fn remove_path(p: &Path) {
         Err(e) => Err(e),
     };
     if let Err(e) = r {
-        tracing::warn!(path = %p.display(), error = %e, "namespace: cannot delete a graveyard entry");
+        tracing::warn!(
+            path = %p.display(),
+            error = %e,
+            "namespace: cannot delete a graveyard entry"
+        );
     }
 }
 
