@@ -3,11 +3,15 @@
 //! mkdir/rmdir, hard links, rename over a file) across a power cut, the journal model's
 //! periodic commit, `lossctl status`/`sync`, and the replay after a killed daemon.
 
-use lossfs_tests::{num, output_text, read_all, Mount};
+use lossfs_tests::{
+    lossfs_bin, num, output_text, read_all, unique_tmp_dir, unmount_all, wait_bounded, ChildGuard,
+    Mount,
+};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -350,4 +354,46 @@ fn replay_after_a_killed_daemon_undoes_pending_changes() {
     fs::remove_file(m.path("victim")).unwrap();
     m.remount();
     assert!(!exists(&m.path("victim")));
+}
+
+#[test]
+fn posix_refuses_a_state_dir_on_another_filesystem() {
+    let root = unique_tmp_dir("nsx");
+    let (backing, mnt) = (root.join("backing"), root.join("mnt"));
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let state = Path::new("/dev/shm").join(format!("lossfs-nsx-{}", std::process::id()));
+    let dev = |p: &Path| {
+        fs::metadata(p)
+            .unwrap_or_else(|e| panic!("this test needs {}: {e}", p.display()))
+            .dev()
+    };
+    assert_ne!(
+        dev(Path::new("/dev/shm")),
+        dev(&backing),
+        "this test needs /dev/shm on another filesystem than /tmp"
+    );
+    let stderr = root.join("stderr");
+    let child = Command::new(lossfs_bin())
+        .arg(&backing)
+        .arg(&mnt)
+        .arg("-o")
+        .arg(format!("metadata=posix,state_dir={}", state.display()))
+        .arg("-f")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(File::create(&stderr).unwrap()))
+        .spawn()
+        .expect("spawn lossfs");
+    let mut guard = ChildGuard(child);
+    let st = wait_bounded(&mut guard.0, Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&read_all(&stderr)).into_owned();
+    if st.is_none() || st.is_some_and(|s| s.success()) {
+        unmount_all(&mnt);
+    }
+    let _ = fs::remove_dir_all(&state);
+    let st = st.unwrap_or_else(|| panic!("lossfs still running after 10 s; stderr:\n{err}"));
+    assert!(!st.success(), "lossfs mounted anyway; stderr:\n{err}");
+    assert!(err.contains("same filesystem as BACKING"), "{err}");
+    let _ = fs::remove_dir_all(&root);
 }

@@ -412,3 +412,35 @@ fn non_durable_models_need_the_state_dir_on_the_backing_filesystem() {
     drop(journal);
     let _ = fs::remove_dir_all(&state);
 }
+
+#[test]
+fn exchange_and_rename_over_an_empty_dir_are_undone() {
+    let t = Tmp::new("exchange");
+    fs::write(t.p("a"), b"A").unwrap();
+    fs::write(t.p("b"), b"B").unwrap();
+    fs::create_dir(t.p("src")).unwrap();
+    fs::write(t.p("src/in"), b"kept").unwrap();
+    fs::create_dir(t.p("dst")).unwrap();
+    let dst = key_at(&t.p("dst"));
+    let m = t.open(Model::Posix, true);
+    let d = DirFd::new(&t.backing());
+    m.ns.rename(
+        d.parent(),
+        &c("a"),
+        d.parent(),
+        &c("b"),
+        libc::RENAME_EXCHANGE,
+    )
+    .unwrap();
+    assert_eq!(fs::read(t.p("a")).unwrap(), b"B");
+    rename(&m.ns, &t.backing(), "src", &t.backing(), "dst");
+    assert_eq!(names(&t.backing()), vec!["a", "b", "dst"]);
+    assert_eq!(fs::read(t.p("dst/in")).unwrap(), b"kept");
+    let (undone, _) = m.ns.undo_all();
+    assert!(undone.iter().all(|u| u.error.is_none()), "{undone:?}");
+    assert_eq!(fs::read(t.p("a")).unwrap(), b"A");
+    assert_eq!(fs::read(t.p("b")).unwrap(), b"B");
+    assert_eq!(fs::read(t.p("src/in")).unwrap(), b"kept");
+    assert_eq!(key_at(&t.p("dst")), dst, "the replaced directory is back");
+    assert!(names(&t.p("dst")).is_empty());
+}
