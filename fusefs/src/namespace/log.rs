@@ -443,7 +443,8 @@ pub struct NsLog {
 }
 
 impl NsLog {
-    /// Opens (creating) the log; returns it (empty mirror) and what its records say.
+    /// Opens (creating) the log; returns it and its live changes (also in its mirror, so
+    /// that settling them one by one keeps the log valid until the last one).
     pub fn open(path: &Path) -> io::Result<(NsLog, BTreeMap<u64, Change>)> {
         let file = open_log(path)?;
         let bytes = std::fs::read(path)
@@ -454,7 +455,7 @@ impl NsLog {
                 path: path.to_path_buf(),
                 file,
                 len: valid as u64,
-                live: BTreeMap::new(),
+                live: live.clone(),
                 compact_at: COMPACT_MIN,
             },
             live,

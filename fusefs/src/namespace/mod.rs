@@ -204,14 +204,15 @@ impl Namespace {
             );
             let mut st = ns.state.lock();
             st.next_seq = live.keys().next_back().map_or(1, |s| s + 1);
-            let undone = if rollback {
-                live.iter()
-                    .rev()
-                    .map(|(&seq, c)| ns.undo_one(seq, c))
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let mut undone = Vec::new();
+            if rollback {
+                for (&seq, c) in live.iter().rev() {
+                    undone.push(ns.undo_one(seq, c));
+                    // Recorded step by step: a daemon killed during this replay leaves the
+                    // next mount only the steps not done yet.
+                    st.log.append(&Record::Done { seq })?;
+                }
+            }
             Some(undone)
         };
         // Settled either way: what is left in the graveyard is committed.
@@ -706,8 +707,19 @@ fn remove_path(p: &Path) {
 }
 
 /// `ready` plus every earlier pending change they depend on, transitively (the rule in the
-/// module header).
+/// module header).  Indexed by inode and by name, so a directory fsync with many pending
+/// changes costs what the matches cost, not the square of the pending count.
 fn dependencies(live: &BTreeMap<u64, Change>, ready: Vec<u64>) -> BTreeSet<u64> {
+    let mut by_inode: HashMap<FileKey, Vec<u64>> = HashMap::new();
+    let mut by_name: HashMap<(FileKey, &[u8]), Vec<u64>> = HashMap::new();
+    for (&seq, c) in live {
+        for k in c.subjects() {
+            by_inode.entry(k).or_default().push(seq);
+        }
+        for n in c.names() {
+            by_name.entry(n).or_default().push(seq);
+        }
+    }
     let mut set: BTreeSet<u64> = BTreeSet::new();
     let mut work = ready;
     while let Some(s) = work.pop() {
@@ -715,21 +727,18 @@ fn dependencies(live: &BTreeMap<u64, Change>, ready: Vec<u64>) -> BTreeSet<u64> 
             continue;
         }
         let Some(c) = live.get(&s) else { continue };
-        let parents = c.parents();
-        let subjects = c.subjects();
-        let names = c.names();
-        for (&e, earlier) in live.range(..s) {
-            if set.contains(&e) {
-                continue;
+        let mut earlier = |seqs: Option<&Vec<u64>>| {
+            for &e in seqs.into_iter().flatten().take_while(|&&e| e < s) {
+                if !set.contains(&e) {
+                    work.push(e);
+                }
             }
-            let es = earlier.subjects();
-            let depends = es
-                .iter()
-                .any(|k| parents.contains(k) || subjects.contains(k))
-                || earlier.names().iter().any(|n| names.contains(n));
-            if depends {
-                work.push(e);
-            }
+        };
+        for k in c.parents().iter().chain(c.subjects().iter()) {
+            earlier(by_inode.get(k));
+        }
+        for n in c.names() {
+            earlier(by_name.get(&n));
         }
     }
     set
