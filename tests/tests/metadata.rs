@@ -4,8 +4,8 @@
 //! periodic commit, `lossctl status`/`sync`, and the replay after a killed daemon.
 
 use lossfs_tests::{
-    lossfs_bin, num, output_text, read_all, unique_tmp_dir, unmount_all, wait_bounded, ChildGuard,
-    Mount,
+    cpath, lossfs_bin, num, output_text, read_all, unique_tmp_dir, unmount_all, wait_bounded,
+    ChildGuard, Mount,
 };
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -396,4 +396,85 @@ fn posix_refuses_a_state_dir_on_another_filesystem() {
     assert!(!st.success(), "lossfs mounted anyway; stderr:\n{err}");
     assert!(err.contains("same filesystem as BACKING"), "{err}");
     let _ = fs::remove_dir_all(&root);
+}
+
+fn renameat2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
+    let (f, t) = (cpath(from), cpath(to));
+    // SAFETY: valid C strings; AT_FDCWD with absolute paths.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+#[test]
+fn name_operations_keep_their_errors_in_the_tracked_models() {
+    for model in ["metadata=posix", "metadata=journal"] {
+        let m = Mount::new(&[model]);
+        fs::create_dir(m.path("full")).unwrap();
+        write_file(&m.path("full/x"), b"", false);
+        fs::create_dir(m.path("empty")).unwrap();
+        write_file(&m.path("f"), b"f", false);
+        write_file(&m.path("g"), b"g", false);
+        let errno = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
+        assert_eq!(
+            errno(fs::remove_dir(m.path("full"))),
+            Some(libc::ENOTEMPTY),
+            "{model}"
+        );
+        assert_eq!(
+            errno(fs::remove_dir(m.path("f"))),
+            Some(libc::ENOTDIR),
+            "{model}"
+        );
+        assert_eq!(
+            errno(fs::remove_file(m.path("nope"))),
+            Some(libc::ENOENT),
+            "{model}"
+        );
+        assert_eq!(
+            errno(fs::rename(m.path("f"), m.path("empty"))),
+            Some(libc::EISDIR),
+            "{model}"
+        );
+        assert_eq!(
+            errno(fs::rename(m.path("empty"), m.path("full"))),
+            Some(libc::ENOTEMPTY),
+            "{model}"
+        );
+        assert_eq!(
+            renameat2(&m.path("f"), &m.path("g"), libc::RENAME_NOREPLACE),
+            Err(libc::EEXIST),
+            "{model}"
+        );
+        renameat2(&m.path("f"), &m.path("g"), libc::RENAME_EXCHANGE).unwrap();
+        assert_eq!(read_all(&m.path("f")), b"g", "{model}");
+        // Two names of one inode: rename does nothing and succeeds.
+        fs::hard_link(m.path("f"), m.path("h")).unwrap();
+        fs::rename(m.path("f"), m.path("h")).unwrap();
+        assert!(exists(&m.path("f")) && exists(&m.path("h")), "{model}");
+        // A rename over an empty directory.
+        fs::create_dir(m.path("src")).unwrap();
+        fs::rename(m.path("src"), m.path("empty")).unwrap();
+        assert!(!exists(&m.path("src")), "{model}");
+        let st = m.status_json();
+        // f, g, full, full/x, empty, exchange, link h, rename over empty, mkdir src... all
+        // pending; failed operations left nothing behind.
+        assert_eq!(num(&st, "namespace_uncommitted"), 9, "{model}: {st}");
+        m.powercut_json();
+        assert!(
+            fs::read_dir(m.path("")).unwrap().next().is_none(),
+            "{model}: all undone"
+        );
+    }
 }
