@@ -10,6 +10,7 @@ use crate::handle::FileHandle;
 use crate::inode::InodeTable;
 use crate::journal::{FileKey, Journal};
 use crate::mountinfo;
+use crate::namespace::{Model, Namespace};
 use crate::options::{self, MountOptions, Recover};
 use crate::procscan::{self, MountTarget};
 use crate::readahead;
@@ -138,13 +139,19 @@ impl Daemon {
         })
     }
 
-    fn invalidate_all(&self) {
+    fn invalidate_all(&self, entries: &[(FileKey, Vec<u8>)]) {
         let Some(n) = self.notifier.lock().clone() else {
             return;
         };
         for id in self.fs.inodes.all_ids() {
             // ENOENT: the kernel already forgot it; nothing cached to drop.
             let _ = n.inval_inode(INodeNo(id), 0, 0);
+        }
+        // Names the namespace undo changed: the kernel must look them up again.
+        for (parent, name) in entries {
+            if let Some(id) = self.fs.inodes.nodeid_of(parent) {
+                let _ = n.inval_entry(INodeNo(id), std::ffi::OsStr::from_bytes(name));
+            }
         }
     }
 }
@@ -158,13 +165,31 @@ impl ControlHandler for Daemon {
             unsynced_bytes: files.iter().map(|f| f.unsynced_bytes).sum(),
             files,
             powercuts: self.powercuts.load(Ordering::Relaxed),
+            metadata: self
+                .fs
+                .ns
+                .as_ref()
+                .map_or(Model::Durable, |n| n.model())
+                .name()
+                .into(),
+            namespace_uncommitted: self.fs.ns.as_ref().map_or(0, |n| n.uncommitted() as u64),
         })
     }
 
     fn sync(&self) -> Result<SyncReport, String> {
         let _one_at_a_time = self.ops.lock();
         flush_kernel_dirty_pages(&self.mountpoint)?;
-        self.fs.journal.sync_all().map_err(|e| format!("sync: {e}"))
+        let mut report = self
+            .fs
+            .journal
+            .sync_all()
+            .map_err(|e| format!("sync: {e}"))?;
+        if let Some(ns) = &self.fs.ns {
+            report.namespace_committed =
+                ns.commit_all()
+                    .map_err(|e| format!("sync: namespace commit: {e}"))? as u64;
+        }
+        Ok(report)
     }
 
     fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String> {
@@ -181,20 +206,29 @@ impl ControlHandler for Daemon {
             // Go on: the cut itself must happen; late pages will meet EIO handles.
             tracing::warn!("power cut: {e}");
         }
-        let files = self
-            .fs
-            .frozen(|| self.fs.journal.rollback_all())
-            .map_err(|e| format!("rollback: {e}"))?;
+        // Data first, by inode, wherever its names are now; then the names.
+        let (files, (namespace, touched)) = self.fs.frozen(|| {
+            let files = self.fs.journal.rollback_all();
+            let names = self
+                .fs
+                .ns
+                .as_ref()
+                .map(|ns| ns.undo_all())
+                .unwrap_or_default();
+            (files, names)
+        });
+        let files = files.map_err(|e| format!("rollback: {e}"))?;
         self.powercuts.fetch_add(1, Ordering::Relaxed);
         // After the thaw, from this (non-FUSE) thread: invalidation may make the kernel send
         // us requests, which the workers must be free to answer.
-        self.invalidate_all();
+        self.invalidate_all(&touched);
         let report = PowercutReport {
             mountpoint: self.mountpoint.display().to_string(),
             lost_bytes: files.iter().map(|f| f.lost_bytes).sum(),
             files,
             killed,
             elapsed_ms: t0.elapsed().as_millis() as u64,
+            namespace,
         };
         tracing::info!("{}", report.to_text().trim_end());
         Ok(report)
@@ -474,6 +508,36 @@ pub fn serve(
         opts.recover == Recover::Rollback,
     )
     .map_err(|e| format!("journal in {}: {e}", state_dir.display()))?;
+    let journal = Arc::new(journal);
+    let ns_root = root
+        .try_clone()
+        .map_err(|e| format!("dup backing fd: {e}"))?;
+    let (ns, ns_recovered) = Namespace::open(
+        &state_dir,
+        ns_root,
+        &backing,
+        journal.clone(),
+        opts.metadata,
+        opts.recover == Recover::Rollback,
+    )
+    .map_err(|e| format!("namespace log in {}: {e}", state_dir.display()))?;
+    if let Some(undone) = ns_recovered {
+        let r = PowercutReport {
+            mountpoint: mountpoint.display().to_string(),
+            namespace: undone,
+            ..Default::default()
+        };
+        tracing::warn!(
+            "found pending namespace changes in {} (the previous lossfs was killed): {}\n{}",
+            state_dir.display(),
+            if opts.recover == Recover::Rollback {
+                "undone"
+            } else {
+                "kept (recover=keep)"
+            },
+            r.to_text().trim_end()
+        );
+    }
     if let Some(files) = recovered {
         let lost: u64 = files.iter().map(|f| f.lost_bytes).sum();
         let verb = if opts.recover == Recover::Rollback {
@@ -509,11 +573,17 @@ pub fn serve(
         )
     })?;
     let hidden = hidden_state_dir(&state_dir, &backing);
-    let fs = Arc::new(LossFs::new(
+    let mut fs = LossFs::new(
         InodeTable::new(root, root_key, root_handle),
-        Arc::new(journal),
+        journal,
         hidden,
-    ));
+    );
+    if ns.model() != Model::Durable {
+        ns.start_periodic_commit(opts.commit_interval())
+            .map_err(|e| e.to_string())?;
+        fs = fs.with_namespace(ns);
+    }
+    let fs = Arc::new(fs);
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -646,6 +716,11 @@ pub fn serve(
     // A clean unmount is a clean shutdown: the kernel would write everything back.
     if let Err(e) = fs.journal.sync_all() {
         tracing::error!("final sync after unmount: {e}");
+    }
+    if let Some(ns) = &fs.ns {
+        if let Err(e) = ns.commit_all() {
+            tracing::error!("final namespace commit after unmount: {e}");
+        }
     }
     result.map_err(|e| format!("FUSE session: {e}"))
 }

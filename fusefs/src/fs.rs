@@ -12,6 +12,7 @@
 use crate::error::{cvt, Context, FsError, FsResult};
 use crate::inode::{Inode, InodeTable, PathFd, ROOT};
 use crate::journal::{FileKey, Journal};
+use crate::namespace::{Creating, Kind, Namespace, Parent};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
@@ -96,6 +97,9 @@ pub struct LossFs {
     epoch: AtomicU64,
     gate: RwLock<()>,
     hidden: Option<Hidden>,
+    /// The namespace durability model's undo state; `None` for `metadata=durable`, where
+    /// name operations go straight to the backing directory.
+    pub ns: Option<Arc<Namespace>>,
 }
 
 fn cstr(name: &OsStr) -> FsResult<CString> {
@@ -198,6 +202,30 @@ impl LossFs {
             epoch: AtomicU64::new(0),
             gate: RwLock::new(()),
             hidden,
+            ns: None,
+        }
+    }
+
+    /// Tracks name operations with `ns` (a model other than `durable`).
+    pub fn with_namespace(mut self, ns: Arc<Namespace>) -> LossFs {
+        self.ns = Some(ns);
+        self
+    }
+
+    /// Logs an upcoming creation when a namespace model tracks it.
+    fn before_create<'a>(
+        &'a self,
+        p: &Inode,
+        pfd: &PathFd,
+        name: &CStr,
+        kind: Kind,
+    ) -> FsResult<Option<Creating<'a>>> {
+        match &self.ns {
+            None => Ok(None),
+            Some(ns) => ns
+                .before_create(parent_of(p, pfd), name, kind)
+                .map(Some)
+                .ctx("namespace log"),
         }
     }
 
@@ -316,13 +344,14 @@ impl LossFs {
         mode: u32,
         who: Caller,
     ) -> FsResult<(Arc<Inode>, libc::stat)> {
-        let (pfd, c) = self.parent_and_name(parent, name)?;
+        let (p, pfd, c) = self.parent_dir(parent, name)?;
+        let creating = self.before_create(&p, &pfd, &c, Kind::Dir)?;
         {
             let _as = AsCaller::new(who);
             // SAFETY: valid dir fd and C string.
             cvt(unsafe { libc::mkdirat(pfd.fd().as_raw_fd(), c.as_ptr(), mode) }).ctx("mkdir")?;
         }
-        self.lookup_new(&pfd, &c)
+        with_identity(creating, self.lookup_new(&pfd, &c))
     }
 
     pub fn mknod(
@@ -333,7 +362,8 @@ impl LossFs {
         rdev: u32,
         who: Caller,
     ) -> FsResult<(Arc<Inode>, libc::stat)> {
-        let (pfd, c) = self.parent_and_name(parent, name)?;
+        let (p, pfd, c) = self.parent_dir(parent, name)?;
+        let creating = self.before_create(&p, &pfd, &c, Kind::Node)?;
         {
             let _as = AsCaller::new(who);
             // SAFETY: valid dir fd and C string.
@@ -342,7 +372,7 @@ impl LossFs {
             })
             .ctx("mknod")?;
         }
-        self.lookup_new(&pfd, &c)
+        with_identity(creating, self.lookup_new(&pfd, &c))
     }
 
     pub fn symlink(
@@ -352,15 +382,16 @@ impl LossFs {
         target: &OsStr,
         who: Caller,
     ) -> FsResult<(Arc<Inode>, libc::stat)> {
-        let (pfd, c) = self.parent_and_name(parent, name)?;
+        let (p, pfd, c) = self.parent_dir(parent, name)?;
         let t = cstr(target)?;
+        let creating = self.before_create(&p, &pfd, &c, Kind::Symlink)?;
         {
             let _as = AsCaller::new(who);
             // SAFETY: valid C strings and dir fd.
             cvt(unsafe { libc::symlinkat(t.as_ptr(), pfd.fd().as_raw_fd(), c.as_ptr()) })
                 .ctx("symlink")?;
         }
-        self.lookup_new(&pfd, &c)
+        with_identity(creating, self.lookup_new(&pfd, &c))
     }
 
     pub fn link(
@@ -371,7 +402,8 @@ impl LossFs {
     ) -> FsResult<(Arc<Inode>, libc::stat)> {
         let inode = self.inode(nodeid)?;
         let fd = self.path_fd(&inode)?;
-        let (pfd, c) = self.parent_and_name(newparent, newname)?;
+        let (p, pfd, c) = self.parent_dir(newparent, newname)?;
+        let creating = self.before_create(&p, &pfd, &c, Kind::HardLink)?;
         // SAFETY: valid fds and C strings; AT_EMPTY_PATH links the inode the O_PATH fd names.
         cvt(unsafe {
             libc::linkat(
@@ -383,10 +415,10 @@ impl LossFs {
             )
         })
         .ctx("link")?;
-        self.lookup_new(&pfd, &c)
+        with_identity(creating, self.lookup_new(&pfd, &c))
     }
 
-    fn parent_and_name(&self, parent: u64, name: &OsStr) -> FsResult<(PathFd, CString)> {
+    fn parent_dir(&self, parent: u64, name: &OsStr) -> FsResult<(Arc<Inode>, PathFd, CString)> {
         let p = self.inode(parent)?;
         if self.is_hidden(&p, name) {
             return Err(FsError::new(
@@ -395,18 +427,25 @@ impl LossFs {
             ));
         }
         let c = component(name)?;
-        Ok((self.path_fd(&p)?, c))
+        let pfd = self.path_fd(&p)?;
+        Ok((p, pfd, c))
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        let (pfd, c) = self.parent_and_name(parent, name)?;
+        let (p, pfd, c) = self.parent_dir(parent, name)?;
+        if let Some(ns) = &self.ns {
+            return ns.remove(parent_of(&p, &pfd), &c, false).ctx("unlink");
+        }
         // SAFETY: valid dir fd and C string.
         cvt(unsafe { libc::unlinkat(pfd.fd().as_raw_fd(), c.as_ptr(), 0) }).ctx("unlink")?;
         Ok(())
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        let (pfd, c) = self.parent_and_name(parent, name)?;
+        let (p, pfd, c) = self.parent_dir(parent, name)?;
+        if let Some(ns) = &self.ns {
+            return ns.remove(parent_of(&p, &pfd), &c, true).ctx("rmdir");
+        }
         // SAFETY: valid dir fd and C string.
         cvt(unsafe { libc::unlinkat(pfd.fd().as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
             .ctx("rmdir")?;
@@ -421,8 +460,13 @@ impl LossFs {
         newname: &OsStr,
         flags: u32,
     ) -> FsResult<()> {
-        let (pfd, c) = self.parent_and_name(parent, name)?;
-        let (npfd, nc) = self.parent_and_name(newparent, newname)?;
+        let (p, pfd, c) = self.parent_dir(parent, name)?;
+        let (np, npfd, nc) = self.parent_dir(newparent, newname)?;
+        if let Some(ns) = &self.ns {
+            return ns
+                .rename(parent_of(&p, &pfd), &c, parent_of(&np, &npfd), &nc, flags)
+                .ctx("rename");
+        }
         // SAFETY: valid dir fds and C strings; flags are passed through to the kernel, which
         // validates them.
         cvt(unsafe {
@@ -612,8 +656,9 @@ impl LossFs {
         flags: i32,
         who: Caller,
     ) -> FsResult<(Arc<Inode>, libc::stat, u64)> {
-        let (pfd, c) = self.parent_and_name(parent, name)?;
+        let (p, pfd, c) = self.parent_dir(parent, name)?;
         let bflags = Self::backing_flags(flags);
+        let mut creating = self.before_create(&p, &pfd, &c, Kind::File)?;
         let created = {
             let _as = AsCaller::new(who);
             openat(pfd.fd(), &c, bflags | libc::O_CREAT | libc::O_EXCL, mode)
@@ -622,6 +667,8 @@ impl LossFs {
             Ok(fd) => fd,
             // It appeared since the kernel looked: open it as open(2) would.
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                // Not a creation after all.
+                drop(creating.take());
                 let fd = openat(pfd.fd(), &c, bflags, 0).ctx("create (open existing)")?;
                 if flags & libc::O_TRUNC != 0 {
                     let (inode, _) = self.lookup_new(&pfd, &c)?;
@@ -632,7 +679,7 @@ impl LossFs {
             }
             Err(e) => return Err(e).ctx("create"),
         };
-        let (inode, st) = self.lookup_new(&pfd, &c)?;
+        let (inode, st) = with_identity(creating, self.lookup_new(&pfd, &c))?;
         let fh = self.new_handle(inode.clone(), fd, flags);
         Ok((inode, st, fh))
     }
@@ -673,6 +720,8 @@ impl LossFs {
             // SAFETY: valid fd.
             cvt(unsafe { libc::fdatasync(f.file.as_raw_fd()) }).ctx("O_SYNC write")?;
             g.mark_durable().ctx("journal sync")?;
+            drop(g);
+            self.namespace_file_synced()?;
         }
         Ok(data.len())
     }
@@ -692,7 +741,16 @@ impl LossFs {
         let mut g = self.journal.lock(f.inode.key, &f.inode.handle);
         sync_fd(f.file.as_fd(), datasync).ctx("fsync")?;
         g.mark_durable().ctx("journal sync")?;
-        Ok(())
+        // Released first: a namespace commit may drop a deleted file's journal state.
+        drop(g);
+        self.namespace_file_synced()
+    }
+
+    fn namespace_file_synced(&self) -> FsResult<()> {
+        match &self.ns {
+            Some(ns) => ns.file_synced().ctx("namespace commit"),
+            None => Ok(()),
+        }
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
@@ -770,6 +828,9 @@ impl LossFs {
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let d = self.dir(fh)?;
         sync_fd(d.fd.as_fd(), datasync).ctx("fsyncdir")?;
+        if let Some(ns) = &self.ns {
+            ns.dir_synced(d.inode.key).ctx("namespace commit")?;
+        }
         Ok(())
     }
 
@@ -940,6 +1001,25 @@ impl LossFs {
             .ctx("removexattr")?;
         Ok(())
     }
+}
+
+fn parent_of<'a>(p: &'a Inode, pfd: &'a PathFd) -> Parent<'a> {
+    Parent {
+        key: p.key,
+        handle: &p.handle,
+        fd: pfd.fd(),
+    }
+}
+
+/// Completes a logged creation with the inode it made.
+fn with_identity(
+    creating: Option<Creating<'_>>,
+    r: FsResult<(Arc<Inode>, libc::stat)>,
+) -> FsResult<(Arc<Inode>, libc::stat)> {
+    if let (Some(c), Ok((inode, _))) = (creating, &r) {
+        c.done(inode.key);
+    }
+    r
 }
 
 fn sync_fd(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {

@@ -110,6 +110,11 @@ impl InodeTable {
         self.maps.read().by_id.get(&nodeid).cloned()
     }
 
+    /// The node id of a known backing file.
+    pub fn nodeid_of(&self, key: &FileKey) -> Option<u64> {
+        self.maps.read().by_key.get(key).copied()
+    }
+
     /// All inodes the kernel currently knows (for cache invalidation after a cut).
     pub fn all_ids(&self) -> Vec<u64> {
         self.maps.read().by_id.keys().copied().collect()

@@ -18,6 +18,7 @@ pub mod inode;
 pub mod journal;
 pub mod lazyfs;
 pub mod mountinfo;
+pub mod namespace;
 pub mod options;
 pub mod procscan;
 pub mod rangeset;

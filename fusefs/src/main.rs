@@ -60,6 +60,11 @@ Options (-o):
   recover=rollback|keep after the previous daemon was killed: undo its unsynced data
                         (rollback, default: the same as a power cut) or make it durable (keep)
   threads=N             FUSE worker threads (default 8)
+  metadata=MODEL        namespace durability at a power cut: durable (default: creates,
+                        renames, unlinks persist at once), journal (persist in order, at
+                        any fsync or every commit=SECONDS), posix (persist when the parent
+                        directory is fsynced)
+  commit=SECONDS        metadata=journal: periodic commit (default 5, 0 = never)
   lazyfs_fifo=PATH      LazyFS command FIFO: lazyfs::clear-cache (power cut, no kill),
                         lazyfs::cache-checkpoint (sync), lazyfs::display-cache-usage,
                         lazyfs::unsynced-data-report (logged at level info)

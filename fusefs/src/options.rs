@@ -2,6 +2,7 @@
 //! and /etc/fstab hand it over: parsing the `-o` option lists, and the checks on the two
 //! paths and on the FUSE setup that must pass before anything is mounted.
 
+use crate::namespace::Model;
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
@@ -38,6 +39,11 @@ pub struct MountOptions {
     /// `read_ahead_kb=N`: the mount's kernel readahead window (None: the default,
     /// [`DEFAULT_READ_AHEAD_KB`]; 0 leaves the kernel's own).
     pub read_ahead_kb: Option<u32>,
+    /// `metadata=durable|journal|posix`: the namespace durability model.
+    pub metadata: Model,
+    /// `commit=SECONDS`: the journal model's periodic commit (`None`: the default, 5 s;
+    /// 0 = never).
+    pub commit: Option<u64>,
     pub ro: bool,
     pub noatime: bool,
     pub nosuid: bool,
@@ -45,6 +51,16 @@ pub struct MountOptions {
     pub noexec: bool,
     /// Set by `-f` (by the caller) and by the option `foreground`.
     pub foreground: bool,
+}
+
+/// Default of `commit=SECONDS`, as ext4's.
+pub const DEFAULT_COMMIT_SECS: u64 = 5;
+
+impl MountOptions {
+    /// The journal model's commit interval; zero means never.
+    pub fn commit_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.commit.unwrap_or(DEFAULT_COMMIT_SECS))
+    }
 }
 
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
@@ -118,6 +134,24 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                     v => {
                         return Err(format!(
                             "mount option recover={v}: must be rollback or keep"
+                        ))
+                    }
+                }
+            }
+            "metadata" => {
+                let v = value?;
+                o.metadata = Model::parse(v).ok_or_else(|| {
+                    format!("mount option metadata={v}: must be durable, journal or posix")
+                })?;
+            }
+            "commit" => {
+                let v = value?;
+                match v.parse::<u64>() {
+                    Ok(n) if n <= 86_400 => o.commit = Some(n),
+                    _ => {
+                        return Err(format!(
+                            "mount option commit={v}: must be a number of seconds from 0 \
+                             (never) to 86400"
                         ))
                     }
                 }
@@ -400,7 +434,7 @@ mod tests {
         let o = parse_mount_options(&s(&[
             "default_permissions,control=/run/l.sock,log=debug",
             "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
-            "lazyfs_fifo=/tmp/lazyfs.fifo,read_ahead_kb=4096",
+            "lazyfs_fifo=/tmp/lazyfs.fifo,read_ahead_kb=4096,metadata=posix,commit=0",
         ]))
         .unwrap();
         assert_eq!(
@@ -415,6 +449,8 @@ mod tests {
                 threads: Some(8),
                 lazyfs_fifo: Some(PathBuf::from("/tmp/lazyfs.fifo")),
                 read_ahead_kb: Some(4096),
+                metadata: Model::Posix,
+                commit: Some(0),
                 ro: true,
                 noatime: true,
                 nosuid: true,
@@ -462,6 +498,10 @@ mod tests {
             ("control", "control"),
             ("allow_other=1", "allow_other"),
             ("nofail=yes", "nofail"),
+            ("metadata=ext4", "metadata=ext4"),
+            ("metadata", "metadata"),
+            ("commit=-1", "commit=-1"),
+            ("commit=soon", "commit=soon"),
         ];
         for (opt, named) in cases {
             let err = parse_mount_options(&s(&[opt])).unwrap_err();

@@ -44,6 +44,12 @@ pub struct StatusReport {
     pub unsynced_bytes: u64,
     /// Number of power cuts this daemon has done.
     pub powercuts: u64,
+    /// Namespace durability model (`durable`, `journal`, `posix`).
+    #[serde(default)]
+    pub metadata: String,
+    /// Namespace changes (create, unlink, rename...) a power cut would undo now.
+    #[serde(default)]
+    pub namespace_uncommitted: u64,
 }
 
 /// Answer to `sync`.
@@ -51,6 +57,24 @@ pub struct StatusReport {
 pub struct SyncReport {
     pub files_synced: u64,
     pub bytes_synced: u64,
+    /// Namespace changes committed.
+    #[serde(default)]
+    pub namespace_committed: u64,
+}
+
+/// A namespace change a power cut (or the replay after a killed daemon) undid.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceUndo {
+    /// create, mkdir, mknod, symlink, link, unlink, rmdir or rename.
+    pub op: String,
+    /// The name the change made or removed; for a rename, its source.
+    pub path: String,
+    /// For a rename, its destination.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Set when the change could not be undone: why.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// What a power cut did to one file.
@@ -86,6 +110,9 @@ pub struct PowercutReport {
     pub killed: Vec<KilledProcess>,
     /// Wall time the cut took, in milliseconds.
     pub elapsed_ms: u64,
+    /// Namespace changes undone, newest first.
+    #[serde(default)]
+    pub namespace: Vec<NamespaceUndo>,
 }
 
 fn ranges_text(ranges: &[ByteRange]) -> String {
@@ -117,6 +144,13 @@ impl StatusReport {
             self.files.len(),
             self.powercuts
         );
+        if self.namespace_uncommitted > 0 {
+            let _ = writeln!(
+                s,
+                "  {} uncommitted namespace changes (metadata={})",
+                self.namespace_uncommitted, self.metadata
+            );
+        }
         for f in &self.files {
             let _ = writeln!(
                 s,
@@ -134,10 +168,19 @@ impl StatusReport {
 
 impl SyncReport {
     pub fn to_text(&self) -> String {
-        format!(
-            "synced {} files, {} bytes made durable\n",
+        let mut s = format!(
+            "synced {} files, {} bytes made durable",
             self.files_synced, self.bytes_synced
-        )
+        );
+        if self.namespace_committed > 0 {
+            let _ = write!(
+                s,
+                ", {} namespace changes committed",
+                self.namespace_committed
+            );
+        }
+        s.push('\n');
+        s
     }
 }
 
@@ -177,6 +220,19 @@ impl PowercutReport {
             }
             s.push('\n');
         }
+        if !self.namespace.is_empty() {
+            let _ = writeln!(s, "  {} namespace changes undone:", self.namespace.len());
+        }
+        for n in &self.namespace {
+            let _ = write!(s, "    undone {} {}", n.op, n.path);
+            if let Some(to) = &n.to {
+                let _ = write!(s, " -> {to}");
+            }
+            if let Some(e) = &n.error {
+                let _ = write!(s, " [not undone: {e}]");
+            }
+            s.push('\n');
+        }
         s
     }
 }
@@ -200,6 +256,12 @@ mod tests {
             lost_bytes: 10,
             killed: vec![],
             elapsed_ms: 3,
+            namespace: vec![NamespaceUndo {
+                op: "rename".into(),
+                path: "tmp".into(),
+                to: Some("data".into()),
+                error: None,
+            }],
         };
         let t = r.to_text();
         assert!(t.contains("10 unsynced bytes lost in 1 files"), "{t}");
@@ -207,5 +269,7 @@ mod tests {
             t.contains("log: lost 10 bytes, size 20 -> 10, ranges 10..20"),
             "{t}"
         );
+        assert!(t.contains("1 namespace changes undone"), "{t}");
+        assert!(t.contains("undone rename tmp -> data"), "{t}");
     }
 }

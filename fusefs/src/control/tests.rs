@@ -73,6 +73,7 @@ fn sample_status() -> StatusReport {
         }],
         unsynced_bytes: 20,
         powercuts: 2,
+        ..Default::default()
     }
 }
 
@@ -92,6 +93,7 @@ impl ControlHandler for Fake {
         Ok(SyncReport {
             files_synced: 1,
             bytes_synced: 20,
+            ..Default::default()
         })
     }
     fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String> {
