@@ -35,6 +35,8 @@ pub struct MountOptions {
     pub threads: Option<usize>,
     /// `lazyfs_fifo=PATH`: a LazyFS-style command FIFO.
     pub lazyfs_fifo: Option<PathBuf>,
+    /// `writeback=SECONDS`: unsynced data older than this becomes durable on its own.
+    pub writeback: Option<u64>,
     pub ro: bool,
     pub noatime: bool,
     pub nosuid: bool,
@@ -46,6 +48,8 @@ pub struct MountOptions {
 
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 const MAX_THREADS: usize = 64;
+/// A day: past that, writeback is as good as off (which leaving the option out says).
+const MAX_WRITEBACK: u64 = 86_400;
 
 /// Options mount(8) and fstab pass to every helper that mean nothing to lossfs.  `fsname`
 /// and `subtype` are dropped too: lossfs names its mounts itself.
@@ -111,6 +115,17 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                     v => {
                         return Err(format!(
                             "mount option recover={v}: must be rollback or keep"
+                        ))
+                    }
+                }
+            }
+            "writeback" => {
+                let v = value?;
+                match v.parse::<u64>() {
+                    Ok(n) if (1..=MAX_WRITEBACK).contains(&n) => o.writeback = Some(n),
+                    _ => {
+                        return Err(format!(
+                            "mount option writeback={v}: must be a number of seconds from 1 to {MAX_WRITEBACK}"
                         ))
                     }
                 }
@@ -381,7 +396,7 @@ mod tests {
         let o = parse_mount_options(&s(&[
             "default_permissions,control=/run/l.sock,log=debug",
             "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
-            "lazyfs_fifo=/tmp/lazyfs.fifo",
+            "lazyfs_fifo=/tmp/lazyfs.fifo,writeback=30",
         ]))
         .unwrap();
         assert_eq!(
@@ -395,6 +410,7 @@ mod tests {
                 recover: Recover::Keep,
                 threads: Some(8),
                 lazyfs_fifo: Some(PathBuf::from("/tmp/lazyfs.fifo")),
+                writeback: Some(30),
                 ro: true,
                 noatime: true,
                 nosuid: true,
@@ -435,6 +451,10 @@ mod tests {
             ("threads=65", "threads=65"),
             ("threads=two", "threads=two"),
             ("threads=", "threads="),
+            ("writeback=0", "writeback=0"),
+            ("writeback=1.5", "writeback=1.5"),
+            ("writeback=86401", "writeback=86401"),
+            ("writeback", "writeback"),
             ("state_dir=", "state_dir"),
             ("state_dir", "state_dir"),
             ("control", "control"),
