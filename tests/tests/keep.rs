@@ -42,7 +42,11 @@ fn same_seed_on_the_same_ops_gives_identical_files() {
         assert_eq!(num(&rep, "seed"), 42, "{rep}");
         assert_eq!(num(&rep, "granularity"), 4096, "{rep}");
         let f = report_file(&rep, "db").unwrap_or_else(|| panic!("no db in {rep}"));
-        results.push((read_all(&m.path("db")), f["kept"].clone(), f["lost"].clone()));
+        results.push((
+            read_all(&m.path("db")),
+            f["kept"].clone(),
+            f["lost"].clone(),
+        ));
     }
     assert_eq!(results[0], results[1], "same seed, same crash state");
     // Another seed gives another state (2^-24 chance of a false alarm with 24 blocks).
@@ -88,7 +92,10 @@ fn a_multi_block_write_can_be_torn() {
             if block == &new[r.clone()] {
                 from_new += 1;
             } else {
-                assert_eq!(block, &old[r], "seed {seed}: block {i} is neither old nor new");
+                assert_eq!(
+                    block, &old[r],
+                    "seed {seed}: block {i} is neither old nor new"
+                );
             }
         }
         let kept = num(&rep, "kept_bytes");
@@ -118,7 +125,11 @@ fn prefix_on_an_append_log_keeps_a_prefix_of_the_records() {
         assert_eq!(num(e, "ops_total"), 100, "{rep}");
         let k = num(e, "ops_kept") as usize;
         let got = String::from_utf8(read_all(&m.path("wal"))).unwrap();
-        assert_eq!(got, records[..k].concat(), "seed {seed}: not the first {k} records");
+        assert_eq!(
+            got,
+            records[..k].concat(),
+            "seed {seed}: not the first {k} records"
+        );
         if k > 0 && k < 100 {
             inside += 1;
         }
@@ -139,7 +150,11 @@ fn bad_keep_arguments_are_refused_clearly() {
     );
     let out = lossctl(&["powercut", mnt, "--keep", "random", "--granularity", "1000"]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
-    assert!(output_text(&out).contains("power of two"), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("power of two"),
+        "{}",
+        output_text(&out)
+    );
     let out = lossctl(&["powercut", mnt, "--keep", "prefix", "--granularity", "512"]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     // Nothing was cut by the refused requests.

@@ -185,7 +185,7 @@ pub(crate) fn prefix_plan(
         for (a, b) in claimed.missing(op.start, end) {
             let mut pos = a;
             for x in &op.pre {
-                let (xs, xe) = (x.start.max(a), (x.start + x.len).min(b));
+                let (xs, xe) = (x.start.max(a), x.start.saturating_add(x.len).min(b));
                 if xs >= xe {
                     continue;
                 }
@@ -268,7 +268,7 @@ pub(crate) fn apply_plan(
             Source::Durable => {
                 // Bytes no page covers were never changed: the file still has them.
                 for x in durable_pages {
-                    let (s, e) = (x.start.max(p.start), (x.start + x.len).min(end));
+                    let (s, e) = (x.start.max(p.start), x.start.saturating_add(x.len).min(end));
                     if s < e {
                         let undo = undo.ok_or_else(no_undo)?;
                         copy_range(undo, x.undo_off + (s - x.start), file, s, e - s)?;

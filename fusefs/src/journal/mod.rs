@@ -9,6 +9,11 @@
 //! past the durable size need no pre-image: a rollback truncates them away.  Memory holds
 //! ranges only, never data.
 //!
+//! For partial cuts (`--keep`, computed in the private `crashstate` module) every write,
+//! truncate and fallocate is also recorded in order (op records, batched in the log's
+//! bounded buffer), and an operation that overwrites bytes already unsynced first copies
+//! them byte-exact to the undo file.  `-o writeback` uses the time a file was first dirtied.
+//!
 //! Threat model: the log and the undo data are written with plain write(2) and never
 //! fsynced.  They protect against the lossfs daemon itself being SIGKILLed (a `docker kill`):
 //! the kernel's page cache survives that, so the next [`Journal::open`] on the same state dir
@@ -459,6 +464,14 @@ impl Journal {
             };
             let loss = match mode {
                 KeepMode::None => self.restore_durable(&t, live, key),
+                KeepMode::Prefix if ops.get(&t.id).map_or(0, Vec::len) as u64 != t.ops => {
+                    // The log lost some of this file's records: no prefix can be trusted.
+                    tracing::warn!(
+                        ino = key.ino,
+                        "power cut: operation order incomplete; keeping nothing of this file"
+                    );
+                    self.restore_durable(&t, live, key)
+                }
                 KeepMode::All | KeepMode::Random | KeepMode::Prefix => {
                     let file_ops = ops.remove(&t.id).unwrap_or_default();
                     self.restore_partial(&t, live, spec, mode, &file_ops)
