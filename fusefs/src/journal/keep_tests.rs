@@ -4,6 +4,8 @@
 
 use super::tests::{pattern, Dirs, TFile};
 use super::*;
+use crate::prng::SplitMix64;
+use std::time::Duration;
 
 fn spec(mode: KeepMode, seed: u64, granularity: u64) -> KeepSpec {
     KeepSpec {

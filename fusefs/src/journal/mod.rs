@@ -29,19 +29,20 @@
 //! errors of the whole-journal operations carry their context in the message.
 
 mod crashstate;
+mod expire;
 mod fileio;
 #[cfg(test)]
 mod keep_tests;
 mod log;
+mod partial;
 #[cfg(test)]
 mod tests;
 
-use self::crashstate::{CrashPlan, OpRec};
+use self::crashstate::OpRec;
 use self::fileio::{byte_ranges, copy_range, path_of, restore, size_of};
 use self::log::{ctx, Extent, LiveFile, Log, Record};
 use crate::handle::FileHandle;
 use crate::keep::{KeepMode, KeepSpec};
-use crate::prng::SplitMix64;
 use crate::rangeset::RangeSet;
 use crate::report::{FileLoss, FileStatus, SyncReport};
 use nix::errno::Errno;
@@ -55,7 +56,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Pre-image granularity.
 const PAGE: u64 = 4096;
@@ -410,7 +411,7 @@ impl Journal {
     }
 
     /// Power cut: puts every tracked file into its crash state as `spec` says (its durable
-    /// content and size for `none`; see [`crashstate`] for the others), fdatasyncs them,
+    /// content and size for `none`; docs/fault-model.md for the others), fdatasyncs them,
     /// resets the journal; returns per-file losses (and what was kept).  A file that cannot
     /// be restored (e.g. unlinked and closed: ESTALE) is reported with `error`, not a failure
     /// of the cut.  The caller guarantees no [`FileGuard`] is alive (it freezes all
@@ -533,113 +534,6 @@ impl Journal {
                 }
             }
         }
-    }
-
-    /// `--keep all|random|prefix` for one file: computes its crash state, applies it and
-    /// fdatasyncs.  The file's draws come from a generator seeded by the cut's seed and the
-    /// file's path, so neither other files nor the order of the cut change them.
-    fn restore_partial(
-        &self,
-        t: &Tracked,
-        live: &LiveFile,
-        spec: &KeepSpec,
-        mode: KeepMode,
-        ops: &[OpRec],
-    ) -> io::Result<FileLoss> {
-        let file = live
-            .handle
-            .open(self.root.as_fd(), libc::O_RDWR)
-            .map_err(|e| {
-                ctx(
-                    e,
-                    format!("opening file (dev {} ino {})", live.dev, live.ino),
-                )
-            })?;
-        let path = path_of(file.as_fd(), &self.root_path);
-        let name = path
-            .clone()
-            .unwrap_or_else(|| format!("inode {}", live.ino));
-        let size = size_of(file.as_fd()).map_err(|e| ctx(e, format!("fstat of {name}")))?;
-        let d = t.durable_size;
-        let mut rng = SplitMix64::for_item(spec.seed, name.as_bytes());
-        let plan = match mode {
-            KeepMode::Random => {
-                crashstate::random_plan(d, size, &t.dirty, spec.granularity, &mut rng)
-            }
-            KeepMode::Prefix => {
-                let k = rng.below(ops.len() as u64 + 1) as usize;
-                crashstate::prefix_plan(d, size, &t.dirty, ops, k)
-            }
-            _ => CrashPlan {
-                size,
-                kept: crashstate::unsynced(d, size, &t.dirty),
-                ..Default::default()
-            },
-        };
-        let undo = if t.undo_len > 0 {
-            let p = self.undo_dir.join(t.id.to_string());
-            Some(File::open(&p).map_err(|e| ctx(e, format!("opening undo data {}", p.display())))?)
-        } else {
-            None
-        };
-        crashstate::apply_plan(
-            file.as_fd(),
-            undo.as_ref().map(|u| u.as_fd()),
-            &live.extents,
-            &plan,
-        )
-        .map_err(|e| ctx(e, format!("restoring {name}")))?;
-        nix::unistd::fdatasync(&file).map_err(|e| ctx(e.into(), format!("fdatasync of {name}")))?;
-        Ok(FileLoss {
-            path,
-            size_before: size,
-            size_after: plan.size,
-            lost_bytes: plan.lost.total_len(),
-            lost: byte_ranges(&plan.lost),
-            kept_bytes: plan.kept.total_len(),
-            kept: byte_ranges(&plan.kept),
-            ops_kept: plan.ops.map(|(k, _)| k),
-            ops_total: plan.ops.map(|(_, n)| n),
-            error: None,
-        })
-    }
-
-    /// `-o writeback`: makes durable every file whose first unsynced change is older than
-    /// `expire` at `now` (the journal side of an fsync; the backing file is not fsynced:
-    /// the model only needs the cut to keep it).  Waits for a file's guard like any writer,
-    /// never holds the map lock while doing so.  Returns how many files were written back.
-    pub fn writeback_expired(&self, now: Instant, expire: Duration) -> usize {
-        let mut done = 0;
-        for (key, slot) in self.slots() {
-            let due = {
-                let st = slot.state.lock();
-                st.tracked
-                    .as_ref()
-                    .is_some_and(|t| crate::writeback::expired(t.dirtied_at, now, expire))
-            };
-            if !due {
-                continue;
-            }
-            let mut guard = self.acquire(key, slot);
-            // Checked again under the guard: an fsync may have come first.
-            let still = guard
-                .slot
-                .state
-                .lock()
-                .tracked
-                .as_ref()
-                .is_some_and(|t| crate::writeback::expired(t.dirtied_at, now, expire));
-            if !still {
-                continue;
-            }
-            match guard.mark_durable() {
-                Ok(()) => done += 1,
-                Err(e) => {
-                    tracing::warn!(ino = key.ino, error = %e, "writeback: file not made durable")
-                }
-            }
-        }
-        done
     }
 }
 
