@@ -337,10 +337,15 @@ fn powercut_all(cli: &Cli, no_kill: bool, keep: KeepRequest) -> (String, Vec<Fai
             )],
         );
     }
-    // One seed for every mount: a host-wide cut replays from one number.
-    let keep = KeepRequest {
-        seed: Some(keep.seed.unwrap_or_else(lossfs::prng::fresh_seed)),
-        ..keep
+    // One seed for every mount: a host-wide cut replays from one number.  (Left out of
+    // plain cuts, which daemons without --keep must still accept.)
+    let keep = if keep.mode.is_seeded() {
+        KeepRequest {
+            seed: Some(keep.seed.unwrap_or_else(lossfs::prng::fresh_seed)),
+            ..keep
+        }
+    } else {
+        keep
     };
     let req = Request::Powercut { no_kill, keep };
     let answers: Vec<Result<Value, Failure>> = std::thread::scope(|s| {
@@ -491,6 +496,37 @@ mod tests {
             f,
             Failure::NotLossfs("/definitely/not/here: no such file or directory".into())
         );
+    }
+
+    #[test]
+    fn keep_arguments_are_checked_before_anything_is_cut() {
+        let f = keep_request(KeepMode::Prefix, Some(1), Some(512)).unwrap_err();
+        assert_eq!(f.code(), 2);
+        assert!(f.message().contains("--keep random only"), "{f:?}");
+        let k = keep_request(KeepMode::Random, Some(7), Some(512)).unwrap();
+        assert_eq!(
+            (k.mode, k.seed, k.granularity),
+            (KeepMode::Random, Some(7), Some(512))
+        );
+        let cli = Cli::try_parse_from(["lossctl", "powercut", "--keep", "prefix", "--seed", "9"])
+            .unwrap();
+        match cli.cmd {
+            Cmd::Powercut { keep, seed, .. } => {
+                assert_eq!((keep, seed), (KeepMode::Prefix, Some(9)))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["lossctl", "powercut", "--keep", "some"]).is_err());
+        assert!(Cli::try_parse_from(["lossctl", "powercut", "--seed", "-1"]).is_err());
+        assert!(Cli::try_parse_from([
+            "lossctl",
+            "powercut",
+            "--keep",
+            "random",
+            "--granularity",
+            "4095"
+        ])
+        .is_err());
     }
 
     #[test]
