@@ -169,6 +169,7 @@ pub(crate) fn random_plan(
 }
 
 /// `--keep prefix` with the first `k` of `ops` kept (rules in the module header).
+#[cfg(test)]
 pub(crate) fn prefix_plan(
     durable: u64,
     size: u64,
@@ -176,13 +177,56 @@ pub(crate) fn prefix_plan(
     ops: &[OpRec],
     k: usize,
 ) -> CrashPlan {
-    let k = k.min(ops.len());
-    let new_size = ops.get(k).map_or(size, |op| op.size_before);
-    let mut claimed = RangeSet::new();
-    let mut pieces = Vec::new();
-    for op in &ops[k..] {
+    let mut b = PrefixBuilder::new(durable, k as u64);
+    for op in ops {
+        b.feed(op);
+    }
+    b.finish(size, dirty)
+}
+
+/// Builds a `--keep prefix` plan from the file's operations fed one at a time, in order, so
+/// a cut streams them from the log: memory holds the plan's ranges, never the operations.
+#[derive(Debug)]
+pub(crate) struct PrefixBuilder {
+    durable: u64,
+    k: u64,
+    seen: u64,
+    /// The size op `k` found (the size after the kept prefix), once op `k` is seen.
+    new_size: Option<u64>,
+    claimed: RangeSet,
+    pieces: Vec<Piece>,
+}
+
+impl PrefixBuilder {
+    pub fn new(durable: u64, k: u64) -> Self {
+        PrefixBuilder {
+            durable,
+            k,
+            seen: 0,
+            new_size: None,
+            claimed: RangeSet::new(),
+            pieces: Vec::new(),
+        }
+    }
+
+    /// Operations fed so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// The next operation of the file.  Ops before `k` are kept and need nothing; each later
+    /// one gives the bytes it changed, that no earlier undone op claimed, the content it
+    /// found there.
+    pub fn feed(&mut self, op: &OpRec) {
+        let i = self.seen;
+        self.seen += 1;
+        if i < self.k {
+            return;
+        }
+        let new_size = *self.new_size.get_or_insert(op.size_before);
+        let durable = self.durable;
         let end = op.end.min(new_size);
-        for (a, b) in claimed.missing(op.start, end) {
+        for (a, b) in self.claimed.missing(op.start, end) {
             let mut pos = a;
             for x in &op.pre {
                 let (xs, xe) = (x.start.max(a), x.start.saturating_add(x.len).min(b));
@@ -190,9 +234,9 @@ pub(crate) fn prefix_plan(
                     continue;
                 }
                 if pos < xs {
-                    restore_pieces(&mut pieces, pos, xs, durable);
+                    restore_pieces(&mut self.pieces, pos, xs, durable);
                 }
-                pieces.push(Piece {
+                self.pieces.push(Piece {
                     start: xs,
                     end: xe,
                     source: Source::Undo(x.undo_off + (xs - x.start)),
@@ -200,31 +244,36 @@ pub(crate) fn prefix_plan(
                 pos = xe;
             }
             if pos < b {
-                restore_pieces(&mut pieces, pos, b, durable);
+                restore_pieces(&mut self.pieces, pos, b, durable);
             }
         }
-        claimed.insert(op.start, end);
+        self.claimed.insert(op.start, end);
     }
-    pieces.sort_by_key(|p| p.start);
-    let all = unsynced(durable, size, dirty);
-    let mut lost = claimed;
-    lost.insert(new_size, size);
-    let mut kept = all.clone();
-    for (s, e) in lost.iter() {
-        kept.remove(s, e);
-    }
-    let mut lost_report = RangeSet::new();
-    for (s, e) in all.iter() {
-        for (a, b) in lost.overlapping(s, e) {
-            lost_report.insert(a, b);
+
+    /// The plan, for a file now `size` bytes long with these dirty ranges.
+    pub fn finish(mut self, size: u64, dirty: &RangeSet) -> CrashPlan {
+        let new_size = self.new_size.unwrap_or(size);
+        self.pieces.sort_by_key(|p| p.start);
+        let all = unsynced(self.durable, size, dirty);
+        let mut lost = self.claimed;
+        lost.insert(new_size, size);
+        let mut kept = all.clone();
+        for (s, e) in lost.iter() {
+            kept.remove(s, e);
         }
-    }
-    CrashPlan {
-        size: new_size,
-        pieces,
-        kept,
-        lost: lost_report,
-        ops: Some((k as u64, ops.len() as u64)),
+        let mut lost_report = RangeSet::new();
+        for (s, e) in all.iter() {
+            for (a, b) in lost.overlapping(s, e) {
+                lost_report.insert(a, b);
+            }
+        }
+        CrashPlan {
+            size: new_size,
+            pieces: self.pieces,
+            kept,
+            lost: lost_report,
+            ops: Some((self.k.min(self.seen), self.seen)),
+        }
     }
 }
 

@@ -163,3 +163,34 @@ fn writeback_makes_only_files_dirtied_before_the_window_durable() {
     old.write(&j, 0, b"x");
     assert_eq!(j.writeback_expired(later, window), 0);
 }
+
+#[test]
+fn small_appends_write_no_log_record_each() {
+    let d = Dirs::new("keep-batch");
+    let (j, _) = d.open(true);
+    let f = TFile::create(&d, "wal", b"");
+    f.write(&j, 0, b"first");
+    let after_first = j.log.lock().len();
+    // About 30 bytes of record each: 500 appends fit the 64 KiB buffer, so the log file
+    // does not grow (no write(2)) until it fills.
+    for i in 0..500u64 {
+        f.write(&j, 5 + i * 10, b"0123456789");
+    }
+    assert_eq!(
+        j.log.lock().len(),
+        after_first,
+        "records wait in the buffer"
+    );
+    for i in 500..5000u64 {
+        f.write(&j, 5 + i * 10, b"0123456789");
+    }
+    let len = j.log.lock().len();
+    assert!(len > after_first, "a full buffer is written out");
+    assert!(j.log.lock().pending_len() < 64 << 10);
+    // And a cut still sees every one of them.
+    let losses = j.cut(&spec(KeepMode::Prefix, 3, 4096)).unwrap();
+    assert_eq!(losses[0].ops_total, Some(5001));
+    let k = losses[0].ops_kept.unwrap();
+    let expect = if k == 0 { 0 } else { 5 + (k - 1) * 10 };
+    assert_eq!(f.content().len() as u64, expect);
+}

@@ -223,7 +223,7 @@ fn apply(live: &mut BTreeMap<u64, LiveFile>, rec: &Record) {
         Record::Durable { id } => {
             live.remove(id);
         }
-        // Operation order matters to a live cut only (read back by `Log::read_ops`).
+        // Operation order matters to a live cut only (read back by `Log::for_each_op`).
         Record::Op { .. } | Record::OpPre { .. } => {}
     }
 }
@@ -433,11 +433,15 @@ impl Log {
         self.ops_lost
     }
 
-    /// The recorded operations of the files `ids`, in order, read back from the log
-    /// (flushing pending ones first).  Streams the file: only the result is held.
-    pub fn read_ops(&mut self, ids: &HashSet<u64>) -> io::Result<HashMap<u64, Vec<OpRec>>> {
+    /// Calls `f` with every recorded operation of the files `ids`, in order, streamed from
+    /// the log (pending ones flushed first): only one operation's pre-images per file are
+    /// held at a time.
+    pub fn for_each_op(
+        &mut self,
+        ids: &HashSet<u64>,
+        mut f: impl FnMut(u64, &OpRec),
+    ) -> io::Result<()> {
         self.flush_ops()?;
-        let mut out: HashMap<u64, Vec<OpRec>> = HashMap::new();
         let mut pre: HashMap<u64, Vec<Extent>> = HashMap::new();
         self.for_each_valid_line(|rec, _| match rec {
             Record::OpPre { id, extent } if ids.contains(&id) => {
@@ -448,15 +452,17 @@ impl Log {
                 size_before,
                 start,
                 end,
-            } if ids.contains(&id) => out.entry(id).or_default().push(OpRec {
-                size_before,
-                start,
-                end,
-                pre: pre.remove(&id).unwrap_or_default(),
-            }),
+            } if ids.contains(&id) => f(
+                id,
+                &OpRec {
+                    size_before,
+                    start,
+                    end,
+                    pre: pre.remove(&id).unwrap_or_default(),
+                },
+            ),
             _ => {}
-        })?;
-        Ok(out)
+        })
     }
 
     /// Calls `f` with every valid record of the log file (up to `len`) and its line.

@@ -38,7 +38,7 @@ mod partial;
 #[cfg(test)]
 mod tests;
 
-use self::crashstate::OpRec;
+use self::crashstate::{OpRec, PrefixBuilder};
 use self::fileio::{byte_ranges, copy_range, path_of, restore, size_of};
 use self::log::{ctx, Extent, LiveFile, Log, Record};
 use crate::handle::FileHandle;
@@ -432,19 +432,27 @@ impl Journal {
         };
         let mut log = self.log.lock();
         let mut mode = spec.mode;
-        let mut ops = HashMap::new();
+        let mut prefixes = HashMap::new();
         if mode == KeepMode::Prefix {
-            let ids: HashSet<u64> = drained.iter().map(|(t, _, _)| t.id).collect();
-            match log.read_ops(&ids) {
-                Ok(o) if !log.ops_lost() => ops = o,
-                Ok(_) => {
-                    tracing::warn!("power cut: operation order incomplete (a log write failed); keeping nothing");
-                    mode = KeepMode::None;
+            // Each file's k first (it needs the file's name), then one pass over the log.
+            for (t, handle, key) in &drained {
+                let k = self.draw_prefix_len(t, handle, *key, spec.seed);
+                prefixes.insert(t.id, PrefixBuilder::new(t.durable_size, k));
+            }
+            let ids: HashSet<u64> = prefixes.keys().copied().collect();
+            let read = log.for_each_op(&ids, |id, op| {
+                if let Some(b) = prefixes.get_mut(&id) {
+                    b.feed(op);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "power cut: cannot read the operation order; keeping nothing");
-                    mode = KeepMode::None;
-                }
+            });
+            if let Err(e) = read {
+                tracing::warn!(error = %e, "power cut: cannot read the operation order; keeping nothing");
+                mode = KeepMode::None;
+            } else if log.ops_lost() {
+                tracing::warn!(
+                    "power cut: operation order incomplete (a log write failed); keeping nothing"
+                );
+                mode = KeepMode::None;
             }
         }
         let mut losses = Vec::new();
@@ -463,9 +471,10 @@ impl Journal {
                     &fallback
                 }
             };
+            let prefix = prefixes.remove(&t.id);
             let loss = match mode {
                 KeepMode::None => self.restore_durable(&t, live, key),
-                KeepMode::Prefix if ops.get(&t.id).map_or(0, Vec::len) as u64 != t.ops => {
+                KeepMode::Prefix if prefix.as_ref().map_or(0, |b| b.seen()) != t.ops => {
                     // The log lost some of this file's records: no prefix can be trusted.
                     tracing::warn!(
                         ino = key.ino,
@@ -473,23 +482,21 @@ impl Journal {
                     );
                     self.restore_durable(&t, live, key)
                 }
-                KeepMode::All | KeepMode::Random | KeepMode::Prefix => {
-                    let file_ops = ops.remove(&t.id).unwrap_or_default();
-                    self.restore_partial(&t, live, spec, mode, &file_ops)
-                        .unwrap_or_else(|e| {
-                            tracing::warn!(ino = key.ino, error = %e, "power cut: file not restored");
-                            let mut lost = t.dirty.clone();
-                            lost.insert(t.durable_size, t.size.max(t.durable_size));
-                            FileLoss {
-                                size_before: t.durable_size,
-                                size_after: t.durable_size,
-                                lost_bytes: lost.total_len(),
-                                lost: byte_ranges(&lost),
-                                error: Some(e.to_string()),
-                                ..Default::default()
-                            }
-                        })
-                }
+                KeepMode::All | KeepMode::Random | KeepMode::Prefix => self
+                    .restore_partial(&t, live, spec, mode, prefix)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(ino = key.ino, error = %e, "power cut: file not restored");
+                        let mut lost = t.dirty.clone();
+                        lost.insert(t.durable_size, t.size.max(t.durable_size));
+                        FileLoss {
+                            size_before: t.durable_size,
+                            size_after: t.durable_size,
+                            lost_bytes: lost.total_len(),
+                            lost: byte_ranges(&lost),
+                            error: Some(e.to_string()),
+                            ..Default::default()
+                        }
+                    }),
             };
             losses.push(loss);
         }

@@ -2,10 +2,11 @@
 //! drawing from its seeded generator, computing the plan ([`super::crashstate`]), applying
 //! it and reporting what was kept and lost.
 
-use super::crashstate::{self, CrashPlan, OpRec};
+use super::crashstate::{self, CrashPlan, PrefixBuilder};
 use super::fileio::{byte_ranges, path_of, size_of};
 use super::log::{ctx, LiveFile};
-use super::{Journal, Tracked};
+use super::{FileKey, Journal, Tracked};
+use crate::handle::FileHandle;
 use crate::keep::{KeepMode, KeepSpec};
 use crate::prng::SplitMix64;
 use crate::report::FileLoss;
@@ -23,7 +24,7 @@ impl Journal {
         live: &LiveFile,
         spec: &KeepSpec,
         mode: KeepMode,
-        ops: &[OpRec],
+        prefix: Option<PrefixBuilder>,
     ) -> io::Result<FileLoss> {
         let file = live
             .handle
@@ -40,15 +41,12 @@ impl Journal {
             .unwrap_or_else(|| format!("inode {}", live.ino));
         let size = size_of(file.as_fd()).map_err(|e| ctx(e, format!("fstat of {name}")))?;
         let d = t.durable_size;
-        let mut rng = SplitMix64::for_item(spec.seed, name.as_bytes());
-        let plan = match mode {
-            KeepMode::Random => {
+        let plan = match (mode, prefix) {
+            (KeepMode::Random, _) => {
+                let mut rng = SplitMix64::for_item(spec.seed, name.as_bytes());
                 crashstate::random_plan(d, size, &t.dirty, spec.granularity, &mut rng)
             }
-            KeepMode::Prefix => {
-                let k = rng.below(ops.len() as u64 + 1) as usize;
-                crashstate::prefix_plan(d, size, &t.dirty, ops, k)
-            }
+            (KeepMode::Prefix, Some(b)) => b.finish(size, &t.dirty),
             _ => CrashPlan {
                 size,
                 kept: crashstate::unsynced(d, size, &t.dirty),
@@ -81,5 +79,23 @@ impl Journal {
             ops_total: plan.ops.map(|(_, n)| n),
             error: None,
         })
+    }
+
+    /// How many of its unsynced operations a `--keep prefix` cut keeps of this file: uniform
+    /// in `0..=ops`, from the generator of the cut's seed and the file's name (its path, or
+    /// `inode N` when it has none: the same name [`Self::restore_partial`] finds).
+    pub(super) fn draw_prefix_len(
+        &self,
+        t: &Tracked,
+        handle: &FileHandle,
+        key: FileKey,
+        seed: u64,
+    ) -> u64 {
+        let path = handle
+            .open(self.root.as_fd(), libc::O_PATH)
+            .ok()
+            .and_then(|fd| path_of(fd.as_fd(), &self.root_path));
+        let name = path.unwrap_or_else(|| format!("inode {}", key.ino));
+        SplitMix64::for_item(seed, name.as_bytes()).below(t.ops + 1)
     }
 }
