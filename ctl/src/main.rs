@@ -4,6 +4,7 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 use lossfs::control::{self, ClientError, Request};
+use lossfs::keep::{check_granularity, KeepMode, KeepRequest};
 use lossfs::mountinfo::{self, MountEntry, FSTYPE};
 use lossfs::report::{PowercutReport, StatusReport, SyncReport};
 use serde_json::Value;
@@ -71,7 +72,48 @@ enum Cmd {
         /// Cut every lossfs mount on the host at once (JSON output is an array of reports).
         #[arg(long)]
         all: bool,
+        /// What survives of the unsynced data: none (all lost), all (all kept), prefix (per
+        /// file, a random-length prefix of its unsynced operations) or random (a random
+        /// subset of its unsynced blocks).  Rules: docs/fault-model.md.
+        #[arg(long, value_name = "MODE", default_value = "none", value_parser = parse_keep_mode)]
+        keep: KeepMode,
+        /// Seed of the prefix/random draws; the report prints the one used, give it back to
+        /// replay the same crash state.
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
+        /// Block size of --keep random: a power of two from 512 to 1048576 (default 4096).
+        #[arg(long, value_name = "BYTES", value_parser = parse_granularity)]
+        granularity: Option<u64>,
     },
+}
+
+fn parse_keep_mode(s: &str) -> Result<KeepMode, String> {
+    s.parse()
+}
+
+fn parse_granularity(s: &str) -> Result<u64, String> {
+    let g: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    check_granularity(g)
+}
+
+/// The keep part of a powercut request, checked like the daemon checks it.
+fn keep_request(
+    mode: KeepMode,
+    seed: Option<u64>,
+    granularity: Option<u64>,
+) -> Result<KeepRequest, Failure> {
+    if granularity.is_some() && mode != KeepMode::Random {
+        return Err(Failure::Usage(format!(
+            "--granularity applies to --keep random only (not --keep {mode})"
+        )));
+    }
+    Ok(KeepRequest {
+        mode,
+        seed,
+        granularity,
+    })
 }
 
 /// A failure, with the exit code it maps to.
@@ -266,7 +308,7 @@ fn run_one(cli: &Cli, mountpoint: Option<&Path>, req: Request) -> Result<String,
 
 /// Cuts every lossfs mount, all at the same time (one thread each) so that processes on one
 /// mount do not keep running long after another mount lost its data.
-fn powercut_all(cli: &Cli, no_kill: bool) -> (String, Vec<Failure>) {
+fn powercut_all(cli: &Cli, no_kill: bool, keep: KeepRequest) -> (String, Vec<Failure>) {
     if cli.socket.is_some() {
         return (
             String::new(),
@@ -295,7 +337,17 @@ fn powercut_all(cli: &Cli, no_kill: bool) -> (String, Vec<Failure>) {
             )],
         );
     }
-    let req = Request::Powercut { no_kill };
+    // One seed for every mount: a host-wide cut replays from one number.  (Left out of
+    // plain cuts, which daemons without --keep must still accept.)
+    let keep = if keep.mode.is_seeded() {
+        KeepRequest {
+            seed: Some(keep.seed.unwrap_or_else(lossfs::prng::fresh_seed)),
+            ..keep
+        }
+    } else {
+        keep
+    };
+    let req = Request::Powercut { no_kill, keep };
     let answers: Vec<Result<Value, Failure>> = std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()
@@ -337,19 +389,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (out, failures) = match &cli.cmd {
         Cmd::Powercut {
-            all: true, no_kill, ..
-        } => powercut_all(&cli, *no_kill),
-        Cmd::Status { mountpoint } => split(run_one(&cli, mountpoint.as_deref(), Request::Status)),
-        Cmd::Sync { mountpoint } => split(run_one(&cli, mountpoint.as_deref(), Request::Sync)),
-        Cmd::Powercut {
             mountpoint,
             no_kill,
-            ..
-        } => split(run_one(
-            &cli,
-            mountpoint.as_deref(),
-            Request::Powercut { no_kill: *no_kill },
-        )),
+            all,
+            keep,
+            seed,
+            granularity,
+        } => match keep_request(*keep, *seed, *granularity) {
+            Err(f) => (String::new(), vec![f]),
+            Ok(keep) if *all => powercut_all(&cli, *no_kill, keep),
+            Ok(keep) => split(run_one(
+                &cli,
+                mountpoint.as_deref(),
+                Request::Powercut {
+                    no_kill: *no_kill,
+                    keep,
+                },
+            )),
+        },
+        Cmd::Status { mountpoint } => split(run_one(&cli, mountpoint.as_deref(), Request::Status)),
+        Cmd::Sync { mountpoint } => split(run_one(&cli, mountpoint.as_deref(), Request::Sync)),
     };
     print!("{out}");
     let mut code = 0;
@@ -437,6 +496,37 @@ mod tests {
             f,
             Failure::NotLossfs("/definitely/not/here: no such file or directory".into())
         );
+    }
+
+    #[test]
+    fn keep_arguments_are_checked_before_anything_is_cut() {
+        let f = keep_request(KeepMode::Prefix, Some(1), Some(512)).unwrap_err();
+        assert_eq!(f.code(), 2);
+        assert!(f.message().contains("--keep random only"), "{f:?}");
+        let k = keep_request(KeepMode::Random, Some(7), Some(512)).unwrap();
+        assert_eq!(
+            (k.mode, k.seed, k.granularity),
+            (KeepMode::Random, Some(7), Some(512))
+        );
+        let cli = Cli::try_parse_from(["lossctl", "powercut", "--keep", "prefix", "--seed", "9"])
+            .unwrap();
+        match cli.cmd {
+            Cmd::Powercut { keep, seed, .. } => {
+                assert_eq!((keep, seed), (KeepMode::Prefix, Some(9)))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["lossctl", "powercut", "--keep", "some"]).is_err());
+        assert!(Cli::try_parse_from(["lossctl", "powercut", "--seed", "-1"]).is_err());
+        assert!(Cli::try_parse_from([
+            "lossctl",
+            "powercut",
+            "--keep",
+            "random",
+            "--granularity",
+            "4095"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl ControlHandler for Fake {
                 lost: vec![],
                 lost_bytes: 60,
                 error: None,
+                ..Default::default()
             }],
             lost_bytes: 60,
             ..Default::default()

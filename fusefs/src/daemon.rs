@@ -9,6 +9,7 @@ use crate::fuse::FuseAdapter;
 use crate::handle::FileHandle;
 use crate::inode::InodeTable;
 use crate::journal::{FileKey, Journal};
+use crate::keep::{KeepMode, KeepRequest};
 use crate::mountinfo;
 use crate::namespace::{Model, Namespace};
 use crate::options::{self, MountOptions, Recover};
@@ -193,6 +194,11 @@ impl ControlHandler for Daemon {
     }
 
     fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String> {
+        self.powercut_keep(no_kill, KeepRequest::default())
+    }
+
+    fn powercut_keep(&self, no_kill: bool, keep: KeepRequest) -> Result<PowercutReport, String> {
+        let spec = keep.resolve()?;
         let _one_at_a_time = self.ops.lock();
         let t0 = Instant::now();
         self.cuts.lock().started += 1;
@@ -208,7 +214,7 @@ impl ControlHandler for Daemon {
         }
         // Data first, by inode, wherever its names are now; then the names.
         let (files, (namespace, touched)) = self.fs.frozen(|| {
-            let files = self.fs.journal.rollback_all();
+            let files = self.fs.journal.cut(&spec);
             let names = self
                 .fs
                 .ns
@@ -225,10 +231,14 @@ impl ControlHandler for Daemon {
         let report = PowercutReport {
             mountpoint: self.mountpoint.display().to_string(),
             lost_bytes: files.iter().map(|f| f.lost_bytes).sum(),
+            kept_bytes: files.iter().map(|f| f.kept_bytes).sum(),
             files,
             killed,
             elapsed_ms: t0.elapsed().as_millis() as u64,
             namespace,
+            keep: spec.mode,
+            seed: spec.mode.is_seeded().then_some(spec.seed),
+            granularity: (spec.mode == KeepMode::Random).then_some(spec.granularity),
         };
         tracing::info!("{}", report.to_text().trim_end());
         Ok(report)
@@ -626,6 +636,19 @@ pub fn serve(
         cut_ended: Condvar::new(),
         ops: Mutex::new(()),
     });
+    let writeback = match opts.writeback {
+        Some(secs) => {
+            match crate::writeback::Writeback::start(fs.journal.clone(), Duration::from_secs(secs))
+            {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    let _ = session.unmount();
+                    return Err(format!("cannot start the writeback thread: {e}"));
+                }
+            }
+        }
+        None => None,
+    };
     let default_sock = control::default_socket_path(&mountpoint);
     let sock = opts.control.clone().unwrap_or_else(|| default_sock.clone());
     let server = match ControlServer::start(&sock, daemon.clone()) {
@@ -709,6 +732,9 @@ pub fn serve(
     sd_notify_ready();
     let result = session.run();
     *daemon.notifier.lock() = None;
+    if let Some(w) = writeback {
+        w.stop();
+    }
     server.shutdown();
     if sock != default_sock {
         let _ = std::fs::remove_file(&default_sock);

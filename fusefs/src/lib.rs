@@ -2,7 +2,8 @@
 //! by fsync, and on a power cut throws exactly those changes away.
 //!
 //! Layers, bottom up: [`handle`] names backing files; [`rangeset`] and [`journal`] keep the
-//! durability state and the on-disk undo journal; [`inode`] maps FUSE inodes to backing files;
+//! durability state and the on-disk undo journal ([`keep`] and [`prng`] decide what a partial
+//! power cut keeps, [`writeback`] makes old data durable on its own); [`inode`] maps FUSE inodes to backing files;
 //! [`fs`] holds every operation's semantics; [`fuse`] is the thin `fuser` adapter; [`control`]
 //! serves `lossctl` (and [`lazyfs`] a LazyFS-style command FIFO); [`procscan`] and [`mountinfo`] find the processes and mounts a power cut
 //! acts on; [`options`] reads the command line; [`daemon`] wires it all for the `lossfs` binary, and [`run`] supervises a program on the mount.
@@ -16,12 +17,15 @@ pub mod fuse;
 pub mod handle;
 pub mod inode;
 pub mod journal;
+pub mod keep;
 pub mod lazyfs;
 pub mod mountinfo;
 pub mod namespace;
 pub mod options;
+pub mod prng;
 pub mod procscan;
 pub mod rangeset;
 pub mod readahead;
 pub mod report;
 pub mod run;
+pub mod writeback;

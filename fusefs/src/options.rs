@@ -44,6 +44,8 @@ pub struct MountOptions {
     /// `commit=SECONDS`: the journal model's periodic commit (`None`: the default, 5 s;
     /// 0 = never).
     pub commit: Option<u64>,
+    /// `writeback=SECONDS`: unsynced data older than this becomes durable on its own.
+    pub writeback: Option<u64>,
     pub ro: bool,
     pub noatime: bool,
     pub nosuid: bool,
@@ -69,6 +71,8 @@ const MAX_THREADS: usize = 64;
 /// lets sequential reads use whole requests instead of the kernel's 128 KiB default.
 pub const DEFAULT_READ_AHEAD_KB: u32 = 1024;
 const MAX_READ_AHEAD_KB: u32 = 65536;
+/// A day: past that, writeback is as good as off (which leaving the option out says).
+const MAX_WRITEBACK: u64 = 86_400;
 
 /// Options mount(8) and fstab pass to every helper that mean nothing to lossfs.  `fsname`
 /// and `subtype` are dropped too: lossfs names its mounts itself.
@@ -152,6 +156,17 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                         return Err(format!(
                             "mount option commit={v}: must be a number of seconds from 0 \
                              (never) to 86400"
+                        ))
+                    }
+                }
+            }
+            "writeback" => {
+                let v = value?;
+                match v.parse::<u64>() {
+                    Ok(n) if (1..=MAX_WRITEBACK).contains(&n) => o.writeback = Some(n),
+                    _ => {
+                        return Err(format!(
+                            "mount option writeback={v}: must be a number of seconds from 1 to {MAX_WRITEBACK}"
                         ))
                     }
                 }
@@ -435,6 +450,7 @@ mod tests {
             "default_permissions,control=/run/l.sock,log=debug",
             "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
             "lazyfs_fifo=/tmp/lazyfs.fifo,read_ahead_kb=4096,metadata=posix,commit=0",
+            "writeback=30",
         ]))
         .unwrap();
         assert_eq!(
@@ -451,6 +467,7 @@ mod tests {
                 read_ahead_kb: Some(4096),
                 metadata: Model::Posix,
                 commit: Some(0),
+                writeback: Some(30),
                 ro: true,
                 noatime: true,
                 nosuid: true,
@@ -493,6 +510,10 @@ mod tests {
             ("read_ahead_kb=-1", "read_ahead_kb=-1"),
             ("read_ahead_kb=65537", "read_ahead_kb=65537"),
             ("threads=", "threads="),
+            ("writeback=0", "writeback=0"),
+            ("writeback=1.5", "writeback=1.5"),
+            ("writeback=86401", "writeback=86401"),
+            ("writeback", "writeback"),
             ("state_dir=", "state_dir"),
             ("state_dir", "state_dir"),
             ("control", "control"),

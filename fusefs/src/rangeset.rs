@@ -113,6 +113,37 @@ impl RangeSet {
         }
     }
 
+    /// True when some stored range overlaps `[start, end)`.  No allocation: the write path
+    /// asks this for every write.
+    pub fn intersects(&self, start: u64, end: u64) -> bool {
+        if start >= end {
+            return false;
+        }
+        if let Some((_, &e)) = self.map.range(..=start).next_back() {
+            if e > start {
+                return true;
+            }
+        }
+        self.map.range(start..end).next().is_some()
+    }
+
+    /// The parts of `[start, end)` that stored ranges cover, in order.
+    pub fn overlapping(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if start >= end {
+            return out;
+        }
+        if let Some((_, &e)) = self.map.range(..start).next_back() {
+            if e > start {
+                out.push((start, e.min(end)));
+            }
+        }
+        for (&s, &e) in self.map.range(start..end) {
+            out.push((s, e.min(end)));
+        }
+        out
+    }
+
     /// Drops everything at or past `at`.
     pub fn truncate(&mut self, at: u64) {
         self.remove(at, u64::MAX);

@@ -1,6 +1,7 @@
 //! The reports lossfs hands out (status, sync, powercut, recovery), shared by the daemon,
 //! the control protocol and `lossctl`, with their human-readable renderings.
 
+use crate::keep::KeepMode;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
@@ -78,7 +79,7 @@ pub struct NamespaceUndo {
 }
 
 /// What a power cut did to one file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileLoss {
     pub path: Option<String>,
     /// Size before the cut.
@@ -88,6 +89,16 @@ pub struct FileLoss {
     /// Byte ranges whose unsynced content was lost.
     pub lost: Vec<ByteRange>,
     pub lost_bytes: u64,
+    /// Byte ranges whose unsynced content survived (`--keep` other than none).
+    #[serde(default)]
+    pub kept: Vec<ByteRange>,
+    #[serde(default)]
+    pub kept_bytes: u64,
+    /// `--keep prefix`: how many of the file's unsynced operations were kept, of how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_kept: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_total: Option<u64>,
     /// Set when the file could not be restored (for example it was unlinked): why.
     pub error: Option<String>,
 }
@@ -113,6 +124,18 @@ pub struct PowercutReport {
     /// Namespace changes undone, newest first.
     #[serde(default)]
     pub namespace: Vec<NamespaceUndo>,
+    /// What the cut kept of the unsynced data.
+    #[serde(default)]
+    pub keep: KeepMode,
+    /// The seed of a `prefix` or `random` cut: give it back with `--seed` to replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// The block size of a `random` cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granularity: Option<u64>,
+    /// Bytes of unsynced data that survived.
+    #[serde(default)]
+    pub kept_bytes: u64,
 }
 
 fn ranges_text(ranges: &[ByteRange]) -> String {
@@ -194,6 +217,16 @@ impl PowercutReport {
             self.killed.len(),
             self.elapsed_ms
         );
+        if self.keep != KeepMode::None {
+            let _ = write!(s, "  keep {}", self.keep);
+            if let Some(seed) = self.seed {
+                let _ = write!(s, ", seed {seed}");
+            }
+            if let Some(g) = self.granularity {
+                let _ = write!(s, ", granularity {g}");
+            }
+            let _ = writeln!(s, ": {} unsynced bytes kept", self.kept_bytes);
+        }
         for p in &self.killed {
             let _ = writeln!(
                 s,
@@ -214,6 +247,15 @@ impl PowercutReport {
             );
             if !f.lost.is_empty() {
                 let _ = write!(s, ", ranges {}", ranges_text(&f.lost));
+            }
+            if f.kept_bytes > 0 || !f.kept.is_empty() {
+                let _ = write!(s, "; kept {} bytes", f.kept_bytes);
+                if !f.kept.is_empty() {
+                    let _ = write!(s, ", ranges {}", ranges_text(&f.kept));
+                }
+            }
+            if let (Some(k), Some(n)) = (f.ops_kept, f.ops_total) {
+                let _ = write!(s, "; kept {k} of {n} operations");
             }
             if let Some(e) = &f.error {
                 let _ = write!(s, " [not restored: {e}]");
@@ -252,6 +294,7 @@ mod tests {
                 lost: vec![ByteRange { start: 10, end: 20 }],
                 lost_bytes: 10,
                 error: None,
+                ..Default::default()
             }],
             lost_bytes: 10,
             killed: vec![],
@@ -262,6 +305,7 @@ mod tests {
                 to: Some("data".into()),
                 error: None,
             }],
+            ..Default::default()
         };
         let t = r.to_text();
         assert!(t.contains("10 unsynced bytes lost in 1 files"), "{t}");
@@ -271,5 +315,54 @@ mod tests {
         );
         assert!(t.contains("1 namespace changes undone"), "{t}");
         assert!(t.contains("undone rename tmp -> data"), "{t}");
+        assert!(!t.contains("keep"), "{t}");
+    }
+
+    #[test]
+    fn partial_cut_text_names_mode_seed_and_kept_ranges() {
+        let r = PowercutReport {
+            mountpoint: "/m".into(),
+            files: vec![FileLoss {
+                path: Some("db".into()),
+                size_before: 8192,
+                size_after: 8192,
+                lost: vec![ByteRange {
+                    start: 0,
+                    end: 4096,
+                }],
+                lost_bytes: 4096,
+                kept: vec![ByteRange {
+                    start: 4096,
+                    end: 8192,
+                }],
+                kept_bytes: 4096,
+                ops_kept: Some(1),
+                ops_total: Some(2),
+                error: None,
+            }],
+            lost_bytes: 4096,
+            keep: KeepMode::Random,
+            seed: Some(42),
+            granularity: Some(4096),
+            kept_bytes: 4096,
+            ..Default::default()
+        };
+        let t = r.to_text();
+        assert!(
+            t.contains("keep random, seed 42, granularity 4096: 4096 unsynced bytes kept"),
+            "{t}"
+        );
+        assert!(
+            t.contains("; kept 4096 bytes, ranges 4096..8192; kept 1 of 2 operations"),
+            "{t}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["keep"], "random");
+        assert_eq!(json["seed"], 42);
+        // Reports from before these fields still decode.
+        let old = r#"{"mountpoint":"/m","files":[{"path":"a","size_before":1,"size_after":0,
+            "lost":[],"lost_bytes":1,"error":null}],"lost_bytes":1,"killed":[],"elapsed_ms":0}"#;
+        let back: PowercutReport = serde_json::from_str(old).unwrap();
+        assert_eq!(back.keep, KeepMode::None);
     }
 }

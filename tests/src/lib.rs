@@ -502,7 +502,8 @@ impl Mount {
         self.ctl_json(&["powercut", "--no-kill"])
     }
 
-    fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+    /// `lossctl ARGS[0] MNT ARGS[1..] --json`, asserting success; the parsed JSON.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
         let mnt = self.mnt.to_str().expect("utf-8 mount path");
         let mut full: Vec<&str> = vec![args[0], mnt];
         full.extend_from_slice(&args[1..]);

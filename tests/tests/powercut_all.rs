@@ -65,4 +65,52 @@ fn powercut_all_cuts_every_mount_and_kills_their_users() {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL), "killed by the cut");
     }
+    // --keep goes to every mount, with one seed.
+    for m in [&a, &b] {
+        std::fs::write(m.path("unsynced"), b"maybe").unwrap();
+    }
+    let out = run_bounded(
+        Command::new(lossctl_bin()).args([
+            "powercut",
+            "--all",
+            "--no-kill",
+            "--keep",
+            "all",
+            "--json",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "--keep all: {}", output_text(&out));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for r in reports.as_array().expect("a JSON array") {
+        assert_eq!(r["keep"], "all", "{r}");
+        assert_eq!(r["lost_bytes"], 0, "{r}");
+    }
+    for m in [&a, &b] {
+        assert_eq!(std::fs::read(m.path("unsynced")).unwrap(), b"maybe");
+    }
+    let out = run_bounded(
+        Command::new(lossctl_bin()).args([
+            "powercut",
+            "--all",
+            "--no-kill",
+            "--keep",
+            "prefix",
+            "--json",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "--keep prefix: {}", output_text(&out));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seeds: Vec<&serde_json::Value> = reports
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|r| &r["seed"])
+        .collect();
+    assert_eq!(seeds.len(), 2);
+    assert!(
+        seeds[0].is_u64() && seeds[0] == seeds[1],
+        "one seed: {reports}"
+    );
 }

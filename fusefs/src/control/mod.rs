@@ -22,6 +22,22 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn status(&self) -> Result<StatusReport, String>;
     fn sync(&self) -> Result<SyncReport, String>;
     fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String>;
+    /// A power cut that keeps part of the unsynced data (`lossctl powercut --keep`).
+    /// Handlers that only know plain cuts refuse anything else.
+    fn powercut_keep(
+        &self,
+        no_kill: bool,
+        keep: crate::keep::KeepRequest,
+    ) -> Result<PowercutReport, String> {
+        if keep.is_default() {
+            self.powercut(no_kill)
+        } else {
+            Err(format!(
+                "this server cannot keep {} at a power cut",
+                keep.mode
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

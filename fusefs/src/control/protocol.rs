@@ -1,7 +1,7 @@
 //! The control wire format: one JSON object per line each way, versioned by a `"v"` field,
 //! and where a mount's control socket lives by default.  Pure functions, no I/O.
 
-use serde::{Deserialize, Serialize};
+use crate::keep::{check_granularity, KeepMode, KeepRequest};
 use serde_json::{Map, Value};
 use std::path::{Component, Path, PathBuf};
 
@@ -15,17 +15,14 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// Directory holding the default control sockets.
 pub const SOCKET_DIR: &str = "/run/lossfs";
 
-/// A control request, serialized as on the wire minus the `"v"` field
-/// (`{"cmd":"powercut","no_kill":false}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "lowercase")]
+/// A control request, as on the wire minus the `"v"` field
+/// (`{"cmd":"powercut","no_kill":false,"keep":"random","seed":7,"granularity":512}`; the
+/// keep fields are optional and left out for a plain cut).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
     Status,
     Sync,
-    Powercut {
-        #[serde(default)]
-        no_kill: bool,
-    },
+    Powercut { no_kill: bool, keep: KeepRequest },
 }
 
 impl Request {
@@ -40,9 +37,18 @@ impl Request {
             Request::Sync => {
                 obj.insert("cmd".into(), "sync".into());
             }
-            Request::Powercut { no_kill } => {
+            Request::Powercut { no_kill, keep } => {
                 obj.insert("cmd".into(), "powercut".into());
                 obj.insert("no_kill".into(), Value::Bool(*no_kill));
+                if keep.mode != KeepMode::None {
+                    obj.insert("keep".into(), keep.mode.as_str().into());
+                }
+                if let Some(seed) = keep.seed {
+                    obj.insert("seed".into(), Value::from(seed));
+                }
+                if let Some(g) = keep.granularity {
+                    obj.insert("granularity".into(), Value::from(g));
+                }
             }
         }
         let mut line = Value::Object(obj).to_string();
@@ -93,7 +99,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     };
     let allowed: &[&str] = match cmd {
         "status" | "sync" => &["v", "cmd"],
-        "powercut" => &["v", "cmd", "no_kill"],
+        "powercut" => &["v", "cmd", "no_kill", "keep", "seed", "granularity"],
         _ => {
             return Err(format!(
                 "unknown command {:?} (expected status, sync or powercut)",
@@ -110,12 +116,49 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     match cmd {
         "status" => Ok(Request::Status),
         "sync" => Ok(Request::Sync),
-        _ => match obj.get("no_kill") {
-            None => Ok(Request::Powercut { no_kill: false }),
-            Some(Value::Bool(b)) => Ok(Request::Powercut { no_kill: *b }),
-            Some(other) => Err(format!("\"no_kill\" must be true or false, got {other}")),
-        },
+        _ => {
+            let no_kill = match obj.get("no_kill") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(format!("\"no_kill\" must be true or false, got {other}"))
+                }
+            };
+            Ok(Request::Powercut {
+                no_kill,
+                keep: parse_keep(&obj)?,
+            })
+        }
     }
+}
+
+/// The optional `keep`, `seed` and `granularity` fields of a powercut request.
+fn parse_keep(obj: &Map<String, Value>) -> Result<KeepRequest, String> {
+    let mode = match obj.get("keep") {
+        None => KeepMode::None,
+        Some(Value::String(m)) => m.parse()?,
+        Some(other) => return Err(format!("\"keep\" must be a string, got {other}")),
+    };
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        match obj.get(name) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                format!("\"{name}\" must be a whole number from 0 to 2^64-1, got {v}")
+            }),
+        }
+    };
+    let seed = number("seed")?;
+    let granularity = number("granularity")?.map(check_granularity).transpose()?;
+    if granularity.is_some() && mode != KeepMode::Random {
+        return Err(format!(
+            "\"granularity\" applies to keep random only (this request keeps {mode})"
+        ));
+    }
+    Ok(KeepRequest {
+        mode,
+        seed,
+        granularity,
+    })
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -246,19 +289,59 @@ mod tests {
             parse_request(b"{\"v\":1,\"cmd\":\"sync\"}\r\n"),
             Ok(Request::Sync)
         );
+        let plain = KeepRequest::default();
         assert_eq!(
             parse_request(br#"{"cmd":"powercut","v":1,"no_kill":true}"#),
-            Ok(Request::Powercut { no_kill: true })
+            Ok(Request::Powercut {
+                no_kill: true,
+                keep: plain
+            })
         );
         assert_eq!(
             parse_request(br#"{"v":1,"cmd":"powercut"}"#),
-            Ok(Request::Powercut { no_kill: false })
+            Ok(Request::Powercut {
+                no_kill: false,
+                keep: plain
+            })
         );
+        let random = KeepRequest {
+            mode: KeepMode::Random,
+            seed: Some(u64::MAX),
+            granularity: Some(512),
+        };
+        assert_eq!(
+            parse_request(
+                br#"{"v":1,"cmd":"powercut","keep":"random","seed":18446744073709551615,"granularity":512}"#
+            ),
+            Ok(Request::Powercut {
+                no_kill: false,
+                keep: random
+            })
+        );
+        let prefix = KeepRequest {
+            mode: KeepMode::Prefix,
+            seed: None,
+            granularity: None,
+        };
         for r in [
             Request::Status,
             Request::Sync,
-            Request::Powercut { no_kill: true },
-            Request::Powercut { no_kill: false },
+            Request::Powercut {
+                no_kill: true,
+                keep: plain,
+            },
+            Request::Powercut {
+                no_kill: false,
+                keep: plain,
+            },
+            Request::Powercut {
+                no_kill: false,
+                keep: random,
+            },
+            Request::Powercut {
+                no_kill: true,
+                keep: prefix,
+            },
         ] {
             assert_eq!(parse_request(r.to_line().as_bytes()), Ok(r));
         }
@@ -281,6 +364,25 @@ mod tests {
         );
         assert!(err(br#"{"v":1,"cmd":"status","no_kill":true}"#).contains("unknown field"));
         assert!(err(br#"{"v":1,"cmd":"powercut","no_kill":"yes"}"#).contains("true or false"));
+        assert!(err(br#"{"v":1,"cmd":"powercut","keep":"most"}"#)
+            .contains("unknown keep mode \"most\" (expected none, all, prefix or random)"));
+        assert!(err(br#"{"v":1,"cmd":"powercut","keep":1}"#).contains("must be a string"));
+        assert!(
+            err(br#"{"v":1,"cmd":"powercut","keep":"random","seed":-1}"#)
+                .contains("\"seed\" must be a whole number")
+        );
+        assert!(
+            err(br#"{"v":1,"cmd":"powercut","keep":"random","seed":1.5}"#)
+                .contains("\"seed\" must be a whole number")
+        );
+        assert!(
+            err(br#"{"v":1,"cmd":"powercut","keep":"random","granularity":1000}"#)
+                .contains("granularity 1000 is not a power of two")
+        );
+        assert!(
+            err(br#"{"v":1,"cmd":"powercut","keep":"prefix","granularity":512}"#)
+                .contains("applies to keep random only")
+        );
         assert!(err(b"[1,2]").contains("JSON object"));
         assert!(err(b"hello").contains("not valid JSON"));
         assert!(err(b"").contains("not valid JSON"));
@@ -362,7 +464,7 @@ mod tests {
                     match r {
                         Request::Status => assert_eq!(cmd, "status"),
                         Request::Sync => assert_eq!(cmd, "sync"),
-                        Request::Powercut { no_kill } => {
+                        Request::Powercut { no_kill, .. } => {
                             assert_eq!(cmd, "powercut");
                             assert_eq!(
                                 v.get("no_kill").and_then(Value::as_bool).unwrap_or(false),
@@ -387,7 +489,7 @@ mod tests {
                 2 => line.insert(i, line[i]),
                 _ => line.insert(i, b' '),
             }
-            if let Ok(Request::Powercut { no_kill }) = parse_request(&line) {
+            if let Ok(Request::Powercut { no_kill, .. }) = parse_request(&line) {
                 accepted += 1;
                 let v: Value = serde_json::from_slice(&line).unwrap();
                 assert_eq!(

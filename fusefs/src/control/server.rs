@@ -461,7 +461,9 @@ fn dispatch(shared: &Shared, req: Request) -> String {
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| match req {
         Request::Status => encode("status", handler.status()),
         Request::Sync => encode("sync", handler.sync()),
-        Request::Powercut { no_kill } => encode("powercut", handler.powercut(no_kill)),
+        Request::Powercut { no_kill, keep } => {
+            encode("powercut", handler.powercut_keep(no_kill, keep))
+        }
     }));
     match outcome {
         Ok(Ok(v)) => ok_line(v),

@@ -156,12 +156,29 @@ fn round_trips_every_request() {
     let sy: SyncReport =
         serde_json::from_value(call(&dir.sock(), &Request::Sync, T).unwrap()).unwrap();
     assert_eq!(sy.bytes_synced, 20);
-    let pc: PowercutReport =
-        serde_json::from_value(call(&dir.sock(), &Request::Powercut { no_kill: true }, T).unwrap())
-            .unwrap();
+    let pc: PowercutReport = serde_json::from_value(
+        call(
+            &dir.sock(),
+            &Request::Powercut {
+                no_kill: true,
+                keep: Default::default(),
+            },
+            T,
+        )
+        .unwrap(),
+    )
+    .unwrap();
     assert_eq!(pc.lost_bytes, 20);
     assert_eq!(fake.last_no_kill.load(Ordering::SeqCst), 1);
-    call(&dir.sock(), &Request::Powercut { no_kill: false }, T).unwrap();
+    call(
+        &dir.sock(),
+        &Request::Powercut {
+            no_kill: false,
+            keep: Default::default(),
+        },
+        T,
+    )
+    .unwrap();
     assert_eq!(fake.last_no_kill.load(Ordering::SeqCst), 2);
     assert_eq!(fake.calls.load(Ordering::SeqCst), 4);
 }
@@ -355,7 +372,10 @@ fn concurrent_clients_are_served_one_at_a_time() {
             std::thread::spawn(move || {
                 for j in 0..10 {
                     let req = if (i + j) % 2 == 0 {
-                        Request::Powercut { no_kill: true }
+                        Request::Powercut {
+                            no_kill: true,
+                            keep: Default::default(),
+                        }
                     } else {
                         Request::Status
                     };

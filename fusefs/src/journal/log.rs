@@ -13,11 +13,20 @@
 //!   durable, the content stored at `undo_off` of `undo/<id>`.  Written after that data and
 //!   before the change it protects.
 //! - `S id`: file `id` is durable again; forget its `F` and `P` records.
+//! - `O id size_before start end`: the next unsynced operation (write, truncate or
+//!   fallocate) of file `id`, in the order they were made: the file's size just before it
+//!   and the bytes it may change.  Read by `--keep prefix` only; a replay after a killed
+//!   daemon ignores it.  Buffered (see [`Log::append_op`]): it may reach the file after the
+//!   operation it describes, which only a live cut reads, after flushing.
+//! - `B id start len undo_off`: a byte-exact pre-image, in `undo/<id>`, of unsynced bytes
+//!   the next `O` of file `id` overwrites.  The undo bytes are written before the operation.
 
+use super::crashstate::OpRec;
 use crate::handle::FileHandle;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write as _};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -25,6 +34,9 @@ use std::path::{Path, PathBuf};
 const VERSION: u32 = 1;
 /// Below this size the log is never compacted: rewriting it would cost more than it saves.
 const COMPACT_MIN: u64 = 1 << 20;
+/// Op records wait in memory until this many bytes are pending (or another record is
+/// written): about a thousand small writes per write(2) of the log, in bounded memory.
+const PENDING_MAX: usize = 64 << 10;
 
 /// One pre-image: bytes `[start, start+len)` of a file, saved at `undo_off` of its undo file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +73,16 @@ pub(crate) enum Record {
     Durable {
         id: u64,
     },
+    Op {
+        id: u64,
+        size_before: u64,
+        start: u64,
+        end: u64,
+    },
+    OpPre {
+        id: u64,
+        extent: Extent,
+    },
 }
 
 impl Record {
@@ -78,6 +100,15 @@ impl Record {
                 format!("P {id} {} {} {}", extent.start, extent.len, extent.undo_off)
             }
             Record::Durable { id } => format!("S {id}"),
+            Record::Op {
+                id,
+                size_before,
+                start,
+                end,
+            } => format!("O {id} {size_before} {start} {end}"),
+            Record::OpPre { id, extent } => {
+                format!("B {id} {} {} {}", extent.start, extent.len, extent.undo_off)
+            }
         }
     }
 
@@ -129,6 +160,20 @@ impl Record {
                 }
             }
             "S" => Record::Durable { id: num()? },
+            "O" => Record::Op {
+                id: num()?,
+                size_before: num()?,
+                start: num()?,
+                end: num()?,
+            },
+            "B" => Record::OpPre {
+                id: num()?,
+                extent: Extent {
+                    start: num()?,
+                    len: num()?,
+                    undo_off: num()?,
+                },
+            },
             _ => return Ok(None),
         };
         if it.next().is_some() {
@@ -178,6 +223,8 @@ fn apply(live: &mut BTreeMap<u64, LiveFile>, rec: &Record) {
         Record::Durable { id } => {
             live.remove(id);
         }
+        // Operation order matters to a live cut only (read back by `Log::for_each_op`).
+        Record::Op { .. } | Record::OpPre { .. } => {}
     }
 }
 
@@ -215,6 +262,12 @@ pub(crate) fn parse_log(bytes: &[u8]) -> (BTreeMap<u64, LiveFile>, usize) {
     (live, pos)
 }
 
+/// Appends `payload` as one record line (crc, space, payload, newline) to `out`.
+fn push_line(out: &mut String, payload: &str) {
+    let crc = crc32fast::hash(payload.as_bytes());
+    let _ = writeln!(out, "{crc:08x} {payload}");
+}
+
 /// `None` when the line is corrupt; `Some(None)` for a valid record of unknown kind.
 fn parse_line(line: &[u8]) -> Option<Option<Record>> {
     let line = std::str::from_utf8(line).ok()?;
@@ -236,6 +289,13 @@ pub(crate) struct Log {
     compact_at: u64,
     /// Reused encode buffer, so appends do not allocate once warmed up.
     buf: String,
+    /// Op records not yet written (at most about [`PENDING_MAX`] bytes).
+    pending: String,
+    /// Reused payload buffer for op records.
+    scratch: String,
+    /// Set when op records were dropped (a failed write of the log): `--keep prefix` cannot
+    /// be trusted until the next reset.
+    ops_lost: bool,
 }
 
 fn open_log(path: &Path) -> io::Result<File> {
@@ -275,6 +335,9 @@ impl Log {
             live: BTreeMap::new(),
             compact_at: COMPACT_MIN,
             buf: String::new(),
+            pending: String::new(),
+            scratch: String::new(),
+            ops_lost: false,
         };
         Ok((log, live))
     }
@@ -287,6 +350,8 @@ impl Log {
         self.len = 0;
         self.live.clear();
         self.compact_at = COMPACT_MIN;
+        self.pending.clear();
+        self.ops_lost = false;
         Ok(())
     }
 
@@ -297,6 +362,8 @@ impl Log {
         if self.len == 0 {
             Record::Header.encode_into(&mut self.buf);
         }
+        // Pending op records go first, in the same write(2): they happened before.
+        self.buf.push_str(&self.pending);
         rec.encode_into(&mut self.buf);
         if let Err(e) = self.file.write_all_at(self.buf.as_bytes(), self.len) {
             // Best effort: if even this fails the crc still rejects the torn record.
@@ -304,8 +371,116 @@ impl Log {
             return Err(e);
         }
         self.len += self.buf.len() as u64;
+        self.pending.clear();
         apply(&mut self.live, rec);
         Ok(())
+    }
+
+    /// Records one unsynced operation of file `id` (its `B` pre-images, then its `O`) in the
+    /// pending buffer; writes the buffer out only once it is full, so the common small write
+    /// costs no syscall here.  No allocation once the buffers are warm.
+    pub fn append_op(&mut self, id: u64, op: &OpRec) -> io::Result<()> {
+        for x in &op.pre {
+            self.scratch.clear();
+            let _ = write!(self.scratch, "B {id} {} {} {}", x.start, x.len, x.undo_off);
+            push_line(&mut self.pending, &self.scratch);
+        }
+        self.scratch.clear();
+        let _ = write!(
+            self.scratch,
+            "O {id} {} {} {}",
+            op.size_before, op.start, op.end
+        );
+        push_line(&mut self.pending, &self.scratch);
+        if self.pending.len() >= PENDING_MAX {
+            self.flush_ops()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending op records out.  On failure they are dropped (memory stays
+    /// bounded) and the log remembers that its op order is incomplete.
+    pub fn flush_ops(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.buf.clear();
+        if self.len == 0 {
+            Record::Header.encode_into(&mut self.buf);
+        }
+        self.buf.push_str(&self.pending);
+        self.pending.clear();
+        if let Err(e) = self.file.write_all_at(self.buf.as_bytes(), self.len) {
+            let _ = self.file.set_len(self.len);
+            self.ops_lost = true;
+            return Err(ctx(
+                e,
+                format!("writing journal log {}", self.path.display()),
+            ));
+        }
+        self.len += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes of op records waiting in memory.
+    #[cfg(test)]
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether some op records were dropped since the last reset.
+    pub fn ops_lost(&self) -> bool {
+        self.ops_lost
+    }
+
+    /// Calls `f` with every recorded operation of the files `ids`, in order, streamed from
+    /// the log (pending ones flushed first): only one operation's pre-images per file are
+    /// held at a time.
+    pub fn for_each_op(
+        &mut self,
+        ids: &HashSet<u64>,
+        mut f: impl FnMut(u64, &OpRec),
+    ) -> io::Result<()> {
+        self.flush_ops()?;
+        let mut pre: HashMap<u64, Vec<Extent>> = HashMap::new();
+        self.for_each_valid_line(|rec, _| match rec {
+            Record::OpPre { id, extent } if ids.contains(&id) => {
+                pre.entry(id).or_default().push(extent)
+            }
+            Record::Op {
+                id,
+                size_before,
+                start,
+                end,
+            } if ids.contains(&id) => f(
+                id,
+                &OpRec {
+                    size_before,
+                    start,
+                    end,
+                    pre: pre.remove(&id).unwrap_or_default(),
+                },
+            ),
+            _ => {}
+        })
+    }
+
+    /// Calls `f` with every valid record of the log file (up to `len`) and its line.
+    fn for_each_valid_line(&self, mut f: impl FnMut(Record, &[u8])) -> io::Result<()> {
+        let mut file = self.file.try_clone()?;
+        file.rewind()?;
+        let mut reader = BufReader::new(file.take(self.len));
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                return Ok(());
+            }
+            let body = line.strip_suffix(b"\n").unwrap_or(&line);
+            if let Some(Some(rec)) = parse_line(body) {
+                f(rec, &line);
+            }
+        }
     }
 
     pub fn live(&self) -> &BTreeMap<u64, LiveFile> {
@@ -330,6 +505,7 @@ impl Log {
         if self.live.is_empty() {
             return self.reset();
         }
+        self.flush_ops()?;
         let mut text = String::new();
         Record::Header.encode_into(&mut text);
         for (&id, f) in &self.live {
@@ -350,7 +526,31 @@ impl Log {
             }
         }
         let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text.as_bytes())
+        let write_tmp = || -> io::Result<u64> {
+            let mut w = BufWriter::new(File::create(&tmp)?);
+            w.write_all(text.as_bytes())?;
+            let mut len = text.len() as u64;
+            // Op records of live files follow, in their order, streamed from the old log.
+            let mut err = None;
+            self.for_each_valid_line(|rec, line| {
+                let live = match &rec {
+                    Record::Op { id, .. } | Record::OpPre { id, .. } => self.live.contains_key(id),
+                    _ => false,
+                };
+                if live && err.is_none() {
+                    match w.write_all(line) {
+                        Ok(()) => len += line.len() as u64,
+                        Err(e) => err = Some(e),
+                    }
+                }
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+            w.flush()?;
+            Ok(len)
+        };
+        let new_len = write_tmp()
             .map_err(|e| ctx(e, format!("writing compacted journal {}", tmp.display())))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| {
             ctx(
@@ -359,7 +559,7 @@ impl Log {
             )
         })?;
         self.file = open_log(&self.path)?;
-        self.len = text.len() as u64;
+        self.len = new_len;
         self.compact_at = COMPACT_MIN.max(self.len * 2);
         tracing::debug!(bytes = self.len, "journal: compacted log");
         Ok(())

@@ -9,6 +9,11 @@
 //! past the durable size need no pre-image: a rollback truncates them away.  Memory holds
 //! ranges only, never data.
 //!
+//! For partial cuts (`--keep`, computed in the private `crashstate` module) every write,
+//! truncate and fallocate is also recorded in order (op records, batched in the log's
+//! bounded buffer), and an operation that overwrites bytes already unsynced first copies
+//! them byte-exact to the undo file.  `-o writeback` uses the time a file was first dirtied.
+//!
 //! Threat model: the log and the undo data are written with plain write(2) and never
 //! fsynced.  They protect against the lossfs daemon itself being SIGKILLed (a `docker kill`):
 //! the kernel's page cache survives that, so the next [`Journal::open`] on the same state dir
@@ -23,20 +28,27 @@
 //! errno, e.g. ENOSPC when the undo store is full) and log their context at warn level;
 //! errors of the whole-journal operations carry their context in the message.
 
+mod crashstate;
+mod expire;
 mod fileio;
+#[cfg(test)]
+mod keep_tests;
 mod log;
+mod partial;
 #[cfg(test)]
 mod tests;
 
+use self::crashstate::{OpRec, PrefixBuilder};
 use self::fileio::{byte_ranges, copy_range, path_of, restore, size_of};
 use self::log::{ctx, Extent, LiveFile, Log, Record};
 use crate::handle::FileHandle;
+use crate::keep::{KeepMode, KeepSpec};
 use crate::rangeset::RangeSet;
 use crate::report::{FileLoss, FileStatus, SyncReport};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use parking_lot::{Condvar, Mutex};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -44,6 +56,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Pre-image granularity.
 const PAGE: u64 = 4096;
@@ -75,6 +88,14 @@ struct Tracked {
     dirty: RangeSet,
     /// Bytes used in the undo file.
     undo_len: u64,
+    /// Size of the file as the recorded operations left it (kept without an fstat per
+    /// write; re-read by every truncate and fallocate).
+    size: u64,
+    /// Unsynced operations recorded (for `--keep prefix`).
+    ops: u64,
+    /// When the file first changed since it was last durable (the kernel's
+    /// `dirtied_when`), for `-o writeback`.
+    dirtied_at: Instant,
 }
 
 struct SlotState {
@@ -384,23 +405,56 @@ impl Journal {
         }
     }
 
-    /// Power cut: restores every tracked file to its durable content and size, fdatasyncs
-    /// them, resets the journal; returns per-file losses.  A file that cannot be restored
-    /// (e.g. unlinked and closed: ESTALE) is reported with `error`, not a failure of the cut.
-    /// The caller guarantees no [`FileGuard`] is alive (it freezes all operations first).
+    /// Power cut losing every unsynced byte: `cut` with `--keep none`.
     pub fn rollback_all(&self) -> io::Result<Vec<FileLoss>> {
+        self.cut(&KeepSpec::none())
+    }
+
+    /// Power cut: puts every tracked file into its crash state as `spec` says (its durable
+    /// content and size for `none`; docs/fault-model.md for the others), fdatasyncs them,
+    /// resets the journal; returns per-file losses (and what was kept).  A file that cannot
+    /// be restored (e.g. unlinked and closed: ESTALE) is reported with `error`, not a failure
+    /// of the cut.  The caller guarantees no [`FileGuard`] is alive (it freezes all
+    /// operations first).
+    pub fn cut(&self, spec: &KeepSpec) -> io::Result<Vec<FileLoss>> {
         let drained: Vec<(Tracked, FileHandle, FileKey)> = {
             let mut files = self.files.lock();
-            files
+            let mut v: Vec<_> = files
                 .drain()
                 .filter_map(|(key, slot)| {
                     let mut st = slot.state.lock();
                     let handle = st.handle.clone();
                     st.tracked.take().map(|t| (t, handle, key))
                 })
-                .collect()
+                .collect();
+            v.sort_by_key(|(t, _, _)| t.id);
+            v
         };
         let mut log = self.log.lock();
+        let mut mode = spec.mode;
+        let mut prefixes = HashMap::new();
+        if mode == KeepMode::Prefix {
+            // Each file's k first (it needs the file's name), then one pass over the log.
+            for (t, handle, key) in &drained {
+                let k = self.draw_prefix_len(t, handle, *key, spec.seed);
+                prefixes.insert(t.id, PrefixBuilder::new(t.durable_size, k));
+            }
+            let ids: HashSet<u64> = prefixes.keys().copied().collect();
+            let read = log.for_each_op(&ids, |id, op| {
+                if let Some(b) = prefixes.get_mut(&id) {
+                    b.feed(op);
+                }
+            });
+            if let Err(e) = read {
+                tracing::warn!(error = %e, "power cut: cannot read the operation order; keeping nothing");
+                mode = KeepMode::None;
+            } else if log.ops_lost() {
+                tracing::warn!(
+                    "power cut: operation order incomplete (a log write failed); keeping nothing"
+                );
+                mode = KeepMode::None;
+            }
+        }
         let mut losses = Vec::new();
         for (t, handle, key) in drained {
             let fallback;
@@ -417,37 +471,32 @@ impl Journal {
                     &fallback
                 }
             };
-            let mut lost = t.dirty.clone();
-            let loss = match restore(
-                self.root.as_fd(),
-                &self.root_path,
-                &self.undo_dir,
-                t.id,
-                live,
-            ) {
-                Ok(r) => {
-                    lost.truncate(r.size_before.max(t.durable_size));
-                    lost.insert(t.durable_size, r.size_before.max(t.durable_size));
-                    FileLoss {
-                        path: r.path,
-                        size_before: r.size_before,
-                        size_after: t.durable_size,
-                        lost_bytes: lost.total_len(),
-                        lost: byte_ranges(&lost),
-                        error: None,
-                    }
+            let prefix = prefixes.remove(&t.id);
+            let loss = match mode {
+                KeepMode::None => self.restore_durable(&t, live, key),
+                KeepMode::Prefix if prefix.as_ref().map_or(0, |b| b.seen()) != t.ops => {
+                    // The log lost some of this file's records: no prefix can be trusted.
+                    tracing::warn!(
+                        ino = key.ino,
+                        "power cut: operation order incomplete; keeping nothing of this file"
+                    );
+                    self.restore_durable(&t, live, key)
                 }
-                Err(e) => {
-                    tracing::warn!(ino = key.ino, error = %e, "power cut: file not restored");
-                    FileLoss {
-                        path: None,
-                        size_before: t.durable_size,
-                        size_after: t.durable_size,
-                        lost_bytes: lost.total_len(),
-                        lost: byte_ranges(&lost),
-                        error: Some(e.to_string()),
-                    }
-                }
+                KeepMode::All | KeepMode::Random | KeepMode::Prefix => self
+                    .restore_partial(&t, live, spec, mode, prefix)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(ino = key.ino, error = %e, "power cut: file not restored");
+                        let mut lost = t.dirty.clone();
+                        lost.insert(t.durable_size, t.size.max(t.durable_size));
+                        FileLoss {
+                            size_before: t.durable_size,
+                            size_after: t.durable_size,
+                            lost_bytes: lost.total_len(),
+                            lost: byte_ranges(&lost),
+                            error: Some(e.to_string()),
+                            ..Default::default()
+                        }
+                    }),
             };
             losses.push(loss);
         }
@@ -455,6 +504,43 @@ impl Journal {
         clear_undo_dir(&self.undo_dir);
         losses.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(losses)
+    }
+
+    /// `--keep none` for one file: back to its durable content and size.
+    fn restore_durable(&self, t: &Tracked, live: &LiveFile, key: FileKey) -> FileLoss {
+        let mut lost = t.dirty.clone();
+        match restore(
+            self.root.as_fd(),
+            &self.root_path,
+            &self.undo_dir,
+            t.id,
+            live,
+        ) {
+            Ok(r) => {
+                lost.truncate(r.size_before.max(t.durable_size));
+                lost.insert(t.durable_size, r.size_before.max(t.durable_size));
+                FileLoss {
+                    path: r.path,
+                    size_before: r.size_before,
+                    size_after: t.durable_size,
+                    lost_bytes: lost.total_len(),
+                    lost: byte_ranges(&lost),
+                    ..Default::default()
+                }
+            }
+            Err(e) => {
+                tracing::warn!(ino = key.ino, error = %e, "power cut: file not restored");
+                FileLoss {
+                    path: None,
+                    size_before: t.durable_size,
+                    size_after: t.durable_size,
+                    lost_bytes: lost.total_len(),
+                    lost: byte_ranges(&lost),
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                }
+            }
+        }
     }
 }
 
@@ -484,7 +570,7 @@ fn replay(
                         size_after: f.durable_size,
                         lost_bytes: lost.total_len(),
                         lost: byte_ranges(&lost),
-                        error: None,
+                        ..Default::default()
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ESTALE) => unrestorable(f, e),
@@ -511,6 +597,7 @@ fn unrestorable(f: &LiveFile, e: io::Error) -> FileLoss {
         lost: Vec::new(),
         lost_bytes: 0,
         error: Some(e.to_string()),
+        ..Default::default()
     }
 }
 
@@ -529,9 +616,7 @@ fn keep(root: BorrowedFd<'_>, root_path: &Path, f: &LiveFile) -> io::Result<File
         path,
         size_before: size,
         size_after: size,
-        lost: Vec::new(),
-        lost_bytes: 0,
-        error: None,
+        ..Default::default()
     })
 }
 
@@ -573,6 +658,9 @@ impl FileGuard<'_> {
                 saved: RangeSet::new(),
                 dirty: RangeSet::new(),
                 undo_len: 0,
+                size: durable_size,
+                ops: 0,
+                dirtied_at: Instant::now(),
             });
         }
         match st.tracked.as_mut() {
@@ -599,14 +687,7 @@ impl FileGuard<'_> {
         if t.saved.covers(page_start, page_end) {
             return Ok(());
         }
-        let undo_path = self.journal.undo_dir.join(t.id.to_string());
-        let undo = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(t.undo_len == 0)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&undo_path)?;
+        let undo = self.open_undo(t)?;
         for (s, e) in t.saved.missing(page_start, page_end) {
             let len = e.min(t.durable_size) - s;
             let copied = copy_range(file, s, undo.as_fd(), t.undo_len, len)?;
@@ -626,6 +707,55 @@ impl FileGuard<'_> {
         Ok(())
     }
 
+    fn open_undo(&self, t: &Tracked) -> io::Result<File> {
+        let undo_path = self.journal.undo_dir.join(t.id.to_string());
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(t.undo_len == 0)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&undo_path)
+    }
+
+    /// Records the next operation of the file for `--keep prefix`: it may change
+    /// `[start, end)`, the file having `t.size` bytes.  Where it overwrites bytes already
+    /// unsynced, their current content is copied to the undo file first (byte-exact, the
+    /// only I/O here); otherwise the record just joins the log's pending buffer.  Call after
+    /// [`Self::protect`] and before `t.dirty` takes the operation in.
+    fn record_op(
+        &self,
+        t: &mut Tracked,
+        file: BorrowedFd<'_>,
+        start: u64,
+        end: u64,
+    ) -> io::Result<()> {
+        let mut op = OpRec {
+            size_before: t.size,
+            start,
+            end,
+            pre: Vec::new(),
+        };
+        let over = end.min(t.size);
+        if t.dirty.intersects(start, over) {
+            let undo = self.open_undo(t)?;
+            for (s, e) in t.dirty.overlapping(start, over) {
+                let copied = copy_range(file, s, undo.as_fd(), t.undo_len, e - s)?;
+                if copied > 0 {
+                    op.pre.push(Extent {
+                        start: s,
+                        len: copied,
+                        undo_off: t.undo_len,
+                    });
+                    t.undo_len += copied;
+                }
+            }
+        }
+        self.journal.log.lock().append_op(t.id, &op)?;
+        t.ops += 1;
+        Ok(())
+    }
+
     /// Call before writing `[off, off+len)` of the file (also for the destination of
     /// copy_file_range).  `file` is a readable and writable fd of the backing file; the
     /// change has not happened yet.  On error the caller must not change the file and
@@ -639,7 +769,9 @@ impl FileGuard<'_> {
         let end = off.saturating_add(len);
         let res = self.tracked(&mut st, file).and_then(|t| {
             self.protect(t, file, off, end)?;
+            self.record_op(t, file, off, end)?;
             t.dirty.insert(off, end);
+            t.size = t.size.max(end);
             Ok(())
         });
         res.map_err(|e| warn_err(self.key, "write", e))
@@ -656,6 +788,9 @@ impl FileGuard<'_> {
             if new_size < d {
                 self.protect(t, file, new_size, d)?;
             }
+            t.size = old;
+            self.record_op(t, file, new_size.min(old), new_size.max(old))?;
+            t.size = new_size;
             // Bytes past both sizes exist neither in the file nor on the durable disk.
             t.dirty.truncate(new_size.max(d));
             t.dirty.insert(new_size, d);
@@ -681,8 +816,47 @@ impl FileGuard<'_> {
         let res = self.tracked(&mut st, file).and_then(|t| {
             let old = size_of(file)?;
             let d = t.durable_size;
-            if mode & (FALLOC_COLLAPSE_RANGE | FALLOC_INSERT_RANGE) != 0 {
+            t.size = old;
+            let keep_size = mode & FALLOC_KEEP_SIZE != 0;
+            let shifts = mode & (FALLOC_COLLAPSE_RANGE | FALLOC_INSERT_RANGE) != 0;
+            let known = FALLOC_KEEP_SIZE
+                | FALLOC_UNSHARE_RANGE
+                | FALLOC_PUNCH_HOLE
+                | FALLOC_ZERO_RANGE
+                | FALLOC_COLLAPSE_RANGE
+                | FALLOC_INSERT_RANGE;
+            // The content it may change, and the size it leaves, for the op record.
+            let (changed, new_size) = if shifts || mode & !known != 0 {
+                let reach = old.max(end).saturating_add(len);
+                let new = if mode & FALLOC_COLLAPSE_RANGE != 0 {
+                    old.saturating_sub(len)
+                } else if mode & FALLOC_INSERT_RANGE != 0 {
+                    old.saturating_add(len)
+                } else {
+                    old.max(end)
+                };
+                ((off, reach), new)
+            } else if mode & (FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE) != 0 {
+                if keep_size {
+                    ((off, end.min(old)), old)
+                } else {
+                    ((off, end), old.max(end))
+                }
+            } else if keep_size {
+                ((off, off), old)
+            } else {
+                ((old, old.max(end)), old.max(end))
+            };
+            if shifts {
                 self.protect(t, file, off, d)?;
+            } else if mode & (FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE) != 0 {
+                self.protect(t, file, off, end)?;
+            } else if mode & !(FALLOC_KEEP_SIZE | FALLOC_UNSHARE_RANGE) != 0 {
+                self.protect(t, file, off, d)?;
+            }
+            self.record_op(t, file, changed.0, changed.1.max(changed.0))?;
+            t.size = new_size;
+            if shifts {
                 let grown = if mode & FALLOC_INSERT_RANGE != 0 {
                     len
                 } else {
@@ -690,19 +864,13 @@ impl FileGuard<'_> {
                 };
                 t.dirty.insert(off, old.max(d).saturating_add(grown));
             } else if mode & (FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE) != 0 {
-                self.protect(t, file, off, end)?;
-                let changed_end = if mode & FALLOC_KEEP_SIZE != 0 {
-                    end.min(old.max(d))
-                } else {
-                    end
-                };
+                let changed_end = if keep_size { end.min(old.max(d)) } else { end };
                 t.dirty.insert(off, changed_end);
             } else if mode & !(FALLOC_KEEP_SIZE | FALLOC_UNSHARE_RANGE) != 0 {
                 // A mode this version does not know: assume it may change everything
                 // from `off` on.
-                self.protect(t, file, off, d)?;
                 t.dirty.insert(off, old.max(d).max(end));
-            } else if mode & FALLOC_KEEP_SIZE == 0 {
+            } else if !keep_size {
                 // Plain allocation keeps existing bytes; only growth is new.
                 t.dirty.insert(old.max(d), end);
             }

@@ -1,0 +1,101 @@
+//! The partial crash state of one file at a cut (`--keep all|random|prefix`): opening it,
+//! drawing from its seeded generator, computing the plan ([`super::crashstate`]), applying
+//! it and reporting what was kept and lost.
+
+use super::crashstate::{self, CrashPlan, PrefixBuilder};
+use super::fileio::{byte_ranges, path_of, size_of};
+use super::log::{ctx, LiveFile};
+use super::{FileKey, Journal, Tracked};
+use crate::handle::FileHandle;
+use crate::keep::{KeepMode, KeepSpec};
+use crate::prng::SplitMix64;
+use crate::report::FileLoss;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+
+impl Journal {
+    /// `--keep all|random|prefix` for one file: computes its crash state, applies it and
+    /// fdatasyncs.  The file's draws come from a generator seeded by the cut's seed and the
+    /// file's path, so neither other files nor the order of the cut change them.
+    pub(super) fn restore_partial(
+        &self,
+        t: &Tracked,
+        live: &LiveFile,
+        spec: &KeepSpec,
+        mode: KeepMode,
+        prefix: Option<PrefixBuilder>,
+    ) -> io::Result<FileLoss> {
+        let file = live
+            .handle
+            .open(self.root.as_fd(), libc::O_RDWR)
+            .map_err(|e| {
+                ctx(
+                    e,
+                    format!("opening file (dev {} ino {})", live.dev, live.ino),
+                )
+            })?;
+        let path = path_of(file.as_fd(), &self.root_path);
+        let name = path
+            .clone()
+            .unwrap_or_else(|| format!("inode {}", live.ino));
+        let size = size_of(file.as_fd()).map_err(|e| ctx(e, format!("fstat of {name}")))?;
+        let d = t.durable_size;
+        let plan = match (mode, prefix) {
+            (KeepMode::Random, _) => {
+                let mut rng = SplitMix64::for_item(spec.seed, name.as_bytes());
+                crashstate::random_plan(d, size, &t.dirty, spec.granularity, &mut rng)
+            }
+            (KeepMode::Prefix, Some(b)) => b.finish(size, &t.dirty),
+            _ => CrashPlan {
+                size,
+                kept: crashstate::unsynced(d, size, &t.dirty),
+                ..Default::default()
+            },
+        };
+        let undo = if t.undo_len > 0 {
+            let p = self.undo_dir.join(t.id.to_string());
+            Some(File::open(&p).map_err(|e| ctx(e, format!("opening undo data {}", p.display())))?)
+        } else {
+            None
+        };
+        crashstate::apply_plan(
+            file.as_fd(),
+            undo.as_ref().map(|u| u.as_fd()),
+            &live.extents,
+            &plan,
+        )
+        .map_err(|e| ctx(e, format!("restoring {name}")))?;
+        nix::unistd::fdatasync(&file).map_err(|e| ctx(e.into(), format!("fdatasync of {name}")))?;
+        Ok(FileLoss {
+            path,
+            size_before: size,
+            size_after: plan.size,
+            lost_bytes: plan.lost.total_len(),
+            lost: byte_ranges(&plan.lost),
+            kept_bytes: plan.kept.total_len(),
+            kept: byte_ranges(&plan.kept),
+            ops_kept: plan.ops.map(|(k, _)| k),
+            ops_total: plan.ops.map(|(_, n)| n),
+            error: None,
+        })
+    }
+
+    /// How many of its unsynced operations a `--keep prefix` cut keeps of this file: uniform
+    /// in `0..=ops`, from the generator of the cut's seed and the file's name (its path, or
+    /// `inode N` when it has none: the same name [`Self::restore_partial`] finds).
+    pub(super) fn draw_prefix_len(
+        &self,
+        t: &Tracked,
+        handle: &FileHandle,
+        key: FileKey,
+        seed: u64,
+    ) -> u64 {
+        let path = handle
+            .open(self.root.as_fd(), libc::O_PATH)
+            .ok()
+            .and_then(|fd| path_of(fd.as_fd(), &self.root_path));
+        let name = path.unwrap_or_else(|| format!("inode {}", key.ino));
+        SplitMix64::for_item(seed, name.as_bytes()).below(t.ops + 1)
+    }
+}
