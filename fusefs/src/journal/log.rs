@@ -4,7 +4,8 @@
 //! Format: one record per line, `CRC PAYLOAD\n`, where CRC is the crc32 of PAYLOAD as 8 hex
 //! digits and PAYLOAD starts with a one-letter tag.  A line that is torn, lacks its newline or
 //! fails its crc ends the replay: everything from it on is ignored.  Records of a tag this
-//! version does not know are skipped, so later record kinds (namespace undo) fit in.
+//! version does not know are skipped, so later record kinds fit in.  (Namespace undo records
+//! live in a log of their own, `namespace/`.)
 //!
 //! - `H 1`: header, first line of every log (format version).
 //! - `F id dev ino durable_size handle`: a file entered a sync epoch; until its `S`, a rollback
