@@ -515,10 +515,22 @@ impl LossFs {
         if a.atime == SetTime::Omit && a.mtime == SetTime::Omit {
             return Ok(());
         }
-        if is_link {
-            return Err(FsError::new(libc::EOPNOTSUPP, "utimens of a symlink"));
-        }
         let ts = [timespec(a.atime), timespec(a.mtime)];
+        if is_link {
+            // The /proc path would follow the link; the O_PATH fd names the link itself, and
+            // utimensat takes it with AT_EMPTY_PATH (as `touch -h` on the backing would).
+            // SAFETY: valid fd, empty C string used with AT_EMPTY_PATH, ts holds two timespecs.
+            cvt(unsafe {
+                libc::utimensat(
+                    pfd.fd().as_raw_fd(),
+                    c"".as_ptr(),
+                    ts.as_ptr(),
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })
+            .ctx("utimens of a symlink")?;
+            return Ok(());
+        }
         // SAFETY: the /proc path is a valid C string and ts holds two timespecs.
         cvt(unsafe { libc::utimensat(libc::AT_FDCWD, pfd.proc_path().as_ptr(), ts.as_ptr(), 0) })
             .ctx("utimens")?;
