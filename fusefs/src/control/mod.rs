@@ -25,4 +25,6 @@ pub trait ControlHandler: Send + Sync + 'static {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
