@@ -987,3 +987,165 @@ fn kill_suid(fd: BorrowedFd<'_>) -> FsResult<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Containment at the core, without a mount: names that are not one component are
+    //! refused by every name operation, `..` of the root is the root, and the state dir's
+    //! name is neither found nor taken.
+    use super::*;
+    use crate::handle::FileHandle;
+    use std::path::{Path, PathBuf};
+
+    struct Fixture {
+        dir: PathBuf,
+        fs: LossFs,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn open_path(p: &Path) -> OwnedFd {
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+        openat(
+            // SAFETY: AT_FDCWD is a valid "directory fd" for openat.
+            unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
+            &c,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )
+        .unwrap()
+    }
+
+    /// A LossFs over `DIR/backing`, with its state dir at `DIR/backing/.lossfs` (hidden).
+    fn fixture(tag: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("lossfs-fs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let backing = dir.join("backing");
+        std::fs::create_dir_all(&backing).unwrap();
+        let state = backing.join(".lossfs");
+        let (journal, _) = Journal::open(&state, open_path(&backing), &backing, true).unwrap();
+        let root = open_path(&backing);
+        let st = fstat(root.as_fd()).unwrap();
+        let key = FileKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        let handle = FileHandle::of_fd(root.as_fd()).unwrap();
+        let hidden = Hidden {
+            parent: key,
+            name: ".lossfs".into(),
+        };
+        let fs = LossFs::new(
+            InodeTable::new(root, key, handle),
+            Arc::new(journal),
+            Some(hidden),
+        );
+        Fixture { dir, fs }
+    }
+
+    fn root_caller() -> Caller {
+        Caller {
+            uid: 0,
+            gid: 0,
+            pid: std::process::id(),
+        }
+    }
+
+    fn errno<T>(r: FsResult<T>) -> i32 {
+        match r {
+            Ok(_) => panic!("operation succeeded"),
+            Err(e) => e.errno,
+        }
+    }
+
+    #[test]
+    fn component_takes_exactly_one_name() {
+        for bad in ["", ".", "..", "a/b", "/", "/etc", "../x", "x/", "a\0b"] {
+            assert_eq!(
+                errno(component(OsStr::new(bad))),
+                libc::EINVAL,
+                "{bad:?} was taken as a component"
+            );
+        }
+        for good in ["a", "...", ".x", "x..", "a b", "\u{e9}"] {
+            assert!(component(OsStr::new(good)).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn names_with_a_slash_are_refused_by_every_name_operation() {
+        let f = fixture("slash");
+        let who = root_caller();
+        std::fs::create_dir(f.dir.join("outside")).unwrap();
+        std::fs::write(f.dir.join("backing/in"), b"in").unwrap();
+        let (inode, _) = f.fs.lookup(ROOT, OsStr::new("in")).unwrap();
+        for name in ["../outside/x", "a/b", "/tmp/x", "../x"] {
+            let n = OsStr::new(name);
+            assert_eq!(errno(f.fs.lookup(ROOT, n)), libc::EINVAL, "lookup {name}");
+            assert_eq!(errno(f.fs.mkdir(ROOT, n, 0o755, who)), libc::EINVAL);
+            assert_eq!(
+                errno(f.fs.mknod(ROOT, n, libc::S_IFREG | 0o644, 0, who)),
+                libc::EINVAL
+            );
+            assert_eq!(
+                errno(f.fs.symlink(ROOT, n, OsStr::new("t"), who)),
+                libc::EINVAL
+            );
+            assert_eq!(errno(f.fs.link(inode.nodeid, ROOT, n)), libc::EINVAL);
+            assert_eq!(
+                errno(f.fs.create(ROOT, n, 0o644, libc::O_WRONLY, who)),
+                libc::EINVAL
+            );
+            assert_eq!(errno(f.fs.unlink(ROOT, n)), libc::EINVAL);
+            assert_eq!(errno(f.fs.rmdir(ROOT, n)), libc::EINVAL);
+            let in_ = OsStr::new("in");
+            assert_eq!(errno(f.fs.rename(ROOT, in_, ROOT, n, 0)), libc::EINVAL);
+            assert_eq!(errno(f.fs.rename(ROOT, n, ROOT, in_, 0)), libc::EINVAL);
+        }
+        // Nothing appeared outside, and the file inside is untouched.
+        assert_eq!(std::fs::read_dir(f.dir.join("outside")).unwrap().count(), 0);
+        assert!(!f.dir.join("x").exists());
+        assert_eq!(std::fs::read(f.dir.join("backing/in")).unwrap(), b"in");
+    }
+
+    #[test]
+    fn dotdot_of_the_root_is_the_root() {
+        let f = fixture("dotdot");
+        let (up, st) = f.fs.lookup(ROOT, OsStr::new("..")).unwrap();
+        assert_eq!(up.nodeid, ROOT);
+        assert_eq!(st.st_ino, ROOT);
+        let (dot, _) = f.fs.lookup(ROOT, OsStr::new(".")).unwrap();
+        assert_eq!(dot.nodeid, ROOT);
+    }
+
+    #[test]
+    fn the_state_dir_is_neither_found_nor_taken() {
+        let f = fixture("hidden");
+        let who = root_caller();
+        let name = OsStr::new(".lossfs");
+        assert_eq!(errno(f.fs.lookup(ROOT, name)), libc::ENOENT);
+        assert_eq!(errno(f.fs.mkdir(ROOT, name, 0o755, who)), libc::EACCES);
+        assert_eq!(
+            errno(f.fs.create(ROOT, name, 0o644, libc::O_WRONLY, who)),
+            libc::EACCES
+        );
+        assert_eq!(
+            errno(f.fs.symlink(ROOT, name, OsStr::new("t"), who)),
+            libc::EACCES
+        );
+        assert_eq!(errno(f.fs.unlink(ROOT, name)), libc::EACCES);
+        assert_eq!(errno(f.fs.rmdir(ROOT, name)), libc::EACCES);
+        std::fs::write(f.dir.join("backing/x"), b"x").unwrap();
+        let x = OsStr::new("x");
+        assert_eq!(errno(f.fs.rename(ROOT, x, ROOT, name, 0)), libc::EACCES);
+        assert_eq!(errno(f.fs.rename(ROOT, name, ROOT, x, 0)), libc::EACCES);
+        let flags = libc::RENAME_EXCHANGE;
+        assert_eq!(errno(f.fs.rename(ROOT, x, ROOT, name, flags)), libc::EACCES);
+        assert!(f.dir.join("backing/.lossfs/journal").is_file());
+        assert_eq!(std::fs::read(f.dir.join("backing/x")).unwrap(), b"x");
+    }
+}
