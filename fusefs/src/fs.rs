@@ -111,6 +111,24 @@ fn component(name: &OsStr) -> FsResult<CString> {
     cstr(name)
 }
 
+/// Writes as much of `data` at `off` as the backing file takes.  An error after some bytes
+/// were written (a disk filling up) gives the count written, as write(2) does: the program
+/// is told exactly what reached the file, and learns of the error on its next write.
+fn write_some_at(file: &File, data: &[u8], off: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match file.write_at(&data[done..], off + done as u64) {
+            Ok(0) if done == 0 => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
+}
+
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     // SAFETY: an all-zero stat is a valid out-buffer.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -609,7 +627,16 @@ impl LossFs {
     pub fn open(&self, nodeid: u64, flags: i32) -> FsResult<u64> {
         let inode = self.inode(nodeid)?;
         let pfd = self.path_fd(&inode)?;
-        let fd = open_proc(&pfd.proc_path(), Self::backing_flags(flags)).ctx("open")?;
+        let path = pfd.proc_path();
+        let fd = match open_proc(&path, Self::backing_flags(flags)) {
+            // An append-only file (chattr +a) opens for writing only with O_APPEND.  Its
+            // writes all land at its end, which is where the kernel sends O_APPEND writes.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_APPEND != 0 => {
+                open_proc(&path, Self::backing_flags(flags) | libc::O_APPEND)
+            }
+            r => r,
+        }
+        .ctx("open")?;
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.truncate(&inode, fd.as_fd(), 0)?;
         }
@@ -680,13 +707,22 @@ impl LossFs {
         let mut g = self.journal.lock(f.inode.key, &f.inode.handle);
         g.before_write(f.file.as_fd(), offset, data.len() as u64)
             .ctx("journal write")?;
-        f.file.write_all_at(data, offset).ctx("write")?;
+        let written = match write_some_at(&f.file, data, offset) {
+            Ok(n) => n,
+            Err(e) => {
+                g.after_short_write(f.file.as_fd());
+                return Err(e).ctx("write");
+            }
+        };
+        if written < data.len() {
+            g.after_short_write(f.file.as_fd());
+        }
         if f.sync_writes {
             // SAFETY: valid fd.
             cvt(unsafe { libc::fdatasync(f.file.as_raw_fd()) }).ctx("O_SYNC write")?;
             g.mark_durable().ctx("journal sync")?;
         }
-        Ok(data.len())
+        Ok(written)
     }
 
     /// Write-through leaves nothing to flush.  A handle from before a cut answers EIO to

@@ -737,6 +737,18 @@ impl FileGuard<'_> {
         Ok(())
     }
 
+    /// Call when a write announced with [`FileGuard::before_write`] failed or was short
+    /// (ENOSPC, EIO...): bytes past both the file's size and the durable size were never
+    /// written, so they are not unsynced data, and no report may count them as lost.
+    pub fn after_short_write(&mut self, file: BorrowedFd<'_>) {
+        let mut st = self.slot.state.lock();
+        if let Some(t) = st.tracked.as_mut() {
+            if let Ok(size) = size_of(file) {
+                t.dirty.truncate(size.max(t.durable_size));
+            }
+        }
+    }
+
     /// The durable size, if the file has changes not yet durable.
     pub fn durable_size(&self) -> Option<u64> {
         self.slot
