@@ -359,13 +359,16 @@ pub struct Mount {
     nofile: Option<(u64, u64)>,
 }
 
+/// Prepares a fresh backing directory before the daemon starts.
+pub type PrepareBacking = Box<dyn FnOnce(&Path)>;
+
 /// How to start a [`Mount`] beyond its `-o` options.
 #[derive(Default)]
 pub struct MountSetup {
     /// Runs on the fresh empty backing directory before the daemon first starts, e.g. to
     /// mount a small tmpfs there.  Whatever is mounted on the backing directory is unmounted
     /// (lazily) when the `Mount` is dropped, after the daemon.
-    pub prepare_backing: Option<Box<dyn FnOnce(&Path)>>,
+    pub prepare_backing: Option<PrepareBacking>,
     /// The RLIMIT_NOFILE (soft, hard) every daemon of this mount starts with.
     pub nofile: Option<(u64, u64)>,
 }

@@ -353,3 +353,176 @@ fn eio_of_a_failed_backing_disk_is_passed_on() {
     drop(m);
     let _ = fs::remove_dir_all(&image_dir);
 }
+
+/// Soft and hard RLIMIT_NOFILE of a process, from /proc/PID/limits.
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no Max open files in /proc/{pid}/limits:\n{limits}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[3].parse().unwrap(), f[4].parse().unwrap())
+}
+
+/// The daemon raises its soft fd limit to the hard one at start; when even that is used up,
+/// programs get EMFILE/ENFILE on open, the daemon stays up, and once files are closed
+/// everything works again.
+#[test]
+fn the_fd_limit_gives_emfile_and_the_daemon_survives() {
+    const HARD: u64 = 200;
+    let setup = MountSetup {
+        nofile: Some((40, HARD)),
+        ..MountSetup::default()
+    };
+    let mut m = Mount::new_with(&[], setup);
+    let pid = m.daemon_pid().expect("daemon pid");
+    assert_eq!(
+        nofile_of(pid),
+        (HARD, HARD),
+        "soft limit not raised to the hard one"
+    );
+
+    for i in 0..400 {
+        fs::write(m.backing_path(&format!("f{i:03}")), format!("file {i}")).unwrap();
+    }
+    let mut open = Vec::new();
+    let mut refused = None;
+    for i in 0..400 {
+        match File::open(m.path(&format!("f{i:03}"))) {
+            Ok(f) => open.push(f),
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (at, e) = refused.expect("400 files open through a daemon limited to 200 fds");
+    assert!(
+        matches!(errno_of(&e), libc::EMFILE | libc::ENFILE),
+        "open #{at} at the daemon's fd limit: {e} (want EMFILE or ENFILE)"
+    );
+    assert!(m.daemon_alive(), "daemon died:\n{}", m.daemon_stderr());
+    // Still at the limit: more opens fail the same way, nothing hangs.
+    let e = File::open(m.path("f399")).unwrap_err();
+    assert!(matches!(errno_of(&e), libc::EMFILE | libc::ENFILE), "{e}");
+
+    drop(open);
+    // Released handles give their fds back (release may arrive a moment after close): a
+    // few dozen files open at once work again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut files = Vec::new();
+    for i in 0..40 {
+        loop {
+            match fs::read_to_string(m.path(&format!("f{i:03}"))) {
+                Ok(s) => {
+                    assert_eq!(s, format!("file {i}"));
+                    break;
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("f{i:03} after closing everything: {e}"),
+            }
+        }
+        files.push(File::open(m.path(&format!("f{i:03}"))).unwrap());
+    }
+    drop(files);
+    assert_eq!(num(&m.status_json(), "unsynced_bytes"), 0);
+    assert!(m.daemon_alive(), "daemon died:\n{}", m.daemon_stderr());
+    m.unmount();
+}
+
+/// BACKING renamed under a running mount: every file is reached by fd or handle, never by
+/// path, so the mount keeps working, and unmounts cleanly.
+#[test]
+fn backing_renamed_under_the_mount_keeps_working() {
+    let mut m = Mount::new(&[]);
+    fs::write(m.path("a"), b"before").unwrap();
+    fsync_path(&m.path("a"));
+    let moved = m.root.join("backing_moved");
+    fs::rename(&m.backing, &moved).unwrap();
+
+    assert_eq!(read_all(&m.path("a")), b"before");
+    fs::write(m.path("b"), b"after").unwrap();
+    assert_eq!(read_all(&moved.join("b")), b"after");
+    let f = OpenOptions::new().write(true).open(m.path("a")).unwrap();
+    f.write_all_at(b"X", 0).unwrap();
+    drop(f);
+    let r = m.powercut_nokill_json();
+    assert_eq!(num(&r, "lost_bytes"), 1 + 5, "{r}");
+    assert_eq!(read_all(&moved.join("a")), b"before");
+    assert!(m.daemon_alive(), "daemon died:\n{}", m.daemon_stderr());
+    m.unmount();
+    // Put it back so the harness cleans up as usual.
+    fs::rename(&moved, &m.backing).unwrap();
+}
+
+/// BACKING removed (rm -rf, state dir included) under a running mount: operations get
+/// errors, not a crash or a hang; status, sync and a power cut answer; the unmount finishes
+/// without a crash.
+#[test]
+fn backing_removed_under_the_mount_gives_errors_and_unmounts() {
+    let mut m = Mount::new(&[]);
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/a"), b"data").unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("d/a"))
+        .unwrap();
+    f.write_all_at(b"more", 4).unwrap();
+    fs::remove_dir_all(&m.backing).unwrap();
+
+    let e = fs::write(m.path("new"), b"x").unwrap_err();
+    assert_eq!(
+        errno_of(&e),
+        libc::ENOENT,
+        "create in a removed BACKING: {e}"
+    );
+    let e = fs::create_dir(m.path("d2")).unwrap_err();
+    assert_eq!(
+        errno_of(&e),
+        libc::ENOENT,
+        "mkdir in a removed BACKING: {e}"
+    );
+    let e = fs::metadata(m.path("d/never_there")).unwrap_err();
+    assert_eq!(
+        errno_of(&e),
+        libc::ENOENT,
+        "lookup in a removed BACKING: {e}"
+    );
+    let e = fs::write(m.path("d/new"), b"x").unwrap_err();
+    assert_eq!(
+        errno_of(&e),
+        libc::ENOENT,
+        "create in a removed subdirectory: {e}"
+    );
+    assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 0);
+    // A file still open works on, as an unlinked file does.
+    f.write_all_at(b"!", 8).unwrap();
+    drop(f);
+
+    let mnt = m.mnt.to_str().unwrap().to_string();
+    for cmd in [&["status"][..], &["sync"], &["powercut", "--no-kill"]] {
+        let mut args = vec![cmd[0], mnt.as_str()];
+        args.extend_from_slice(&cmd[1..]);
+        let out = m.lossctl(&args);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{args:?} with BACKING removed: {}",
+            output_text(&out)
+        );
+        assert!(
+            m.daemon_alive(),
+            "{args:?}: daemon died:\n{}",
+            m.daemon_stderr()
+        );
+    }
+    assert!(
+        lossfs_tests::fusermount_u(&m.mnt, false),
+        "fusermount3 -u failed"
+    );
+    m.wait_daemon_exit(Duration::from_secs(30));
+}
