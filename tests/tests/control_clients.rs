@@ -63,7 +63,6 @@ fn a_client_with_another_uid_is_refused() {
     let st = m.status_json();
     assert_eq!(num(&st, "powercuts"), 0, "{st}");
     assert!(m.daemon_alive(), "daemon died:\n{}", m.daemon_stderr());
-    m.unmount();
 }
 
 /// Durable and unsynced content in a few files; returns the unsynced byte count.
