@@ -256,6 +256,15 @@ fn target(cli: &Cli, mountpoint: Option<&Path>) -> Result<Target, Failure> {
 fn ask(cli: &Cli, t: &Target, req: &Request) -> Result<Value, Failure> {
     control::call(&t.socket, req, Duration::from_secs(cli.timeout)).map_err(|e| match e {
         ClientError::Server(m) => Failure::Daemon(format!("{}: {m}", t.name)),
+        ClientError::Connect { ref source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            // The socket is 0600: only its owner (and root) may connect.
+            Failure::NotLossfs(format!(
+                "{}: {e} (only root and the user running the lossfs daemon may control it)",
+                t.name
+            ))
+        }
         e @ ClientError::Connect { .. } => {
             Failure::NotLossfs(format!("{}: {e} (is the lossfs daemon running?)", t.name))
         }

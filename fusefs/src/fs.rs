@@ -115,6 +115,24 @@ fn component(name: &OsStr) -> FsResult<CString> {
     cstr(name)
 }
 
+/// Writes as much of `data` at `off` as the backing file takes.  An error after some bytes
+/// were written (a disk filling up) gives the count written, as write(2) does: the program
+/// is told exactly what reached the file, and learns of the error on its next write.
+fn write_some_at(file: &File, data: &[u8], off: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match file.write_at(&data[done..], off + done as u64) {
+            Ok(0) if done == 0 => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
+}
+
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     // SAFETY: an all-zero stat is a valid out-buffer.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -559,10 +577,22 @@ impl LossFs {
         if a.atime == SetTime::Omit && a.mtime == SetTime::Omit {
             return Ok(());
         }
-        if is_link {
-            return Err(FsError::new(libc::EOPNOTSUPP, "utimens of a symlink"));
-        }
         let ts = [timespec(a.atime), timespec(a.mtime)];
+        if is_link {
+            // The /proc path would follow the link; the O_PATH fd names the link itself, and
+            // utimensat takes it with AT_EMPTY_PATH (as `touch -h` on the backing would).
+            // SAFETY: valid fd, empty C string used with AT_EMPTY_PATH, ts holds two timespecs.
+            cvt(unsafe {
+                libc::utimensat(
+                    pfd.fd().as_raw_fd(),
+                    c"".as_ptr(),
+                    ts.as_ptr(),
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })
+            .ctx("utimens of a symlink")?;
+            return Ok(());
+        }
         // SAFETY: the /proc path is a valid C string and ts holds two timespecs.
         cvt(unsafe { libc::utimensat(libc::AT_FDCWD, pfd.proc_path().as_ptr(), ts.as_ptr(), 0) })
             .ctx("utimens")?;
@@ -641,7 +671,16 @@ impl LossFs {
     pub fn open(&self, nodeid: u64, flags: i32) -> FsResult<u64> {
         let inode = self.inode(nodeid)?;
         let pfd = self.path_fd(&inode)?;
-        let fd = open_proc(&pfd.proc_path(), Self::backing_flags(flags)).ctx("open")?;
+        let path = pfd.proc_path();
+        let fd = match open_proc(&path, Self::backing_flags(flags)) {
+            // An append-only file (chattr +a) opens for writing only with O_APPEND.  Its
+            // writes all land at its end, which is where the kernel sends O_APPEND writes.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_APPEND != 0 => {
+                open_proc(&path, Self::backing_flags(flags) | libc::O_APPEND)
+            }
+            r => r,
+        }
+        .ctx("open")?;
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.truncate(&inode, fd.as_fd(), 0)?;
         }
@@ -715,7 +754,16 @@ impl LossFs {
         let mut g = self.journal.lock(f.inode.key, &f.inode.handle);
         g.before_write(f.file.as_fd(), offset, data.len() as u64)
             .ctx("journal write")?;
-        f.file.write_all_at(data, offset).ctx("write")?;
+        let written = match write_some_at(&f.file, data, offset) {
+            Ok(n) => n,
+            Err(e) => {
+                g.after_short_write(f.file.as_fd());
+                return Err(e).ctx("write");
+            }
+        };
+        if written < data.len() {
+            g.after_short_write(f.file.as_fd());
+        }
         if f.sync_writes {
             // SAFETY: valid fd.
             cvt(unsafe { libc::fdatasync(f.file.as_raw_fd()) }).ctx("O_SYNC write")?;
@@ -723,7 +771,7 @@ impl LossFs {
             drop(g);
             self.namespace_file_synced()?;
         }
-        Ok(data.len())
+        Ok(written)
     }
 
     /// Write-through leaves nothing to flush.  A handle from before a cut answers EIO to
@@ -1054,4 +1102,166 @@ fn kill_suid(fd: BorrowedFd<'_>) -> FsResult<()> {
         cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).ctx("clear set-id bits")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Containment at the core, without a mount: names that are not one component are
+    //! refused by every name operation, `..` of the root is the root, and the state dir's
+    //! name is neither found nor taken.
+    use super::*;
+    use crate::handle::FileHandle;
+    use std::path::{Path, PathBuf};
+
+    struct Fixture {
+        dir: PathBuf,
+        fs: LossFs,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn open_path(p: &Path) -> OwnedFd {
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+        openat(
+            // SAFETY: AT_FDCWD is a valid "directory fd" for openat.
+            unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
+            &c,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )
+        .unwrap()
+    }
+
+    /// A LossFs over `DIR/backing`, with its state dir at `DIR/backing/.lossfs` (hidden).
+    fn fixture(tag: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("lossfs-fs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let backing = dir.join("backing");
+        std::fs::create_dir_all(&backing).unwrap();
+        let state = backing.join(".lossfs");
+        let (journal, _) = Journal::open(&state, open_path(&backing), &backing, true).unwrap();
+        let root = open_path(&backing);
+        let st = fstat(root.as_fd()).unwrap();
+        let key = FileKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        let handle = FileHandle::of_fd(root.as_fd()).unwrap();
+        let hidden = Hidden {
+            parent: key,
+            name: ".lossfs".into(),
+        };
+        let fs = LossFs::new(
+            InodeTable::new(root, key, handle),
+            Arc::new(journal),
+            Some(hidden),
+        );
+        Fixture { dir, fs }
+    }
+
+    fn root_caller() -> Caller {
+        Caller {
+            uid: 0,
+            gid: 0,
+            pid: std::process::id(),
+        }
+    }
+
+    fn errno<T>(r: FsResult<T>) -> i32 {
+        match r {
+            Ok(_) => panic!("operation succeeded"),
+            Err(e) => e.errno,
+        }
+    }
+
+    #[test]
+    fn component_takes_exactly_one_name() {
+        for bad in ["", ".", "..", "a/b", "/", "/etc", "../x", "x/", "a\0b"] {
+            assert_eq!(
+                errno(component(OsStr::new(bad))),
+                libc::EINVAL,
+                "{bad:?} was taken as a component"
+            );
+        }
+        for good in ["a", "...", ".x", "x..", "a b", "\u{e9}"] {
+            assert!(component(OsStr::new(good)).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn names_with_a_slash_are_refused_by_every_name_operation() {
+        let f = fixture("slash");
+        let who = root_caller();
+        std::fs::create_dir(f.dir.join("outside")).unwrap();
+        std::fs::write(f.dir.join("backing/in"), b"in").unwrap();
+        let (inode, _) = f.fs.lookup(ROOT, OsStr::new("in")).unwrap();
+        for name in ["../outside/x", "a/b", "/tmp/x", "../x"] {
+            let n = OsStr::new(name);
+            assert_eq!(errno(f.fs.lookup(ROOT, n)), libc::EINVAL, "lookup {name}");
+            assert_eq!(errno(f.fs.mkdir(ROOT, n, 0o755, who)), libc::EINVAL);
+            assert_eq!(
+                errno(f.fs.mknod(ROOT, n, libc::S_IFREG | 0o644, 0, who)),
+                libc::EINVAL
+            );
+            assert_eq!(
+                errno(f.fs.symlink(ROOT, n, OsStr::new("t"), who)),
+                libc::EINVAL
+            );
+            assert_eq!(errno(f.fs.link(inode.nodeid, ROOT, n)), libc::EINVAL);
+            assert_eq!(
+                errno(f.fs.create(ROOT, n, 0o644, libc::O_WRONLY, who)),
+                libc::EINVAL
+            );
+            assert_eq!(errno(f.fs.unlink(ROOT, n)), libc::EINVAL);
+            assert_eq!(errno(f.fs.rmdir(ROOT, n)), libc::EINVAL);
+            let in_ = OsStr::new("in");
+            assert_eq!(errno(f.fs.rename(ROOT, in_, ROOT, n, 0)), libc::EINVAL);
+            assert_eq!(errno(f.fs.rename(ROOT, n, ROOT, in_, 0)), libc::EINVAL);
+        }
+        // Nothing appeared outside, and the file inside is untouched.
+        assert_eq!(std::fs::read_dir(f.dir.join("outside")).unwrap().count(), 0);
+        assert!(!f.dir.join("x").exists());
+        assert_eq!(std::fs::read(f.dir.join("backing/in")).unwrap(), b"in");
+    }
+
+    #[test]
+    fn dotdot_of_the_root_is_the_root() {
+        let f = fixture("dotdot");
+        let (up, st) = f.fs.lookup(ROOT, OsStr::new("..")).unwrap();
+        assert_eq!(up.nodeid, ROOT);
+        assert_eq!(st.st_ino, ROOT);
+        let (dot, _) = f.fs.lookup(ROOT, OsStr::new(".")).unwrap();
+        assert_eq!(dot.nodeid, ROOT);
+    }
+
+    #[test]
+    fn the_state_dir_is_neither_found_nor_taken() {
+        let f = fixture("hidden");
+        let who = root_caller();
+        let name = OsStr::new(".lossfs");
+        assert_eq!(errno(f.fs.lookup(ROOT, name)), libc::ENOENT);
+        assert_eq!(errno(f.fs.mkdir(ROOT, name, 0o755, who)), libc::EACCES);
+        assert_eq!(
+            errno(f.fs.create(ROOT, name, 0o644, libc::O_WRONLY, who)),
+            libc::EACCES
+        );
+        assert_eq!(
+            errno(f.fs.symlink(ROOT, name, OsStr::new("t"), who)),
+            libc::EACCES
+        );
+        assert_eq!(errno(f.fs.unlink(ROOT, name)), libc::EACCES);
+        assert_eq!(errno(f.fs.rmdir(ROOT, name)), libc::EACCES);
+        std::fs::write(f.dir.join("backing/x"), b"x").unwrap();
+        let x = OsStr::new("x");
+        assert_eq!(errno(f.fs.rename(ROOT, x, ROOT, name, 0)), libc::EACCES);
+        assert_eq!(errno(f.fs.rename(ROOT, name, ROOT, x, 0)), libc::EACCES);
+        let flags = libc::RENAME_EXCHANGE;
+        assert_eq!(errno(f.fs.rename(ROOT, x, ROOT, name, flags)), libc::EACCES);
+        assert!(f.dir.join("backing/.lossfs/journal").is_file());
+        assert_eq!(std::fs::read(f.dir.join("backing/x")).unwrap(), b"x");
+    }
 }

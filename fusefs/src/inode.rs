@@ -17,6 +17,20 @@ use std::sync::{Arc, Weak};
 /// How many inodes may hold an open `O_PATH` fd at once.
 pub const FD_CACHE: usize = 8192;
 
+/// How many `O_PATH` fds the cache may hold: [`FD_CACHE`], or half the fd limit if that is
+/// lower, so that the files programs open (each holds a backing fd) always have the other
+/// half: at the limit they get EMFILE, and closing them makes room again.
+fn fd_cache_capacity() -> usize {
+    // SAFETY: an all-zero rlimit is a valid out-buffer.
+    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: valid resource id and writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return FD_CACHE;
+    }
+    let half = usize::try_from(rl.rlim_cur / 2).unwrap_or(usize::MAX);
+    FD_CACHE.min(half).max(16)
+}
+
 /// The FUSE node id of the mount root.
 pub const ROOT: u64 = 1;
 
@@ -75,6 +89,8 @@ pub struct InodeTable {
     backing_root: Arc<OwnedFd>,
     cached: Mutex<VecDeque<Weak<Inode>>>,
     cached_count: AtomicUsize,
+    /// Most `O_PATH` fds held at once ([`fd_cache_capacity`]).
+    capacity: usize,
 }
 
 impl InodeTable {
@@ -99,6 +115,7 @@ impl InodeTable {
             backing_root: root,
             cached: Mutex::new(VecDeque::new()),
             cached_count: AtomicUsize::new(0),
+            capacity: fd_cache_capacity(),
         }
     }
 
@@ -152,7 +169,7 @@ impl InodeTable {
         }
         let mut queue = self.cached.lock();
         queue.push_back(Arc::downgrade(inode));
-        if self.cached_count.fetch_add(1, Ordering::Relaxed) + 1 > FD_CACHE {
+        if self.cached_count.fetch_add(1, Ordering::Relaxed) + 1 > self.capacity {
             // FIFO eviction: cheap, and a reopen by handle is one syscall.
             while let Some(old) = queue.pop_front() {
                 if let Some(old) = old.upgrade() {

@@ -362,17 +362,40 @@ pub struct Mount {
     watchdog: Option<Watchdog>,
     stderr_path: PathBuf,
     generation: u32,
+    nofile: Option<(u64, u64)>,
+}
+
+/// Prepares a fresh backing directory before the daemon starts.
+pub type PrepareBacking = Box<dyn FnOnce(&Path)>;
+
+/// How to start a [`Mount`] beyond its `-o` options.
+#[derive(Default)]
+pub struct MountSetup {
+    /// Runs on the fresh empty backing directory before the daemon first starts, e.g. to
+    /// mount a small tmpfs there.  Whatever is mounted on the backing directory is unmounted
+    /// (lazily) when the `Mount` is dropped, after the daemon.
+    pub prepare_backing: Option<PrepareBacking>,
+    /// The RLIMIT_NOFILE (soft, hard) every daemon of this mount starts with.
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl Mount {
     /// Mounts a fresh empty backing directory with the given `-o` options.
     pub fn new(opts: &[&str]) -> Mount {
+        Mount::new_with(opts, MountSetup::default())
+    }
+
+    /// Like [`Mount::new`], with the backing directory prepared and limits set by `setup`.
+    pub fn new_with(opts: &[&str], setup: MountSetup) -> Mount {
         check_preconditions();
         let root = unique_tmp_dir("m");
         let backing = root.join("backing");
         let mnt = root.join("mnt");
         fs::create_dir(&backing).expect("mkdir backing");
         fs::create_dir(&mnt).expect("mkdir mnt");
+        if let Some(prepare) = setup.prepare_backing {
+            prepare(&backing);
+        }
         let mut m = Mount {
             stderr_path: root.join("daemon0.stderr"),
             root,
@@ -383,6 +406,7 @@ impl Mount {
             daemon_pid: Arc::new(Mutex::new(0)),
             watchdog: None,
             generation: 0,
+            nofile: setup.nofile,
         };
         m.watchdog = Some(Watchdog::start(m.mnt.clone(), m.daemon_pid.clone()));
         m.start();
@@ -398,6 +422,23 @@ impl Mount {
         cmd.arg(&self.backing).arg(&self.mnt);
         if !self.opts.is_empty() {
             cmd.arg("-o").arg(self.opts.join(","));
+        }
+        if let Some((soft, hard)) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let rl = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                });
+            }
         }
         cmd.arg("-f")
             .stdin(Stdio::null())
@@ -555,6 +596,25 @@ impl Mount {
         }
     }
 
+    /// Waits at most `timeout` for the daemon to exit (after the test unmounted it its own
+    /// way); panics if it is still running or was killed by a signal (a crash).
+    pub fn wait_daemon_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut c = self.take_daemon().expect("no daemon running");
+        let st = match wait_bounded(&mut c, timeout) {
+            Some(st) => st,
+            None => {
+                kill_child(&mut c);
+                panic!("daemon still running {timeout:?} after the unmount");
+            }
+        };
+        assert!(
+            st.signal().is_none(),
+            "daemon died of a signal ({st:?}); stderr:\n{}",
+            self.daemon_stderr()
+        );
+        st
+    }
+
     /// Lazily unmounts whatever is left at the mount point (after `kill_daemon`).
     pub fn lazy_unmount(&self) {
         assert!(
@@ -598,6 +658,12 @@ impl Drop for Mount {
         }
         let clean = clean || unmount_all(&self.mnt);
         self.watchdog.take();
+        if is_mounted(&self.backing) {
+            let _ = run_bounded(
+                Command::new("umount").arg("-l").arg(&self.backing),
+                Duration::from_secs(20),
+            );
+        }
         if clean {
             let _ = fs::remove_dir_all(&self.root);
         } else {

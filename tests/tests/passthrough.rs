@@ -373,3 +373,47 @@ fn no_escape_through_dotdot_or_symlinks() {
     fs::write(m.path("sub/back/x"), b"x").unwrap();
     assert_eq!(read_all(&m.backing_path("x")), b"x");
 }
+
+/// `utimensat(AT_SYMLINK_NOFOLLOW)` sets the times of the link itself and leaves its target
+/// alone (pjdfstest utimensat::follow_symlink).
+#[test]
+fn utimensat_nofollow_sets_the_times_of_a_symlink() {
+    let m = Mount::new(&[]);
+    fs::write(m.path("target"), b"t").unwrap();
+    std::os::unix::fs::symlink("target", m.path("ln")).unwrap();
+    let target_before = fs::metadata(m.path("target")).unwrap();
+    let ts = [
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 111,
+        },
+        libc::timespec {
+            tv_sec: 1_100_000_000,
+            tv_nsec: 222,
+        },
+    ];
+    let ln = cpath(&m.path("ln"));
+    // SAFETY: valid C string and two timespecs.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            ln.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(rc, 0, "utimensat(NOFOLLOW) of a symlink: {}", last_err());
+    for md in [
+        fs::symlink_metadata(m.path("ln")).unwrap(),
+        fs::symlink_metadata(m.backing_path("ln")).unwrap(),
+    ] {
+        assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 111));
+        assert_eq!((md.mtime(), md.mtime_nsec()), (1_100_000_000, 222));
+    }
+    let target_after = fs::metadata(m.path("target")).unwrap();
+    assert_eq!(
+        (target_after.mtime(), target_after.mtime_nsec()),
+        (target_before.mtime(), target_before.mtime_nsec()),
+        "the link's target was touched"
+    );
+}

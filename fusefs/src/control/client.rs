@@ -92,18 +92,42 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, Cl
     };
     set_timeouts(&stream, remaining().ok_or_else(timed_out)?)
         .map_err(|e| protocol(format!("setting socket timeouts: {e}")))?;
-    (&stream).write_all(req.to_line().as_bytes()).map_err(|e| {
-        if is_timeout(&e) {
-            timed_out()
-        } else {
-            protocol(format!("sending the request: {e}"))
+    // A daemon that refuses a client (another uid, too many connections) answers and closes at
+    // once, maybe before the request is written: a failed send still reads that answer.
+    let sent = (&stream).write_all(req.to_line().as_bytes());
+    if let Err(e) = &sent {
+        if is_timeout(e) {
+            return Err(timed_out());
         }
-    })?;
-    let mut reader = BufReader::new(&stream);
+    }
+    let reply = read_reply(&stream, remaining, &timed_out, &protocol);
+    let reply = match (reply, sent) {
+        (Ok(r), _) => r,
+        (Err(_), Err(e)) => return Err(protocol(format!("sending the request: {e}"))),
+        (Err(e), Ok(())) => return Err(e),
+    };
+    decode_reply(&reply).map_err(|e| match e {
+        ReplyError::Server(m) => ClientError::Server(m),
+        ReplyError::Bad(m) => protocol(m),
+    })
+}
+
+/// Reads one reply line (without its newline) within what `remaining` allows.
+fn read_reply(
+    stream: &UnixStream,
+    remaining: impl Fn() -> Option<Duration>,
+    timed_out: &dyn Fn() -> ClientError,
+    protocol: &dyn Fn(String) -> ClientError,
+) -> Result<Vec<u8>, ClientError> {
+    let set_timeouts = |s: &UnixStream, d: Duration| {
+        s.set_read_timeout(Some(d))
+            .and_then(|()| s.set_write_timeout(Some(d)))
+    };
+    let mut reader = BufReader::new(stream);
     let mut reply = Vec::new();
     loop {
         let left = remaining().ok_or_else(timed_out)?;
-        set_timeouts(&stream, left)
+        set_timeouts(stream, left)
             .map_err(|e| protocol(format!("setting socket timeouts: {e}")))?;
         let buf = match reader.fill_buf() {
             Ok(b) => b,
@@ -128,13 +152,9 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, Cl
         reply.extend_from_slice(&buf[..take]);
         reader.consume(if done { take + 1 } else { take });
         if done {
-            break;
+            return Ok(reply);
         }
     }
-    decode_reply(&reply).map_err(|e| match e {
-        ReplyError::Server(m) => ClientError::Server(m),
-        ReplyError::Bad(m) => protocol(m),
-    })
 }
 
 enum ReplyError {

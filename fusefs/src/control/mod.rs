@@ -41,4 +41,6 @@ pub trait ControlHandler: Send + Sync + 'static {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

@@ -51,7 +51,7 @@ use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,7 +115,10 @@ struct Slot {
 /// The durability journal of one mount.  `Send + Sync`; shared by every FUSE worker.
 pub struct Journal {
     state_dir: PathBuf,
+    /// `/proc/self/fd/N` of `_undo_fd`: names the undo store wherever it is now, so renaming
+    /// BACKING (and the state dir with it) under a running mount loses no pre-image.
     undo_dir: PathBuf,
+    _undo_fd: File,
     root: OwnedFd,
     root_path: PathBuf,
     /// Held for the journal's life: one daemon per state dir.
@@ -219,9 +222,12 @@ impl Journal {
         // during the replay replays again.
         log.reset()?;
         clear_undo_dir(&undo_dir);
+        let undo_fd = File::open(&undo_dir)
+            .map_err(|e| ctx(e, format!("opening undo dir {}", undo_dir.display())))?;
         let journal = Journal {
             state_dir: state_dir.to_path_buf(),
-            undo_dir,
+            undo_dir: PathBuf::from(format!("/proc/self/fd/{}", undo_fd.as_raw_fd())),
+            _undo_fd: undo_fd,
             root: backing_root,
             root_path,
             _lock: lock,
@@ -903,6 +909,20 @@ impl FileGuard<'_> {
             remove_undo(&self.journal.undo_dir, t.id);
         }
         Ok(())
+    }
+
+    /// Call when a write announced with [`FileGuard::before_write`] failed or was short
+    /// (ENOSPC, EIO...): bytes past both the file's size and the durable size were never
+    /// written, so they are not unsynced data, and no report may count them as lost.
+    pub fn after_short_write(&mut self, file: BorrowedFd<'_>) {
+        let mut st = self.slot.state.lock();
+        if let Some(t) = st.tracked.as_mut() {
+            if let Ok(size) = size_of(file) {
+                t.dirty.truncate(size.max(t.durable_size));
+                // The size the op record announced was never reached.
+                t.size = size;
+            }
+        }
     }
 
     /// The durable size, if the file has changes not yet durable.
