@@ -4,6 +4,8 @@
 //! durable, as a real filesystem does when it is unmounted.
 
 use crate::control::{self, ControlHandler, ControlServer};
+use crate::faults::spec::{FaultCommand, FaultsStatus};
+use crate::faults::{self, Cutter, Faults};
 use crate::fs::{fstat, Hidden, LossFs};
 use crate::fuse::FuseAdapter;
 use crate::handle::FileHandle;
@@ -157,6 +159,7 @@ impl ControlHandler for Daemon {
             unsynced_bytes: files.iter().map(|f| f.unsynced_bytes).sum(),
             files,
             powercuts: self.powercuts.load(Ordering::Relaxed),
+            faults: self.fs.faults.status(),
         })
     }
 
@@ -171,6 +174,8 @@ impl ControlHandler for Daemon {
         let t0 = Instant::now();
         self.cuts.lock().started += 1;
         let _ended = CutGuard(self);
+        // Requests held in an injected delay never complete: the machine is going down.
+        self.fs.faults.abort_delays();
         let killed = if no_kill {
             Vec::new()
         } else {
@@ -197,6 +202,44 @@ impl ControlHandler for Daemon {
         };
         tracing::info!("{}", report.to_text().trim_end());
         Ok(report)
+    }
+
+    fn faults(&self, cmd: FaultCommand) -> Result<FaultsStatus, String> {
+        let f = &self.fs.faults;
+        match cmd {
+            FaultCommand::Arm(spec) => f.arm(spec),
+            FaultCommand::Disarm => Ok(f.disarm()),
+            FaultCommand::Add(spec) => f.add(spec),
+            FaultCommand::List => Ok(f.status()),
+            FaultCommand::Clear(id) => f.clear(id),
+            FaultCommand::DiskFull(Some(limit)) => {
+                let used = faults::hook::measure_disk(&self.fs)?;
+                Ok(f.set_disk_full(Some((limit, used))))
+            }
+            FaultCommand::DiskFull(None) => Ok(f.set_disk_full(None)),
+        }
+    }
+}
+
+impl Cutter for Daemon {
+    fn kill_users_now(&self) -> Vec<i32> {
+        match self.target() {
+            Ok(t) => procscan::signal_users(&t),
+            Err(e) => {
+                tracing::warn!("crash point: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    fn powercut(&self) -> Result<PowercutReport, String> {
+        ControlHandler::powercut(self, false)
+    }
+
+    fn invalidate(&self, nodeid: u64) {
+        if let Some(n) = self.notifier.lock().clone() {
+            let _ = n.inval_inode(INodeNo(nodeid), 0, 0);
+        }
     }
 }
 
@@ -397,11 +440,14 @@ pub struct Mounted {
 pub struct Unmounter {
     inner: Mutex<fuser::SessionUnmounter>,
     mountpoint: PathBuf,
+    /// Injected delays end at unmount, or the session could not end.
+    faults: Arc<Faults>,
 }
 
 impl Unmounter {
     /// Unmounts; errors are logged (the mount may be busy or already gone).
     pub fn unmount(&self) {
+        self.faults.shutdown();
         if let Err(e) = self.inner.lock().unmount() {
             tracing::error!("unmount {}: {e}", self.mountpoint.display());
         }
@@ -409,6 +455,7 @@ impl Unmounter {
 
     /// Unmounts, and if that fails (busy), detaches the mount lazily; errors are logged.
     pub fn unmount_or_detach(&self) {
+        self.faults.shutdown();
         if let Err(e) = self.inner.lock().unmount() {
             tracing::warn!(
                 "unmount {}: {e}; detaching it lazily",
@@ -555,6 +602,9 @@ pub fn serve(
         cut_ended: Condvar::new(),
         ops: Mutex::new(()),
     });
+    fs.faults.set_fsync_error(opts.fsync_error);
+    let cutter: Arc<dyn Cutter> = daemon.clone();
+    fs.faults.set_cutter(Arc::downgrade(&cutter));
     let default_sock = control::default_socket_path(&mountpoint);
     let sock = opts.control.clone().unwrap_or_else(|| default_sock.clone());
     let server = match ControlServer::start(&sock, daemon.clone()) {
@@ -589,6 +639,7 @@ pub fn serve(
     let unmounter = Arc::new(Unmounter {
         inner: Mutex::new(session.unmount_callable()),
         mountpoint: mountpoint.clone(),
+        faults: fs.faults.clone(),
     });
     let sig_unmounter = unmounter.clone();
     std::thread::Builder::new()

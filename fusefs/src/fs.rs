@@ -10,6 +10,7 @@
 //! it runs), rolls back, and bumps `epoch`: handles opened in an older epoch answer EIO.
 
 use crate::error::{cvt, Context, FsError, FsResult};
+use crate::faults::Faults;
 use crate::inode::{Inode, InodeTable, PathFd, ROOT};
 use crate::journal::{FileKey, Journal};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
@@ -96,6 +97,8 @@ pub struct LossFs {
     epoch: AtomicU64,
     gate: RwLock<()>,
     hidden: Option<Hidden>,
+    /// Crash points and injected faults ([`crate::faults`]).
+    pub faults: Arc<Faults>,
 }
 
 fn cstr(name: &OsStr) -> FsResult<CString> {
@@ -198,6 +201,7 @@ impl LossFs {
             epoch: AtomicU64::new(0),
             gate: RwLock::new(()),
             hidden,
+            faults: Arc::new(Faults::new()),
         }
     }
 

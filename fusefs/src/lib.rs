@@ -3,7 +3,7 @@
 //!
 //! Layers, bottom up: [`handle`] names backing files; [`rangeset`] and [`journal`] keep the
 //! durability state and the on-disk undo journal; [`inode`] maps FUSE inodes to backing files;
-//! [`fs`] holds every operation's semantics; [`fuse`] is the thin `fuser` adapter; [`control`]
+//! [`fs`] holds every operation's semantics; [`faults`] injects crash points, errors and delays; [`fuse`] is the thin `fuser` adapter; [`control`]
 //! serves `lossctl` (and [`lazyfs`] a LazyFS-style command FIFO); [`procscan`] and [`mountinfo`] find the processes and mounts a power cut
 //! acts on; [`options`] reads the command line; [`daemon`] wires it all for the `lossfs` binary, and [`run`] supervises a program on the mount.
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -11,6 +11,7 @@
 pub mod control;
 pub mod daemon;
 pub mod error;
+pub mod faults;
 pub mod fs;
 pub mod fuse;
 pub mod handle;

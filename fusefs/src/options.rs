@@ -2,6 +2,7 @@
 //! and /etc/fstab hand it over: parsing the `-o` option lists, and the checks on the two
 //! paths and on the FUSE setup that must pass before anything is mounted.
 
+use crate::faults::FsyncError;
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
@@ -35,6 +36,8 @@ pub struct MountOptions {
     pub threads: Option<usize>,
     /// `lazyfs_fifo=PATH`: a LazyFS-style command FIFO.
     pub lazyfs_fifo: Option<PathBuf>,
+    /// `fsync_error=drop|retry`: what an injected fsync error does to unsynced data.
+    pub fsync_error: FsyncError,
     pub ro: bool,
     pub noatime: bool,
     pub nosuid: bool,
@@ -103,6 +106,17 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                     ));
                 }
                 o.log = Some(v.to_string());
+            }
+            "fsync_error" => {
+                o.fsync_error = match value? {
+                    "drop" => FsyncError::Drop,
+                    "retry" => FsyncError::Retry,
+                    v => {
+                        return Err(format!(
+                            "mount option fsync_error={v}: must be drop or retry"
+                        ))
+                    }
+                }
             }
             "recover" => {
                 o.recover = match value? {
@@ -382,6 +396,7 @@ mod tests {
             "default_permissions,control=/run/l.sock,log=debug",
             "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
             "lazyfs_fifo=/tmp/lazyfs.fifo",
+            "fsync_error=retry",
         ]))
         .unwrap();
         assert_eq!(
@@ -395,6 +410,7 @@ mod tests {
                 recover: Recover::Keep,
                 threads: Some(8),
                 lazyfs_fifo: Some(PathBuf::from("/tmp/lazyfs.fifo")),
+                fsync_error: FsyncError::Retry,
                 ro: true,
                 noatime: true,
                 nosuid: true,
@@ -403,6 +419,15 @@ mod tests {
                 foreground: true,
             }
         );
+        assert_eq!(
+            parse_mount_options(&s(&["fsync_error=drop"]))
+                .unwrap()
+                .fsync_error,
+            FsyncError::Drop
+        );
+        assert!(parse_mount_options(&s(&["fsync_error=ignore"]))
+            .unwrap_err()
+            .contains("must be drop or retry"));
         assert_eq!(
             parse_mount_options(&s(&["recover=rollback,threads=1", "threads=64"]))
                 .unwrap()

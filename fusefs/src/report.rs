@@ -1,6 +1,7 @@
 //! The reports lossfs hands out (status, sync, powercut, recovery), shared by the daemon,
 //! the control protocol and `lossctl`, with their human-readable renderings.
 
+use crate::faults::spec::FaultsStatus;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
@@ -44,6 +45,9 @@ pub struct StatusReport {
     pub unsynced_bytes: u64,
     /// Number of power cuts this daemon has done.
     pub powercuts: u64,
+    /// Armed crash point, fault rules, disk-full mode, last crash-point cut.
+    #[serde(default)]
+    pub faults: FaultsStatus,
 }
 
 /// Answer to `sync`.
@@ -127,6 +131,9 @@ impl StatusReport {
                 f.durable_size,
                 ranges_text(&f.unsynced)
             );
+        }
+        if !self.faults.is_empty() {
+            s.push_str(&self.faults.to_text());
         }
         s
     }

@@ -73,6 +73,7 @@ fn sample_status() -> StatusReport {
         }],
         unsynced_bytes: 20,
         powercuts: 2,
+        faults: Default::default(),
     }
 }
 
