@@ -14,7 +14,7 @@ use crate::journal::{FileKey, Journal};
 use crate::mountinfo;
 use crate::options::{self, MountOptions, Recover};
 use crate::procscan::{self, MountTarget};
-use crate::report::{PowercutReport, StatusReport, SyncReport};
+use crate::report::{KilledProcess, PowercutReport, StatusReport, SyncReport};
 use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 use parking_lot::{Condvar, Mutex};
 use std::ffi::CString;
@@ -222,7 +222,7 @@ impl ControlHandler for Daemon {
 }
 
 impl Cutter for Daemon {
-    fn kill_users_now(&self) -> Vec<i32> {
+    fn kill_users_now(&self) -> Vec<KilledProcess> {
         match self.target() {
             Ok(t) => procscan::signal_users(&t),
             Err(e) => {
@@ -239,6 +239,13 @@ impl Cutter for Daemon {
     fn invalidate(&self, nodeid: u64) {
         if let Some(n) = self.notifier.lock().clone() {
             let _ = n.inval_inode(INodeNo(nodeid), 0, 0);
+        }
+    }
+
+    fn invalidate_entry(&self, parent: u64, name: &std::ffi::OsStr) {
+        if let Some(n) = self.notifier.lock().clone() {
+            // ENOENT: nothing cached under that name.
+            let _ = n.inval_entry(INodeNo(parent), name);
         }
     }
 }

@@ -73,11 +73,15 @@ pub fn processes_using(target: &MountTarget) -> Vec<KilledProcess> {
 /// Sends SIGKILL once to every process using the mount, without waiting for them to die
 /// (a crash point: the process that triggered it cannot die before its request is
 /// answered); returns the pids signalled.
-pub fn signal_users(target: &MountTarget) -> Vec<i32> {
+pub fn signal_users(target: &MountTarget) -> Vec<KilledProcess> {
     scan(target)
         .into_iter()
         .filter(|f| kill(Pid::from_raw(f.pid), Signal::SIGKILL).is_ok())
-        .map(|f| f.pid)
+        .map(|f| KilledProcess {
+            pid: f.pid,
+            comm: comm_of(f.pid),
+            reasons: f.reasons.iter().map(|r| r.to_string()).collect(),
+        })
         .collect()
 }
 

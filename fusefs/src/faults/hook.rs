@@ -9,7 +9,7 @@ use super::spec::{is_writeback_error, FaultAction, Op, When};
 use super::{FsyncError, Slept};
 use crate::error::{FsError, FsResult};
 use crate::fs::{fstat, LossFs};
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::time::Duration;
@@ -93,7 +93,7 @@ fn slow<T>(
     let d = faults.decide(call.op, &path_refs);
     let first_path = paths.first().cloned();
     if d.crash == Some(When::Before) {
-        faults.start_cut(call.pid, call.op, When::Before, first_path);
+        faults.start_cut(call.pid, call.op, When::Before, first_path, Vec::new());
         return Err(cut_error());
     }
     if let Some(FaultAction::DelayMs(ms)) = d.fault {
@@ -138,7 +138,13 @@ fn slow<T>(
     }
     if d.crash == Some(When::After) {
         drop(gate);
-        faults.start_cut(call.pid, call.op, When::After, first_path);
+        faults.start_cut(
+            call.pid,
+            call.op,
+            When::After,
+            first_path,
+            changed_entries(&call.target),
+        );
         return Err(cut_error());
     }
     r
@@ -162,6 +168,25 @@ fn discard_unsynced(fs: &LossFs, ino: u64) {
         }
     }
     fs.faults.invalidate_later(ino);
+}
+
+/// The names an operation may have changed, which the kernel must forget when it is told
+/// the operation failed.
+fn changed_entries(t: &Target<'_>) -> Vec<(u64, OsString)> {
+    match *t {
+        Target::Name(parent, name) => vec![(parent, name.to_os_string())],
+        Target::Rename {
+            parent,
+            name,
+            newparent,
+            newname,
+            ..
+        } => vec![
+            (parent, name.to_os_string()),
+            (newparent, newname.to_os_string()),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 // ---- paths ----

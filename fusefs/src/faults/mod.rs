@@ -23,24 +23,28 @@ pub mod rng;
 pub mod rules;
 pub mod spec;
 
-use crate::report::PowercutReport;
+use crate::report::{KilledProcess, PowercutReport};
 use parking_lot::{Condvar, Mutex};
 use rules::{CrashPoint, Decision, Rule, RuleSet};
 use spec::{CrashSpec, DiskFullStatus, FaultSpec, FaultsStatus, LastCut, Op, When};
+use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// What the fault engine needs from the daemon to cut the power.
 pub trait Cutter: Send + Sync {
-    /// Sends SIGKILL to every process using the mount, without waiting; their pids.
-    fn kill_users_now(&self) -> Vec<i32>;
+    /// Sends SIGKILL to every process using the mount, without waiting.
+    fn kill_users_now(&self) -> Vec<KilledProcess>;
     /// The whole power cut sequence (kill and wait, syncfs, rollback, new epoch,
     /// invalidation).  Never called on a FUSE thread.
     fn powercut(&self) -> Result<PowercutReport, String>;
     /// Drops the kernel's cached pages and attributes of one inode.  Never called on a
     /// FUSE thread.
     fn invalidate(&self, nodeid: u64);
+    /// Drops the kernel's cached name `name` in directory `parent`.  Never called on a
+    /// FUSE thread.
+    fn invalidate_entry(&self, parent: u64, name: &OsStr);
 }
 
 /// What an fsync that failed with a writeback error (EIO, ENOSPC, EDQUOT) does to the
@@ -323,7 +327,16 @@ impl Faults {
     /// Starts the cut of a crash point from the FUSE thread that met it (holding no gate):
     /// kills the users and the caller now, runs the rest on a thread of its own.  Returns
     /// once the kill signals are sent; the caller then answers EIO.
-    pub fn start_cut(self: &Arc<Self>, caller_pid: u32, op: Op, when: When, path: Option<String>) {
+    /// `entries` are the names the operation changed (for a cut after it): the kernel
+    /// thinks the operation failed, so its cached names are dropped after the cut.
+    pub fn start_cut(
+        self: &Arc<Self>,
+        caller_pid: u32,
+        op: Op,
+        when: When,
+        path: Option<String>,
+        entries: Vec<(u64, OsString)>,
+    ) {
         let Some(cutter) = self.cutter() else {
             tracing::error!("crash point fired but the daemon is gone: no power cut");
             return;
@@ -343,16 +356,24 @@ impl Faults {
         }
         let mut killed = cutter.kill_users_now();
         if let Some(tgid) = tgid_of(caller_pid) {
-            if tgid != std::process::id() as i32 {
+            if tgid != std::process::id() as i32 && !killed.iter().any(|k| k.pid == tgid) {
+                let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm"))
+                    .map(|s| s.trim_end().to_string())
+                    .unwrap_or_default();
                 // SAFETY: kill(2) has no memory effects; a wrong pid at worst gets ESRCH.
                 unsafe { libc::kill(tgid, libc::SIGKILL) };
-                killed.push(tgid);
+                killed.push(KilledProcess {
+                    pid: tgid,
+                    comm,
+                    reasons: vec!["crash point".into()],
+                });
             }
         }
+        let pids: Vec<i32> = killed.iter().map(|k| k.pid).collect();
         tracing::warn!(
             op = op.name(),
             ?path,
-            ?killed,
+            ?pids,
             "crash point: power cut {}",
             match when {
                 When::Before => "before the operation",
@@ -361,7 +382,7 @@ impl Faults {
         );
         {
             let mut st = self.state.lock();
-            st.cut = CutPhase::Killed(killed);
+            st.cut = CutPhase::Killed(pids);
             self.cut_changed.notify_all();
         }
         self.abort_delays();
@@ -369,7 +390,18 @@ impl Faults {
         let spawned = std::thread::Builder::new()
             .name("lossfs-crashpoint".into())
             .spawn(move || {
-                let r = cutter.powercut();
+                let r = cutter.powercut().map(|mut rep| {
+                    // The kill pass already killed them; the cut found them dead.
+                    for k in killed {
+                        if !rep.killed.iter().any(|have| have.pid == k.pid) {
+                            rep.killed.push(k);
+                        }
+                    }
+                    rep
+                });
+                for (parent, name) in &entries {
+                    cutter.invalidate_entry(*parent, name);
+                }
                 me.finish_cut(r);
             });
         if let Err(e) = spawned {
