@@ -174,12 +174,23 @@ impl ControlHandler for Daemon {
         let t0 = Instant::now();
         self.cuts.lock().started += 1;
         let _ended = CutGuard(self);
-        // Requests held in an injected delay never complete: the machine is going down.
-        self.fs.faults.abort_delays();
         let killed = if no_kill {
+            self.fs.faults.abort_delays();
             Vec::new()
         } else {
-            procscan::kill_users(&self.target()?, KILL_TIMEOUT)?
+            let target = self.target()?;
+            // Kill first, then end the injected delays (a delayed request never returns to
+            // its program: the machine is going down), then wait for the deaths (a program
+            // cannot die while one of its requests is delayed).
+            let signalled = procscan::signal_users(&target);
+            self.fs.faults.abort_delays();
+            let mut killed = procscan::kill_users(&target, KILL_TIMEOUT)?;
+            for k in signalled {
+                if !killed.iter().any(|have| have.pid == k.pid) {
+                    killed.push(k);
+                }
+            }
+            killed
         };
         if let Err(e) = flush_kernel_dirty_pages(&self.mountpoint) {
             // Go on: the cut itself must happen; late pages will meet EIO handles.

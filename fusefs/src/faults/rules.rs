@@ -42,11 +42,6 @@ impl Trigger {
         }
         fire
     }
-
-    /// Whether it can never fire again.
-    pub fn exhausted(&self) -> bool {
-        self.count.is_some_and(|c| self.fired >= c)
-    }
 }
 
 fn matches(op: Op, glob: &Option<Glob>, want: Op, paths: &[&str]) -> bool {
@@ -132,7 +127,7 @@ impl Rule {
     }
 
     pub fn wants_path(&self, op: Op) -> bool {
-        self.op == op && self.glob.is_some() && !self.trigger.exhausted()
+        self.op == op && self.glob.is_some()
     }
 
     /// Counts the operation if it matches; the action if it fires.
