@@ -683,6 +683,45 @@ mod tests {
     }
 
     #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("2s"), Ok(2000));
+        assert_eq!(parse_duration_ms("1.5s"), Ok(1500));
+        assert_eq!(parse_duration_ms("1m"), Ok(60_000));
+        assert!(parse_duration_ms("5").unwrap_err().contains("give a unit"));
+        assert!(parse_duration_ms("0ms").is_err());
+        assert!(parse_duration_ms("2h").is_err());
+        assert!(parse_duration_ms("xs").is_err());
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64K"), Ok(65536));
+        assert_eq!(parse_bytes("10M"), Ok(10 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999T").is_err());
+    }
+
+    #[test]
+    fn fault_clear_takes_a_mount_an_id_or_both() {
+        let req = |args: &[&str]| {
+            let mut v = vec!["lossctl", "fault", "clear"];
+            v.extend_from_slice(args);
+            fault_request(&Cli::try_parse_from(v).unwrap().cmd)
+        };
+        assert_eq!(req(&[]), Ok((None, FaultCommand::Clear(None))));
+        assert_eq!(req(&["3"]), Ok((None, FaultCommand::Clear(Some(3)))));
+        assert_eq!(
+            req(&["/mnt"]),
+            Ok((Some(PathBuf::from("/mnt")), FaultCommand::Clear(None)))
+        );
+        assert_eq!(
+            req(&["/mnt", "4"]),
+            Ok((Some(PathBuf::from("/mnt")), FaultCommand::Clear(Some(4))))
+        );
+        assert_eq!(req(&["/mnt", "x"]).unwrap_err().code(), 2);
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
