@@ -139,41 +139,12 @@ impl Daemon {
         })
     }
 
-    fn invalidate_all(&self) {
-        let Some(n) = self.notifier.lock().clone() else {
-            return;
-        };
-        for id in self.fs.inodes.all_ids() {
-            // ENOENT: the kernel already forgot it; nothing cached to drop.
-            let _ = n.inval_inode(INodeNo(id), 0, 0);
-        }
-    }
-}
-
-impl ControlHandler for Daemon {
-    fn status(&self) -> Result<StatusReport, String> {
-        let files = self.fs.journal.status();
-        Ok(StatusReport {
-            mountpoint: self.mountpoint.display().to_string(),
-            backing: self.backing.display().to_string(),
-            unsynced_bytes: files.iter().map(|f| f.unsynced_bytes).sum(),
-            files,
-            powercuts: self.powercuts.load(Ordering::Relaxed),
-            faults: self.fs.faults.status(),
-        })
-    }
-
-    fn sync(&self) -> Result<SyncReport, String> {
-        let _one_at_a_time = self.ops.lock();
-        flush_kernel_dirty_pages(&self.mountpoint)?;
-        self.fs.journal.sync_all().map_err(|e| format!("sync: {e}"))
-    }
-
-    fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String> {
+    /// The power cut sequence, once counted as begun (`cuts.started`); counts it ended
+    /// however it goes.
+    fn begun_cut(&self, no_kill: bool) -> Result<PowercutReport, String> {
+        let _ended = CutGuard(self);
         let _one_at_a_time = self.ops.lock();
         let t0 = Instant::now();
-        self.cuts.lock().started += 1;
-        let _ended = CutGuard(self);
         let killed = if no_kill {
             self.fs.faults.abort_delays();
             Vec::new()
@@ -215,6 +186,41 @@ impl ControlHandler for Daemon {
         Ok(report)
     }
 
+    fn invalidate_all(&self) {
+        let Some(n) = self.notifier.lock().clone() else {
+            return;
+        };
+        for id in self.fs.inodes.all_ids() {
+            // ENOENT: the kernel already forgot it; nothing cached to drop.
+            let _ = n.inval_inode(INodeNo(id), 0, 0);
+        }
+    }
+}
+
+impl ControlHandler for Daemon {
+    fn status(&self) -> Result<StatusReport, String> {
+        let files = self.fs.journal.status();
+        Ok(StatusReport {
+            mountpoint: self.mountpoint.display().to_string(),
+            backing: self.backing.display().to_string(),
+            unsynced_bytes: files.iter().map(|f| f.unsynced_bytes).sum(),
+            files,
+            powercuts: self.powercuts.load(Ordering::Relaxed),
+            faults: self.fs.faults.status(),
+        })
+    }
+
+    fn sync(&self) -> Result<SyncReport, String> {
+        let _one_at_a_time = self.ops.lock();
+        flush_kernel_dirty_pages(&self.mountpoint)?;
+        self.fs.journal.sync_all().map_err(|e| format!("sync: {e}"))
+    }
+
+    fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String> {
+        self.cuts.lock().started += 1;
+        self.begun_cut(no_kill)
+    }
+
     fn faults(&self, cmd: FaultCommand) -> Result<FaultsStatus, String> {
         let f = &self.fs.faults;
         match cmd {
@@ -243,8 +249,16 @@ impl Cutter for Daemon {
         }
     }
 
-    fn powercut(&self) -> Result<PowercutReport, String> {
-        ControlHandler::powercut(self, false)
+    fn begin_cut(&self) {
+        self.cuts.lock().started += 1;
+    }
+
+    fn powercut_begun(&self) -> Result<PowercutReport, String> {
+        self.begun_cut(false)
+    }
+
+    fn abandon_begun_cut(&self) {
+        drop(CutGuard(self));
     }
 
     fn invalidate(&self, nodeid: u64) {

@@ -177,3 +177,61 @@ fn disarm_and_bad_crash_points() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
 }
+
+/// `lossfs run` counts a crash-point cut as a power cut: its program's death ends the run
+/// with 137 and the power-cut message, not as an ordinary SIGKILL.
+#[test]
+fn lossfs_run_tells_a_crash_point_cut_from_other_deaths() {
+    use lossfs_tests::{check_preconditions, is_lossfs_mounted, lossfs_bin, unique_tmp_dir};
+    use lossfs_tests::{wait_bounded, ChildGuard};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    check_preconditions();
+    let root = unique_tmp_dir("cprun");
+    let (backing, mnt) = (root.join("backing"), root.join("mnt"));
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let stderr_path = root.join("run.stderr");
+    let prog = format!(
+        "cd {m} && while [ ! -e go ]; do sleep 0.05; done; printf x > f && sync f; exec sleep 300",
+        m = mnt.display()
+    );
+    let mut run = ChildGuard(
+        Command::new(lossfs_bin())
+            .args(["run", "--backing"])
+            .arg(&backing)
+            .arg("--mount")
+            .arg(&mnt)
+            .args(["--", "sh", "-c", &prog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("spawn lossfs run"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_lossfs_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "lossfs run did not mount");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mnt_s = mnt.to_str().unwrap();
+    let out = lossfs_tests::lossctl(&[
+        "arm", "powercut", mnt_s, "--op", "fsync", "--path", "f", "--after",
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    fs::write(mnt.join("go"), b"").unwrap();
+    let st = wait_bounded(&mut run.0, Duration::from_secs(60)).expect("lossfs run ended");
+    let err = fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert_eq!(st.code(), Some(137), "{st:?}: {err}");
+    assert_eq!(st.signal(), None);
+    assert!(err.contains("was killed by a power cut"), "{err}");
+    assert!(!is_lossfs_mounted(&mnt), "the run unmounts at its end");
+    assert_eq!(
+        fs::read(backing.join("f")).unwrap(),
+        b"x",
+        "the fsync was applied"
+    );
+    let _ = fs::remove_dir_all(&root);
+}

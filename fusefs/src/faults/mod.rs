@@ -36,9 +36,15 @@ use std::time::{Duration, Instant};
 pub trait Cutter: Send + Sync {
     /// Sends SIGKILL to every process using the mount, without waiting.
     fn kill_users_now(&self) -> Vec<KilledProcess>;
+    /// Counts a power cut as begun, before anything is killed (`lossfs run` tells a
+    /// power-cut death of its program from others by this count).
+    fn begin_cut(&self);
     /// The whole power cut sequence (kill and wait, syncfs, rollback, new epoch,
-    /// invalidation).  Never called on a FUSE thread.
-    fn powercut(&self) -> Result<PowercutReport, String>;
+    /// invalidation) of a cut counted by [`Cutter::begin_cut`]; counts it ended.  Never
+    /// called on a FUSE thread.
+    fn powercut_begun(&self) -> Result<PowercutReport, String>;
+    /// Counts a cut begun with [`Cutter::begin_cut`] as ended without running it.
+    fn abandon_begun_cut(&self);
     /// Drops the kernel's cached pages and attributes of one inode.  Never called on a
     /// FUSE thread.
     fn invalidate(&self, nodeid: u64);
@@ -354,6 +360,7 @@ impl Faults {
             });
             self.refresh(&st);
         }
+        cutter.begin_cut();
         let mut killed = cutter.kill_users_now();
         if let Some(tgid) = tgid_of(caller_pid) {
             if tgid != std::process::id() as i32 && !killed.iter().any(|k| k.pid == tgid) {
@@ -387,10 +394,12 @@ impl Faults {
         }
         self.abort_delays();
         let me = Arc::clone(self);
+        let for_thread = Arc::clone(&cutter);
         let spawned = std::thread::Builder::new()
             .name("lossfs-crashpoint".into())
             .spawn(move || {
-                let r = cutter.powercut().map(|mut rep| {
+                let cutter = for_thread;
+                let r = cutter.powercut_begun().map(|mut rep| {
                     // The kill pass already killed them; the cut found them dead.
                     for k in killed {
                         if !rep.killed.iter().any(|have| have.pid == k.pid) {
@@ -405,6 +414,7 @@ impl Faults {
                 me.finish_cut(r);
             });
         if let Err(e) = spawned {
+            cutter.abandon_begun_cut();
             self.finish_cut(Err(format!("cannot start the power cut thread: {e}")));
         }
     }
