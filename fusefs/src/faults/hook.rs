@@ -101,7 +101,7 @@ fn slow<T>(
         if faults.sleep(Duration::from_millis(ms)) == Slept::Aborted {
             return Err(FsError::new(
                 libc::EIO,
-                "delayed request abandoned by a power cut or unmount",
+                "delayed request abandoned by a power cut",
             ));
         }
     }

@@ -76,10 +76,10 @@ impl FsyncError {
 /// Why delays were cut short: counters bumped by each event.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct DelayEpoch {
-    /// Power cut or unmount: the delayed request is abandoned (EIO), as a request in
-    /// flight when the machine dies never completes.
+    /// Power cut: the delayed request is abandoned (EIO), as a request in flight when the
+    /// machine dies never completes.
     aborted: u64,
-    /// `fault clear`: the delay is lifted, the request goes on.
+    /// `fault clear` or unmount: the delay is lifted, the request goes on.
     cleared: u64,
 }
 
@@ -281,11 +281,11 @@ impl Faults {
 
     // ---- delays ----
 
-    /// Sleeps `d` on the calling thread only, ending early at a power cut or an unmount
-    /// (aborted) or a fault clear (cleared).
+    /// Sleeps `d` on the calling thread only, ending early at a power cut (aborted), a
+    /// fault clear or an unmount (cleared).
     pub fn sleep(&self, d: Duration) -> Slept {
         if self.shutting_down.load(Ordering::Acquire) {
-            return Slept::Aborted;
+            return Slept::Cleared;
         }
         let deadline = Instant::now() + d;
         let mut epoch = self.delay_epoch.lock();
@@ -318,10 +318,11 @@ impl Faults {
         self.wake_delays(true);
     }
 
-    /// The mount is going away: end every delay now and start no new one.
+    /// The mount is going away (a clean unmount, which writes everything back): every
+    /// delayed request goes on now, and no new one is delayed.
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
-        self.abort_delays();
+        self.wake_delays(false);
     }
 
     // ---- crash point cuts ----

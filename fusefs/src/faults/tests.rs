@@ -92,8 +92,15 @@ fn delays_end_on_time_on_clear_and_on_abort() {
     f.abort_delays();
     assert_eq!(h.join().unwrap(), Slept::Aborted);
 
+    let h = sleeper(&f);
+    std::thread::sleep(Duration::from_millis(50));
     f.shutdown();
-    assert_eq!(f.sleep(Duration::from_secs(60)), Slept::Aborted);
+    assert_eq!(
+        h.join().unwrap(),
+        Slept::Cleared,
+        "an unmount lets the request go on"
+    );
+    assert_eq!(f.sleep(Duration::from_secs(60)), Slept::Cleared);
 }
 
 #[test]
