@@ -203,9 +203,13 @@ fn readlink(path: &CString) -> Option<Vec<u8>> {
 }
 
 fn backing_root(fs: &LossFs) -> Option<Vec<u8>> {
+    if let Some(root) = fs.faults.backing_root.get() {
+        return Some(root.clone());
+    }
     let fd = fs.inodes.backing_root().as_raw_fd();
     let c = CString::new(format!("/proc/self/fd/{fd}")).ok()?;
-    readlink(&c)
+    let root = readlink(&c)?;
+    Some(fs.faults.backing_root.get_or_init(|| root).clone())
 }
 
 /// Path of an inode relative to the mount root (`""` for the root); `None` if it has no

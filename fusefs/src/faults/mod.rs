@@ -133,6 +133,9 @@ pub struct Faults {
     delay_wake: Condvar,
     shutting_down: AtomicBool,
     fsync_error: Mutex<FsyncError>,
+    /// The backing directory's path, as `/proc/self/fd` shows it: the prefix removed from
+    /// inode paths, read once.
+    backing_root: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Faults {
