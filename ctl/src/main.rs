@@ -4,6 +4,9 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 use lossfs::control::{self, ClientError, Request};
+use lossfs::faults::spec::{
+    CrashSpec, FaultCommand, FaultSpec, FaultsStatus, Op, When, MAX_DELAY_MS,
+};
 use lossfs::keep::{check_granularity, KeepMode, KeepRequest};
 use lossfs::mountinfo::{self, MountEntry, FSTYPE};
 use lossfs::report::{PowercutReport, StatusReport, SyncReport};
@@ -85,6 +88,162 @@ enum Cmd {
         #[arg(long, value_name = "BYTES", value_parser = parse_granularity)]
         granularity: Option<u64>,
     },
+    /// Arm a crash point: cut the power exactly at an operation.
+    #[command(after_help = EXIT_CODES)]
+    Arm {
+        #[command(subcommand)]
+        what: ArmCmd,
+    },
+    /// Remove the armed crash point (fault rules stay).
+    #[command(after_help = EXIT_CODES)]
+    Disarm {
+        /// The lossfs mount point; may be left out when exactly one lossfs mount exists.
+        mountpoint: Option<PathBuf>,
+    },
+    /// Inject errors, delays and fsync lies; disk-full mode.
+    #[command(after_help = EXIT_CODES)]
+    Fault {
+        #[command(subcommand)]
+        what: FaultCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ArmCmd {
+    /// Cut the power (kill the users, roll back) at the Nth operation OP matching --path,
+    /// before it is applied (default) or after it is applied and before its answer.  Fires
+    /// once; `lossctl status` shows it and the cut's report.
+    #[command(after_help = EXIT_CODES)]
+    Powercut {
+        /// The lossfs mount point; may be left out when exactly one lossfs mount exists.
+        mountpoint: Option<PathBuf>,
+        /// The operation: write, fsync, fdatasync, rename, create, unlink, mkdir, rmdir,
+        /// link, symlink, truncate, fallocate, open, ... (see docs/fault-model.md).
+        #[arg(long, value_parser = parse_op)]
+        op: Op,
+        /// Only operations on paths matching this pattern, relative to the mount root
+        /// (`*`, `?`, `[...]`, `**`); a rename matches by its old or new path.
+        #[arg(long, value_name = "GLOB")]
+        path: Option<String>,
+        /// Cut at the Nth matching operation (default 1).
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        nth: u64,
+        /// Cut before the operation is applied (the default).
+        #[arg(long, conflicts_with = "after")]
+        before: bool,
+        /// Cut after the operation is applied, before the program sees the answer.
+        #[arg(long)]
+        after: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FaultCmd {
+    /// Add a fault rule: matching operations fail with an errno, are delayed, or (fsync,
+    /// fdatasync, fsyncdir) succeed without making anything durable.
+    #[command(after_help = EXIT_CODES)]
+    Add {
+        /// The lossfs mount point; may be left out when exactly one lossfs mount exists.
+        mountpoint: Option<PathBuf>,
+        /// The operation (see `lossctl arm powercut --help`).
+        #[arg(long, value_parser = parse_op)]
+        op: Op,
+        /// Only operations on paths matching this pattern, relative to the mount root.
+        #[arg(long, value_name = "GLOB")]
+        path: Option<String>,
+        /// Fail with this errno: EIO, ENOSPC, EDQUOT, EROFS, EPERM, ...
+        #[arg(long, value_name = "ERRNO", required_unless_present_any = ["delay", "lie"],
+              conflicts_with_all = ["delay", "lie"])]
+        errno: Option<String>,
+        /// Delay the operation (e.g. 200ms, 2s) on its own thread, then do it.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms,
+              conflicts_with = "lie")]
+        delay: Option<u64>,
+        /// fsync/fdatasync/fsyncdir answer success and make nothing durable.
+        #[arg(long)]
+        lie: bool,
+        /// Fire from the Nth match on (default 1).
+        #[arg(long, value_name = "N", conflicts_with = "probability",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        nth: Option<u64>,
+        /// Fire on each match with this probability (0 to 1); needs --seed.
+        #[arg(long, value_name = "P", requires = "seed")]
+        probability: Option<f64>,
+        /// Seed of the generator behind --probability: same seed, same faults.
+        #[arg(long, value_name = "S", requires = "probability")]
+        seed: Option<u64>,
+        /// Fire at most K times (default: no limit).
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+    },
+    /// List the fault rules, the crash point and the disk-full mode.
+    #[command(after_help = EXIT_CODES)]
+    List {
+        /// The lossfs mount point; may be left out when exactly one lossfs mount exists.
+        mountpoint: Option<PathBuf>,
+    },
+    /// Remove one fault rule by ID, or all of them; delays in progress end at once.
+    #[command(after_help = EXIT_CODES)]
+    Clear {
+        /// `[MOUNTPOINT] [ID]`; a lone number is an ID.
+        #[arg(num_args = 0..=2, value_name = "MOUNTPOINT|ID")]
+        args: Vec<String>,
+    },
+    /// Disk-full mode: writes, fallocates and creates fail with ENOSPC once the mount
+    /// holds more than --limit bytes (sizes like 10M or 1G are accepted).
+    #[command(name = "disk-full", after_help = EXIT_CODES)]
+    DiskFull {
+        /// The lossfs mount point; may be left out when exactly one lossfs mount exists.
+        mountpoint: Option<PathBuf>,
+        #[arg(long, value_name = "BYTES", value_parser = parse_bytes,
+              required_unless_present = "clear", conflicts_with = "clear")]
+        limit: Option<u64>,
+        /// End disk-full mode.
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+fn parse_op(s: &str) -> Result<Op, String> {
+    Op::parse(s)
+}
+
+/// `250ms`, `2s`, `1.5s`, `1m` -> milliseconds.
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        return Err(format!("{s:?}: give a unit, e.g. 200ms, 2s or 1m"));
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 200ms, 2s, 1m)"))?;
+    let ms = (v * scale).round();
+    if !(1.0..=MAX_DELAY_MS as f64).contains(&ms) {
+        return Err(format!("{s:?}: a delay is from 1ms to 1h"));
+    }
+    Ok(ms as u64)
+}
+
+/// `4096`, `64K`, `10M`, `1G` (binary multiples) -> bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        Some((i, 'T' | 't')) => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size in bytes (e.g. 1048576, 64K, 10M, 1G)"))
 }
 
 fn parse_keep_mode(s: &str) -> Result<KeepMode, String> {
@@ -305,6 +464,10 @@ fn powercut_text(v: Value) -> Result<String, serde_json::Error> {
     serde_json::from_value::<PowercutReport>(v).map(|r| r.to_text())
 }
 
+fn faults_text(v: Value) -> Result<String, serde_json::Error> {
+    serde_json::from_value::<FaultsStatus>(v).map(|r| r.to_text())
+}
+
 fn run_one(cli: &Cli, mountpoint: Option<&Path>, req: Request) -> Result<String, Failure> {
     let t = target(cli, mountpoint)?;
     let value = ask(cli, &t, &req)?;
@@ -312,7 +475,83 @@ fn run_one(cli: &Cli, mountpoint: Option<&Path>, req: Request) -> Result<String,
         Request::Status => render(cli, &t, value, status_text),
         Request::Sync => render(cli, &t, value, sync_text),
         Request::Powercut { .. } => render(cli, &t, value, powercut_text),
+        Request::Faults(_) => render(cli, &t, value, faults_text),
     }
+}
+
+/// The request a fault subcommand sends, and the mount it names.
+fn fault_request(cmd: &Cmd) -> Result<(Option<PathBuf>, FaultCommand), Failure> {
+    Ok(match cmd {
+        Cmd::Arm {
+            what:
+                ArmCmd::Powercut {
+                    mountpoint,
+                    op,
+                    path,
+                    nth,
+                    after,
+                    ..
+                },
+        } => (
+            mountpoint.clone(),
+            FaultCommand::Arm(CrashSpec {
+                op: *op,
+                path: path.clone(),
+                nth: *nth,
+                when: if *after { When::After } else { When::Before },
+            }),
+        ),
+        Cmd::Disarm { mountpoint } => (mountpoint.clone(), FaultCommand::Disarm),
+        Cmd::Fault { what } => match what {
+            FaultCmd::Add {
+                mountpoint,
+                op,
+                path,
+                errno,
+                delay,
+                lie,
+                nth,
+                probability,
+                seed,
+                count,
+            } => (
+                mountpoint.clone(),
+                FaultCommand::Add(FaultSpec {
+                    op: Some(*op),
+                    path: path.clone(),
+                    errno: errno.clone(),
+                    delay_ms: *delay,
+                    lie: *lie,
+                    nth: *nth,
+                    probability: *probability,
+                    seed: *seed,
+                    count: *count,
+                }),
+            ),
+            FaultCmd::List { mountpoint } => (mountpoint.clone(), FaultCommand::List),
+            FaultCmd::Clear { args } => {
+                let (mp, id) = match args.as_slice() {
+                    [] => (None, None),
+                    [one] => match one.parse::<u64>() {
+                        Ok(id) => (None, Some(id)),
+                        Err(_) => (Some(PathBuf::from(one)), None),
+                    },
+                    [mp, id] => (
+                        Some(PathBuf::from(mp)),
+                        Some(id.parse::<u64>().map_err(|_| {
+                            Failure::Usage(format!("fault clear: {id:?} is not a rule id"))
+                        })?),
+                    ),
+                    _ => return Err(Failure::Usage("fault clear takes [MOUNTPOINT] [ID]".into())),
+                };
+                (mp, FaultCommand::Clear(id))
+            }
+            FaultCmd::DiskFull {
+                mountpoint, limit, ..
+            } => (mountpoint.clone(), FaultCommand::DiskFull(*limit)),
+        },
+        _ => return Err(Failure::Usage("not a fault command".into())),
+    })
 }
 
 /// Cuts every lossfs mount, all at the same time (one thread each) so that processes on one
@@ -357,10 +596,11 @@ fn powercut_all(cli: &Cli, no_kill: bool, keep: KeepRequest) -> (String, Vec<Fai
         keep
     };
     let req = Request::Powercut { no_kill, keep };
+    let req = &req;
     let answers: Vec<Result<Value, Failure>> = std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()
-            .map(|t| s.spawn(move || ask(cli, t, &req)))
+            .map(|t| s.spawn(move || ask(cli, t, req)))
             .collect();
         handles
             .into_iter()
@@ -418,6 +658,9 @@ fn main() -> ExitCode {
         },
         Cmd::Status { mountpoint } => split(run_one(&cli, mountpoint.as_deref(), Request::Status)),
         Cmd::Sync { mountpoint } => split(run_one(&cli, mountpoint.as_deref(), Request::Sync)),
+        cmd @ (Cmd::Arm { .. } | Cmd::Disarm { .. } | Cmd::Fault { .. }) => split(
+            fault_request(cmd).and_then(|(mp, c)| run_one(&cli, mp.as_deref(), Request::Faults(c))),
+        ),
     };
     print!("{out}");
     let mut code = 0;
@@ -536,6 +779,45 @@ mod tests {
             "4095"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("2s"), Ok(2000));
+        assert_eq!(parse_duration_ms("1.5s"), Ok(1500));
+        assert_eq!(parse_duration_ms("1m"), Ok(60_000));
+        assert!(parse_duration_ms("5").unwrap_err().contains("give a unit"));
+        assert!(parse_duration_ms("0ms").is_err());
+        assert!(parse_duration_ms("2h").is_err());
+        assert!(parse_duration_ms("xs").is_err());
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64K"), Ok(65536));
+        assert_eq!(parse_bytes("10M"), Ok(10 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999T").is_err());
+    }
+
+    #[test]
+    fn fault_clear_takes_a_mount_an_id_or_both() {
+        let req = |args: &[&str]| {
+            let mut v = vec!["lossctl", "fault", "clear"];
+            v.extend_from_slice(args);
+            fault_request(&Cli::try_parse_from(v).unwrap().cmd)
+        };
+        assert_eq!(req(&[]), Ok((None, FaultCommand::Clear(None))));
+        assert_eq!(req(&["3"]), Ok((None, FaultCommand::Clear(Some(3)))));
+        assert_eq!(
+            req(&["/mnt"]),
+            Ok((Some(PathBuf::from("/mnt")), FaultCommand::Clear(None)))
+        );
+        assert_eq!(
+            req(&["/mnt", "4"]),
+            Ok((Some(PathBuf::from("/mnt")), FaultCommand::Clear(Some(4))))
+        );
+        assert_eq!(req(&["/mnt", "x"]).unwrap_err().code(), 2);
     }
 
     #[test]

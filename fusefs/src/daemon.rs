@@ -4,18 +4,20 @@
 //! durable, as a real filesystem does when it is unmounted.
 
 use crate::control::{self, ControlHandler, ControlServer};
+use crate::faults::spec::{FaultCommand, FaultsStatus};
+use crate::faults::{self, Cutter, Faults};
 use crate::fs::{fstat, Hidden, LossFs};
 use crate::fuse::FuseAdapter;
 use crate::handle::FileHandle;
 use crate::inode::InodeTable;
 use crate::journal::{FileKey, Journal};
-use crate::keep::{KeepMode, KeepRequest};
+use crate::keep::{KeepMode, KeepRequest, KeepSpec};
 use crate::mountinfo;
 use crate::namespace::{Model, Namespace};
 use crate::options::{self, MountOptions, Recover};
 use crate::procscan::{self, MountTarget};
 use crate::readahead;
-use crate::report::{PowercutReport, StatusReport, SyncReport};
+use crate::report::{KilledProcess, PowercutReport, StatusReport, SyncReport};
 use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 use parking_lot::{Condvar, Mutex};
 use std::ffi::CString;
@@ -140,6 +142,66 @@ impl Daemon {
         })
     }
 
+    /// The power cut sequence, once counted as begun (`cuts.started`); counts it ended
+    /// however it goes.
+    fn begun_cut(&self, no_kill: bool, spec: &KeepSpec) -> Result<PowercutReport, String> {
+        let _ended = CutGuard(self);
+        let _one_at_a_time = self.ops.lock();
+        let t0 = Instant::now();
+        let killed = if no_kill {
+            self.fs.faults.abort_delays();
+            Vec::new()
+        } else {
+            let target = self.target()?;
+            // Kill first, then end the injected delays (a delayed request never returns to
+            // its program: the machine is going down), then wait for the deaths (a program
+            // cannot die while one of its requests is delayed).
+            let signalled = procscan::signal_users(&target);
+            self.fs.faults.abort_delays();
+            let mut killed = procscan::kill_users(&target, KILL_TIMEOUT)?;
+            for k in signalled {
+                if !killed.iter().any(|have| have.pid == k.pid) {
+                    killed.push(k);
+                }
+            }
+            killed
+        };
+        if let Err(e) = flush_kernel_dirty_pages(&self.mountpoint) {
+            // Go on: the cut itself must happen; late pages will meet EIO handles.
+            tracing::warn!("power cut: {e}");
+        }
+        // Data first, by inode, wherever its names are now; then the names.
+        let (files, (namespace, touched)) = self.fs.frozen(|| {
+            let files = self.fs.journal.cut(spec);
+            let names = self
+                .fs
+                .ns
+                .as_ref()
+                .map(|ns| ns.undo_all())
+                .unwrap_or_default();
+            (files, names)
+        });
+        let files = files.map_err(|e| format!("rollback: {e}"))?;
+        self.powercuts.fetch_add(1, Ordering::Relaxed);
+        // After the thaw, from this (non-FUSE) thread: invalidation may make the kernel send
+        // us requests, which the workers must be free to answer.
+        self.invalidate_all(&touched);
+        let report = PowercutReport {
+            mountpoint: self.mountpoint.display().to_string(),
+            lost_bytes: files.iter().map(|f| f.lost_bytes).sum(),
+            kept_bytes: files.iter().map(|f| f.kept_bytes).sum(),
+            files,
+            killed,
+            elapsed_ms: t0.elapsed().as_millis() as u64,
+            namespace,
+            keep: spec.mode,
+            seed: spec.mode.is_seeded().then_some(spec.seed),
+            granularity: (spec.mode == KeepMode::Random).then_some(spec.granularity),
+        };
+        tracing::info!("{}", report.to_text().trim_end());
+        Ok(report)
+    }
+
     fn invalidate_all(&self, entries: &[(FileKey, Vec<u8>)]) {
         let Some(n) = self.notifier.lock().clone() else {
             return;
@@ -174,6 +236,7 @@ impl ControlHandler for Daemon {
                 .name()
                 .into(),
             namespace_uncommitted: self.fs.ns.as_ref().map_or(0, |n| n.uncommitted() as u64),
+            faults: self.fs.faults.status(),
         })
     }
 
@@ -199,49 +262,62 @@ impl ControlHandler for Daemon {
 
     fn powercut_keep(&self, no_kill: bool, keep: KeepRequest) -> Result<PowercutReport, String> {
         let spec = keep.resolve()?;
-        let _one_at_a_time = self.ops.lock();
-        let t0 = Instant::now();
         self.cuts.lock().started += 1;
-        let _ended = CutGuard(self);
-        let killed = if no_kill {
-            Vec::new()
-        } else {
-            procscan::kill_users(&self.target()?, KILL_TIMEOUT)?
-        };
-        if let Err(e) = flush_kernel_dirty_pages(&self.mountpoint) {
-            // Go on: the cut itself must happen; late pages will meet EIO handles.
-            tracing::warn!("power cut: {e}");
+        self.begun_cut(no_kill, &spec)
+    }
+
+    fn faults(&self, cmd: FaultCommand) -> Result<FaultsStatus, String> {
+        let f = &self.fs.faults;
+        match cmd {
+            FaultCommand::Arm(spec) => f.arm(spec),
+            FaultCommand::Disarm => Ok(f.disarm()),
+            FaultCommand::Add(spec) => f.add(spec),
+            FaultCommand::List => Ok(f.status()),
+            FaultCommand::Clear(id) => f.clear(id),
+            FaultCommand::DiskFull(Some(limit)) => {
+                let used = faults::hook::measure_disk(&self.fs)?;
+                Ok(f.set_disk_full(Some((limit, used))))
+            }
+            FaultCommand::DiskFull(None) => Ok(f.set_disk_full(None)),
         }
-        // Data first, by inode, wherever its names are now; then the names.
-        let (files, (namespace, touched)) = self.fs.frozen(|| {
-            let files = self.fs.journal.cut(&spec);
-            let names = self
-                .fs
-                .ns
-                .as_ref()
-                .map(|ns| ns.undo_all())
-                .unwrap_or_default();
-            (files, names)
-        });
-        let files = files.map_err(|e| format!("rollback: {e}"))?;
-        self.powercuts.fetch_add(1, Ordering::Relaxed);
-        // After the thaw, from this (non-FUSE) thread: invalidation may make the kernel send
-        // us requests, which the workers must be free to answer.
-        self.invalidate_all(&touched);
-        let report = PowercutReport {
-            mountpoint: self.mountpoint.display().to_string(),
-            lost_bytes: files.iter().map(|f| f.lost_bytes).sum(),
-            kept_bytes: files.iter().map(|f| f.kept_bytes).sum(),
-            files,
-            killed,
-            elapsed_ms: t0.elapsed().as_millis() as u64,
-            namespace,
-            keep: spec.mode,
-            seed: spec.mode.is_seeded().then_some(spec.seed),
-            granularity: (spec.mode == KeepMode::Random).then_some(spec.granularity),
-        };
-        tracing::info!("{}", report.to_text().trim_end());
-        Ok(report)
+    }
+}
+
+impl Cutter for Daemon {
+    fn kill_users_now(&self) -> Vec<KilledProcess> {
+        match self.target() {
+            Ok(t) => procscan::signal_users(&t),
+            Err(e) => {
+                tracing::warn!("crash point: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    fn begin_cut(&self) {
+        self.cuts.lock().started += 1;
+    }
+
+    fn powercut_begun(&self) -> Result<PowercutReport, String> {
+        // A crash point cuts like a plain `lossctl powercut`: every unsynced byte is lost.
+        self.begun_cut(false, &KeepSpec::none())
+    }
+
+    fn abandon_begun_cut(&self) {
+        drop(CutGuard(self));
+    }
+
+    fn invalidate(&self, nodeid: u64) {
+        if let Some(n) = self.notifier.lock().clone() {
+            let _ = n.inval_inode(INodeNo(nodeid), 0, 0);
+        }
+    }
+
+    fn invalidate_entry(&self, parent: u64, name: &std::ffi::OsStr) {
+        if let Some(n) = self.notifier.lock().clone() {
+            // ENOENT: nothing cached under that name.
+            let _ = n.inval_entry(INodeNo(parent), name);
+        }
     }
 }
 
@@ -442,11 +518,14 @@ pub struct Mounted {
 pub struct Unmounter {
     inner: Mutex<fuser::SessionUnmounter>,
     mountpoint: PathBuf,
+    /// Injected delays end at unmount, or the session could not end.
+    faults: Arc<Faults>,
 }
 
 impl Unmounter {
     /// Unmounts; errors are logged (the mount may be busy or already gone).
     pub fn unmount(&self) {
+        self.faults.shutdown();
         if let Err(e) = self.inner.lock().unmount() {
             tracing::error!("unmount {}: {e}", self.mountpoint.display());
         }
@@ -454,6 +533,7 @@ impl Unmounter {
 
     /// Unmounts, and if that fails (busy), detaches the mount lazily; errors are logged.
     pub fn unmount_or_detach(&self) {
+        self.faults.shutdown();
         if let Err(e) = self.inner.lock().unmount() {
             tracing::warn!(
                 "unmount {}: {e}; detaching it lazily",
@@ -649,6 +729,9 @@ pub fn serve(
         }
         None => None,
     };
+    fs.faults.set_fsync_error(opts.fsync_error);
+    let cutter: Arc<dyn Cutter> = daemon.clone();
+    fs.faults.set_cutter(Arc::downgrade(&cutter));
     let default_sock = control::default_socket_path(&mountpoint);
     let sock = opts.control.clone().unwrap_or_else(|| default_sock.clone());
     let server = match ControlServer::start(&sock, daemon.clone()) {
@@ -683,6 +766,7 @@ pub fn serve(
     let unmounter = Arc::new(Unmounter {
         inner: Mutex::new(session.unmount_callable()),
         mountpoint: mountpoint.clone(),
+        faults: fs.faults.clone(),
     });
     let sig_unmounter = unmounter.clone();
     std::thread::Builder::new()

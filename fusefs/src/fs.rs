@@ -10,6 +10,7 @@
 //! it runs), rolls back, and bumps `epoch`: handles opened in an older epoch answer EIO.
 
 use crate::error::{cvt, Context, FsError, FsResult};
+use crate::faults::Faults;
 use crate::inode::{Inode, InodeTable, PathFd, ROOT};
 use crate::journal::{FileKey, Journal};
 use crate::namespace::{Creating, Kind, Namespace, Parent};
@@ -100,6 +101,8 @@ pub struct LossFs {
     /// The namespace durability model's undo state; `None` for `metadata=durable`, where
     /// name operations go straight to the backing directory.
     pub ns: Option<Arc<Namespace>>,
+    /// Crash points and injected faults ([`crate::faults`]).
+    pub faults: Arc<Faults>,
 }
 
 fn cstr(name: &OsStr) -> FsResult<CString> {
@@ -221,6 +224,7 @@ impl LossFs {
             gate: RwLock::new(()),
             hidden,
             ns: None,
+            faults: Arc::new(Faults::new()),
         }
     }
 

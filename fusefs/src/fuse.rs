@@ -1,7 +1,9 @@
-//! The `fuser::Filesystem` adapter: decode a request, hold the power-cut gate, call
-//! [`LossFs`], reply.  No semantics live here.
+//! The `fuser::Filesystem` adapter: decode a request, call [`LossFs`] through the fault
+//! hook ([`guarded`], which holds the power-cut gate), reply.  No semantics live here.
 
 use crate::error::{FsError, FsResult};
+use crate::faults::hook::{guarded, guarded_sync, Call, Target};
+use crate::faults::spec::Op;
 use crate::fs::{Caller, DirPlusSink, DirSink, LossFs, SetAttr, SetTime};
 use crate::inode::Inode;
 use fuser::{
@@ -35,6 +37,14 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+    }
+}
+
+fn call<'a>(op: Op, req: &Request, target: Target<'a>) -> Call<'a> {
+    Call {
+        op,
+        pid: req.pid(),
+        target,
     }
 }
 
@@ -202,18 +212,21 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _g = self.fs.enter();
-        entry(reply, self.fs.lookup(parent.0, name));
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let c = call(Op::Lookup, req, Target::Name(parent.0, name));
+        entry(
+            reply,
+            guarded(&self.fs, c, || self.fs.lookup(parent.0, name)),
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _g = self.fs.enter();
-        match self.fs.getattr(ino.0) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let c = call(Op::Getattr, req, Target::Node(ino.0));
+        match guarded(&self.fs, c, || self.fs.getattr(ino.0)) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -221,7 +234,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -237,7 +250,12 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _g = self.fs.enter();
+        let op = if size.is_some() {
+            Op::Truncate
+        } else {
+            Op::Setattr
+        };
+        let c = call(op, req, Target::Node(ino.0));
         let a = SetAttr {
             mode,
             uid,
@@ -246,15 +264,15 @@ impl Filesystem for FuseAdapter {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.fs.setattr(ino.0, fh.map(|f| f.0), a) {
+        match guarded(&self.fs, c, || self.fs.setattr(ino.0, fh.map(|f| f.0), a)) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _g = self.fs.enter();
-        match self.fs.readlink(ino.0) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let c = call(Op::Readlink, req, Target::Node(ino.0));
+        match guarded(&self.fs, c, || self.fs.readlink(ino.0)) {
             Ok(v) => reply.data(&v),
             Err(e) => reply.error(errno(&e)),
         }
@@ -270,10 +288,12 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _g = self.fs.enter();
+        let c = call(Op::Mknod, req, Target::Name(parent.0, name));
         entry(
             reply,
-            self.fs.mknod(parent.0, name, mode, rdev, caller(req)),
+            guarded(&self.fs, c, || {
+                self.fs.mknod(parent.0, name, mode, rdev, caller(req))
+            }),
         );
     }
 
@@ -286,18 +306,29 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let _g = self.fs.enter();
-        entry(reply, self.fs.mkdir(parent.0, name, mode, caller(req)));
+        let c = call(Op::Mkdir, req, Target::Name(parent.0, name));
+        entry(
+            reply,
+            guarded(&self.fs, c, || {
+                self.fs.mkdir(parent.0, name, mode, caller(req))
+            }),
+        );
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _g = self.fs.enter();
-        empty(reply, self.fs.unlink(parent.0, name));
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let c = call(Op::Unlink, req, Target::Name(parent.0, name));
+        empty(
+            reply,
+            guarded(&self.fs, c, || self.fs.unlink(parent.0, name)),
+        );
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _g = self.fs.enter();
-        empty(reply, self.fs.rmdir(parent.0, name));
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let c = call(Op::Rmdir, req, Target::Name(parent.0, name));
+        empty(
+            reply,
+            guarded(&self.fs, c, || self.fs.rmdir(parent.0, name)),
+        );
     }
 
     fn symlink(
@@ -308,17 +339,19 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _g = self.fs.enter();
+        let c = call(Op::Symlink, req, Target::Name(parent.0, link_name));
         entry(
             reply,
-            self.fs
-                .symlink(parent.0, link_name, target.as_os_str(), caller(req)),
+            guarded(&self.fs, c, || {
+                self.fs
+                    .symlink(parent.0, link_name, target.as_os_str(), caller(req))
+            }),
         );
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -326,29 +359,44 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _g = self.fs.enter();
+        let c = call(
+            Op::Rename,
+            req,
+            Target::Rename {
+                parent: parent.0,
+                name,
+                newparent: newparent.0,
+                newname,
+                flags: flags.bits(),
+            },
+        );
         empty(
             reply,
-            self.fs
-                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+            guarded(&self.fs, c, || {
+                self.fs
+                    .rename(parent.0, name, newparent.0, newname, flags.bits())
+            }),
         );
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _g = self.fs.enter();
-        entry(reply, self.fs.link(ino.0, newparent.0, newname));
+        let c = call(Op::Link, req, Target::Name(newparent.0, newname));
+        entry(
+            reply,
+            guarded(&self.fs, c, || self.fs.link(ino.0, newparent.0, newname)),
+        );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _g = self.fs.enter();
-        match self.fs.open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let c = call(Op::Open, req, Target::Node(ino.0));
+        match guarded(&self.fs, c, || self.fs.open(ino.0, flags.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -356,8 +404,8 @@ impl Filesystem for FuseAdapter {
 
     fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -365,10 +413,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _g = self.fs.enter();
+        let c = call(Op::Read, req, Target::Node(ino.0));
         READ_BUF.with(|b| {
             let mut buf = b.borrow_mut();
-            match self.fs.read(fh.0, offset, size, &mut buf) {
+            match guarded(&self.fs, c, || self.fs.read(fh.0, offset, size, &mut buf)) {
                 Ok(data) => reply.data(data),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -377,8 +425,8 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -387,9 +435,15 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _g = self.fs.enter();
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.fs.write(fh.0, offset, data, kill) {
+        let target = Target::Data {
+            ino: ino.0,
+            off: offset,
+            len: data.len() as u64,
+            frees: false,
+        };
+        let c = call(Op::Write, req, target);
+        match guarded(&self.fs, c, || self.fs.write(fh.0, offset, data, kill)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -397,14 +451,14 @@ impl Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _g = self.fs.enter();
-        empty(reply, self.fs.flush(fh.0));
+        let c = call(Op::Flush, req, Target::Node(ino.0));
+        empty(reply, guarded(&self.fs, c, || self.fs.flush(fh.0)));
     }
 
     fn release(
@@ -423,19 +477,23 @@ impl Filesystem for FuseAdapter {
 
     fn fsync(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _g = self.fs.enter();
-        empty(reply, self.fs.fsync(fh.0, datasync));
+        let op = if datasync { Op::Fdatasync } else { Op::Fsync };
+        let c = call(op, req, Target::Node(ino.0));
+        empty(
+            reply,
+            guarded_sync(&self.fs, c, || self.fs.fsync(fh.0, datasync)),
+        );
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _g = self.fs.enter();
-        match self.fs.opendir(ino.0) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let c = call(Op::Opendir, req, Target::Node(ino.0));
+        match guarded(&self.fs, c, || self.fs.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -443,14 +501,17 @@ impl Filesystem for FuseAdapter {
 
     fn readdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _g = self.fs.enter();
-        match self.fs.readdir(fh.0, offset as i64, &mut Plain(&mut reply)) {
+        let c = call(Op::Readdir, req, Target::Node(ino.0));
+        let r = guarded(&self.fs, c, || {
+            self.fs.readdir(fh.0, offset as i64, &mut Plain(&mut reply))
+        });
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -458,17 +519,18 @@ impl Filesystem for FuseAdapter {
 
     fn readdirplus(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _g = self.fs.enter();
-        match self
-            .fs
-            .readdirplus(fh.0, offset as i64, &mut Plus(&mut reply))
-        {
+        let c = call(Op::Readdir, req, Target::Node(ino.0));
+        let r = guarded(&self.fs, c, || {
+            self.fs
+                .readdirplus(fh.0, offset as i64, &mut Plus(&mut reply))
+        });
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -488,19 +550,22 @@ impl Filesystem for FuseAdapter {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _g = self.fs.enter();
-        empty(reply, self.fs.fsyncdir(fh.0, datasync));
+        let c = call(Op::Fsyncdir, req, Target::Node(ino.0));
+        empty(
+            reply,
+            guarded_sync(&self.fs, c, || self.fs.fsyncdir(fh.0, datasync)),
+        );
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _g = self.fs.enter();
-        match self.fs.statfs() {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let c = call(Op::Statfs, req, Target::None);
+        match guarded(&self.fs, c, || self.fs.statfs()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -517,7 +582,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -525,28 +590,41 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _g = self.fs.enter();
-        empty(reply, self.fs.setxattr(ino.0, name, value, flags));
+        let c = call(Op::Setxattr, req, Target::Node(ino.0));
+        empty(
+            reply,
+            guarded(&self.fs, c, || self.fs.setxattr(ino.0, name, value, flags)),
+        );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _g = self.fs.enter();
-        xattr_reply(reply, size, self.fs.getxattr(ino.0, name, size));
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let c = call(Op::Getxattr, req, Target::Node(ino.0));
+        let r = guarded(&self.fs, c, || self.fs.getxattr(ino.0, name, size));
+        xattr_reply(reply, size, r);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _g = self.fs.enter();
-        xattr_reply(reply, size, self.fs.listxattr(ino.0, size));
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let c = call(Op::Listxattr, req, Target::Node(ino.0));
+        let r = guarded(&self.fs, c, || self.fs.listxattr(ino.0, size));
+        xattr_reply(reply, size, r);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _g = self.fs.enter();
-        empty(reply, self.fs.removexattr(ino.0, name));
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let c = call(Op::Removexattr, req, Target::Node(ino.0));
+        empty(
+            reply,
+            guarded(&self.fs, c, || self.fs.removexattr(ino.0, name)),
+        );
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let _g = self.fs.enter();
-        empty(reply, self.fs.access(ino.0, mask.bits(), caller(req)));
+        let c = call(Op::Access, req, Target::Node(ino.0));
+        empty(
+            reply,
+            guarded(&self.fs, c, || {
+                self.fs.access(ino.0, mask.bits(), caller(req))
+            }),
+        );
     }
 
     fn create(
@@ -559,8 +637,10 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _g = self.fs.enter();
-        match self.fs.create(parent.0, name, mode, flags, caller(req)) {
+        let c = call(Op::Create, req, Target::Name(parent.0, name));
+        match guarded(&self.fs, c, || {
+            self.fs.create(parent.0, name, mode, flags, caller(req))
+        }) {
             Ok((_, st, fh)) => reply.created(
                 &TTL,
                 &attr(&st),
@@ -574,29 +654,40 @@ impl Filesystem for FuseAdapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _g = self.fs.enter();
-        empty(reply, self.fs.fallocate(fh.0, offset, length, mode));
+        let target = Target::Data {
+            ino: ino.0,
+            off: offset,
+            len: length,
+            frees: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
+        };
+        let c = call(Op::Fallocate, req, target);
+        empty(
+            reply,
+            guarded(&self.fs, c, || {
+                self.fs.fallocate(fh.0, offset, length, mode)
+            }),
+        );
     }
 
     fn lseek(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _g = self.fs.enter();
-        match self.fs.lseek(fh.0, offset, whence) {
+        let c = call(Op::Lseek, req, Target::Node(ino.0));
+        match guarded(&self.fs, c, || self.fs.lseek(fh.0, offset, whence)) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(&e)),
         }
@@ -604,26 +695,35 @@ impl Filesystem for FuseAdapter {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _g = self.fs.enter();
-        match self.fs.copy_file_range(
-            fh_in.0,
-            offset_in,
-            fh_out.0,
-            offset_out,
+        let target = Target::Data {
+            ino: ino_out.0,
+            off: offset_out,
             len,
-            flags.bits() as u32,
-        ) {
+            frees: false,
+        };
+        let c = call(Op::CopyFileRange, req, target);
+        let r = guarded(&self.fs, c, || {
+            self.fs.copy_file_range(
+                fh_in.0,
+                offset_in,
+                fh_out.0,
+                offset_out,
+                len,
+                flags.bits() as u32,
+            )
+        });
+        match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

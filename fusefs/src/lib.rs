@@ -3,15 +3,19 @@
 //!
 //! Layers, bottom up: [`handle`] names backing files; [`rangeset`] and [`journal`] keep the
 //! durability state and the on-disk undo journal ([`keep`] and [`prng`] decide what a partial
-//! power cut keeps, [`writeback`] makes old data durable on its own); [`inode`] maps FUSE inodes to backing files;
-//! [`fs`] holds every operation's semantics; [`fuse`] is the thin `fuser` adapter; [`control`]
-//! serves `lossctl` (and [`lazyfs`] a LazyFS-style command FIFO); [`procscan`] and [`mountinfo`] find the processes and mounts a power cut
-//! acts on; [`options`] reads the command line; [`daemon`] wires it all for the `lossfs` binary, and [`run`] supervises a program on the mount.
+//! power cut keeps, [`writeback`] makes old data durable on its own); [`namespace`] undoes
+//! uncommitted name changes; [`inode`] maps FUSE inodes to backing files; [`fs`] holds every
+//! operation's semantics; [`faults`] injects crash points, errors and delays; [`fuse`] is the
+//! thin `fuser` adapter; [`control`] serves `lossctl` (and [`lazyfs`] a LazyFS-style command
+//! FIFO); [`procscan`] and [`mountinfo`] find the processes and mounts a power cut acts on;
+//! [`options`] reads the command line; [`daemon`] wires it all for the `lossfs` binary, and
+//! [`run`] supervises a program on the mount.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod control;
 pub mod daemon;
 pub mod error;
+pub mod faults;
 pub mod fs;
 pub mod fuse;
 pub mod handle;

@@ -2,6 +2,7 @@
 //! and /etc/fstab hand it over: parsing the `-o` option lists, and the checks on the two
 //! paths and on the FUSE setup that must pass before anything is mounted.
 
+use crate::faults::FsyncError;
 use crate::namespace::Model;
 use std::ffi::OsStr;
 use std::fs;
@@ -46,6 +47,8 @@ pub struct MountOptions {
     pub commit: Option<u64>,
     /// `writeback=SECONDS`: unsynced data older than this becomes durable on its own.
     pub writeback: Option<u64>,
+    /// `fsync_error=drop|retry`: what an injected fsync error does to unsynced data.
+    pub fsync_error: FsyncError,
     pub ro: bool,
     pub noatime: bool,
     pub nosuid: bool,
@@ -130,6 +133,17 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                     ));
                 }
                 o.log = Some(v.to_string());
+            }
+            "fsync_error" => {
+                o.fsync_error = match value? {
+                    "drop" => FsyncError::Drop,
+                    "retry" => FsyncError::Retry,
+                    v => {
+                        return Err(format!(
+                            "mount option fsync_error={v}: must be drop or retry"
+                        ))
+                    }
+                }
             }
             "recover" => {
                 o.recover = match value? {
@@ -451,6 +465,7 @@ mod tests {
             "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
             "lazyfs_fifo=/tmp/lazyfs.fifo,read_ahead_kb=4096,metadata=posix,commit=0",
             "writeback=30",
+            "fsync_error=retry",
         ]))
         .unwrap();
         assert_eq!(
@@ -468,6 +483,7 @@ mod tests {
                 metadata: Model::Posix,
                 commit: Some(0),
                 writeback: Some(30),
+                fsync_error: FsyncError::Retry,
                 ro: true,
                 noatime: true,
                 nosuid: true,
@@ -476,6 +492,15 @@ mod tests {
                 foreground: true,
             }
         );
+        assert_eq!(
+            parse_mount_options(&s(&["fsync_error=drop"]))
+                .unwrap()
+                .fsync_error,
+            FsyncError::Drop
+        );
+        assert!(parse_mount_options(&s(&["fsync_error=ignore"]))
+            .unwrap_err()
+            .contains("must be drop or retry"));
         assert_eq!(
             parse_mount_options(&s(&["recover=rollback,threads=1", "threads=64"]))
                 .unwrap()

@@ -70,6 +70,21 @@ pub fn processes_using(target: &MountTarget) -> Vec<KilledProcess> {
 ///
 /// Err lists the processes still alive at the deadline (typically stuck in an uninterruptible
 /// wait, for example on a FUSE request the daemon has read but not answered).
+/// Sends SIGKILL once to every process using the mount, without waiting for them to die
+/// (a crash point: the process that triggered it cannot die before its request is
+/// answered); returns the pids signalled.
+pub fn signal_users(target: &MountTarget) -> Vec<KilledProcess> {
+    scan(target)
+        .into_iter()
+        .filter(|f| kill(Pid::from_raw(f.pid), Signal::SIGKILL).is_ok())
+        .map(|f| KilledProcess {
+            pid: f.pid,
+            comm: comm_of(f.pid),
+            reasons: f.reasons.iter().map(|r| r.to_string()).collect(),
+        })
+        .collect()
+}
+
 pub fn kill_users(target: &MountTarget, timeout: Duration) -> Result<Vec<KilledProcess>, String> {
     let deadline = Instant::now() + timeout;
     let mut killed: BTreeMap<i32, KilledProcess> = BTreeMap::new();

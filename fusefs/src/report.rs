@@ -1,6 +1,7 @@
 //! The reports lossfs hands out (status, sync, powercut, recovery), shared by the daemon,
 //! the control protocol and `lossctl`, with their human-readable renderings.
 
+use crate::faults::spec::FaultsStatus;
 use crate::keep::KeepMode;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -51,6 +52,9 @@ pub struct StatusReport {
     /// Namespace changes (create, unlink, rename...) a power cut would undo now.
     #[serde(default)]
     pub namespace_uncommitted: u64,
+    /// Armed crash point, fault rules, disk-full mode, last crash-point cut.
+    #[serde(default)]
+    pub faults: FaultsStatus,
 }
 
 /// Answer to `sync`.
@@ -184,6 +188,9 @@ impl StatusReport {
                 f.durable_size,
                 ranges_text(&f.unsynced)
             );
+        }
+        if !self.faults.is_empty() {
+            s.push_str(&self.faults.to_text());
         }
         s
     }

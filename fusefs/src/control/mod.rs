@@ -13,6 +13,7 @@ pub use protocol::{
 };
 pub use server::{ControlServer, ServerOptions};
 
+use crate::faults::spec::{FaultCommand, FaultsStatus};
 use crate::report::{PowercutReport, StatusReport, SyncReport};
 
 /// What the daemon does for each control request.  Calls are serialized by the server: at
@@ -37,6 +38,12 @@ pub trait ControlHandler: Send + Sync + 'static {
                 keep.mode
             ))
         }
+    }
+
+    /// Crash points, fault rules and disk-full mode; answers the engine's state after.
+    fn faults(&self, cmd: FaultCommand) -> Result<FaultsStatus, String> {
+        let _ = cmd;
+        Err("this lossfs does not inject faults".into())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The control wire format: one JSON object per line each way, versioned by a `"v"` field,
 //! and where a mount's control socket lives by default.  Pure functions, no I/O.
 
+use crate::faults::spec::{FaultCommand, FAULT_COMMANDS};
 use crate::keep::{check_granularity, KeepMode, KeepRequest};
 use serde_json::{Map, Value};
 use std::path::{Component, Path, PathBuf};
@@ -18,11 +19,16 @@ pub const SOCKET_DIR: &str = "/run/lossfs";
 /// A control request, as on the wire minus the `"v"` field
 /// (`{"cmd":"powercut","no_kill":false,"keep":"random","seed":7,"granularity":512}`; the
 /// keep fields are optional and left out for a plain cut).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Status,
     Sync,
-    Powercut { no_kill: bool, keep: KeepRequest },
+    Powercut {
+        no_kill: bool,
+        keep: KeepRequest,
+    },
+    /// Crash points, fault rules and disk-full mode ([`FaultCommand`]).
+    Faults(FaultCommand),
 }
 
 impl Request {
@@ -49,6 +55,11 @@ impl Request {
                 if let Some(g) = keep.granularity {
                     obj.insert("granularity".into(), Value::from(g));
                 }
+            }
+            Request::Faults(c) => {
+                let (cmd, fields) = c.to_fields();
+                obj.insert("cmd".into(), cmd.into());
+                obj.extend(fields);
             }
         }
         let mut line = Value::Object(obj).to_string();
@@ -97,13 +108,23 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         Some(other) => return Err(format!("\"cmd\" must be a string, got {other}")),
         None => return Err("request has no \"cmd\"".into()),
     };
+    if FAULT_COMMANDS.contains(&cmd) {
+        let mut fields = obj.clone();
+        fields.remove("v");
+        fields.remove("cmd");
+        return match FaultCommand::parse(cmd, &fields) {
+            Some(r) => r.map(Request::Faults),
+            None => Err(format!("unknown command {cmd:?}")),
+        };
+    }
     let allowed: &[&str] = match cmd {
         "status" | "sync" => &["v", "cmd"],
         "powercut" => &["v", "cmd", "no_kill", "keep", "seed", "granularity"],
         _ => {
             return Err(format!(
-                "unknown command {:?} (expected status, sync or powercut)",
-                truncate(cmd, 64)
+                "unknown command {:?} (expected status, sync, powercut, {})",
+                truncate(cmd, 64),
+                FAULT_COMMANDS.join(", ")
             ))
         }
     };
@@ -395,6 +416,102 @@ mod tests {
     }
 
     #[test]
+    fn parses_fault_requests() {
+        use crate::faults::spec::{CrashSpec, FaultSpec, Op, When};
+        assert_eq!(
+            parse_request(
+                br#"{"v":1,"cmd":"arm","op":"fsync","path":"wal","nth":3,"when":"after"}"#
+            ),
+            Ok(Request::Faults(FaultCommand::Arm(CrashSpec {
+                op: Op::Fsync,
+                path: Some("wal".into()),
+                nth: 3,
+                when: When::After,
+            })))
+        );
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"arm","op":"rename"}"#),
+            Ok(Request::Faults(FaultCommand::Arm(CrashSpec {
+                op: Op::Rename,
+                path: None,
+                nth: 1,
+                when: When::Before,
+            })))
+        );
+        let add = FaultSpec {
+            op: Some(Op::Write),
+            path: Some("data/*.log".into()),
+            errno: Some("ENOSPC".into()),
+            probability: Some(0.5),
+            seed: Some(7),
+            count: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            parse_request(
+                br#"{"v":1,"cmd":"fault_add","op":"write","path":"data/*.log","errno":"ENOSPC","probability":0.5,"seed":7,"count":2}"#
+            ),
+            Ok(Request::Faults(FaultCommand::Add(add.clone())))
+        );
+        for r in [
+            Request::Faults(FaultCommand::Add(add)),
+            Request::Faults(FaultCommand::Add(FaultSpec {
+                op: Some(Op::Fdatasync),
+                lie: true,
+                ..Default::default()
+            })),
+            Request::Faults(FaultCommand::Add(FaultSpec {
+                op: Some(Op::Read),
+                delay_ms: Some(250),
+                nth: Some(2),
+                ..Default::default()
+            })),
+            Request::Faults(FaultCommand::Disarm),
+            Request::Faults(FaultCommand::List),
+            Request::Faults(FaultCommand::Clear(None)),
+            Request::Faults(FaultCommand::Clear(Some(4))),
+            Request::Faults(FaultCommand::DiskFull(Some(1 << 20))),
+            Request::Faults(FaultCommand::DiskFull(None)),
+        ] {
+            assert_eq!(parse_request(r.to_line().as_bytes()), Ok(r));
+        }
+    }
+
+    #[test]
+    fn refuses_bad_fault_requests_with_reasons() {
+        assert!(err(br#"{"v":1,"cmd":"arm","op":"fsync","nht":3}"#).contains("unknown field `nht`"));
+        assert!(err(br#"{"v":1,"cmd":"arm","op":"fsink"}"#).contains("unknown variant `fsink`"));
+        assert!(err(br#"{"v":1,"cmd":"arm"}"#).contains("missing field `op`"));
+        assert!(err(br#"{"v":1,"cmd":"arm","op":"write","nth":0}"#).contains("at least 1"));
+        assert!(err(br#"{"v":1,"cmd":"arm","op":"write","nth":-1}"#).contains("invalid value"));
+        assert!(
+            err(br#"{"v":1,"cmd":"arm","op":"write","when":"during"}"#).contains("unknown variant")
+        );
+        assert!(err(br#"{"v":1,"cmd":"arm","op":"write","path":"a[b"}"#).contains("unclosed"));
+        assert!(err(br#"{"v":1,"cmd":"fault_add","op":"write"}"#).contains("exactly one"));
+        assert!(
+            err(br#"{"v":1,"cmd":"fault_add","op":"write","errno":"EWHAT"}"#)
+                .contains("unknown or unsupported errno")
+        );
+        assert!(
+            err(br#"{"v":1,"cmd":"fault_add","op":"write","errno":5}"#).contains("invalid type")
+        );
+        assert!(err(br#"{"v":1,"cmd":"fault_add","op":"write","lie":true}"#).contains("fsync"));
+        assert!(
+            err(br#"{"v":1,"cmd":"fault_add","op":"write","errno":"EIO","probability":0.5}"#)
+                .contains("seed")
+        );
+        assert!(
+            err(br#"{"v":1,"cmd":"fault_add","op":"write","errno":"EIO","bogus":1}"#)
+                .contains("unknown field")
+        );
+        assert!(err(br#"{"v":1,"cmd":"fault_clear","id":"x"}"#).contains("non-negative integer"));
+        assert!(err(br#"{"v":1,"cmd":"fault_clear","all":true}"#).contains("unknown field"));
+        assert!(err(br#"{"v":1,"cmd":"disk_full","limit":-5}"#).contains("non-negative integer"));
+        assert!(err(br#"{"v":1,"cmd":"disarm","op":"write"}"#).contains("unknown field"));
+    }
+
+    #[test]
     fn reply_lines_are_single_json_lines() {
         let ok = ok_line(serde_json::json!({"a": "x\ny"}));
         assert!(ok.ends_with('\n') && ok.matches('\n').count() == 1);
@@ -425,7 +542,7 @@ mod tests {
     #[test]
     fn never_panics_on_random_input() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let fragments: [&[u8]; 16] = [
+        let fragments: [&[u8]; 22] = [
             b"{",
             b"}",
             b"\"v\"",
@@ -442,6 +559,12 @@ mod tests {
             b"\\u0000",
             b"\xff",
             b"\n",
+            b"\"arm\"",
+            b"\"fault_add\"",
+            b"\"op\"",
+            b"\"fsync\"",
+            b"\"errno\"",
+            b"\"EIO\"",
         ];
         let mut accepted = 0;
         for case in 0..20_000 {
@@ -451,7 +574,7 @@ mod tests {
                 if case % 2 == 0 {
                     line.push(rng.next() as u8);
                 } else {
-                    line.extend_from_slice(fragments[rng.below(16) as usize]);
+                    line.extend_from_slice(fragments[rng.below(22) as usize]);
                 }
             }
             match parse_request(&line) {
@@ -471,6 +594,7 @@ mod tests {
                                 no_kill
                             );
                         }
+                        Request::Faults(c) => assert_eq!(cmd, c.to_fields().0),
                     }
                 }
                 Err(e) => assert!(!e.is_empty()),

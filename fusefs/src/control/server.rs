@@ -458,12 +458,13 @@ fn encode<T: Serialize>(cmd: &str, result: Result<T, String>) -> Result<serde_js
 fn dispatch(shared: &Shared, req: Request) -> String {
     let handler = &shared.handler;
     let _one_at_a_time = shared.serial.lock();
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| match req {
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| match &req {
         Request::Status => encode("status", handler.status()),
         Request::Sync => encode("sync", handler.sync()),
         Request::Powercut { no_kill, keep } => {
-            encode("powercut", handler.powercut_keep(no_kill, keep))
+            encode("powercut", handler.powercut_keep(*no_kill, *keep))
         }
+        Request::Faults(c) => encode("fault", handler.faults(c.clone())),
     }));
     match outcome {
         Ok(Ok(v)) => ok_line(v),

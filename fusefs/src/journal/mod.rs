@@ -925,6 +925,52 @@ impl FileGuard<'_> {
         }
     }
 
+    /// Puts the file back into its durable state now and retires its records: what a
+    /// failed fsync does to the unsynced data under Linux semantics (the pages are marked
+    /// clean without reaching the disk).  Returns the bytes lost.  On error the file stays
+    /// tracked, so a later cut still rolls it back.
+    pub fn discard_unsynced(&mut self) -> io::Result<u64> {
+        let mut st = self.slot.state.lock();
+        let Some(t) = st.tracked.take() else {
+            return Ok(0);
+        };
+        let mut log = self.journal.log.lock();
+        let live = log.live().get(&t.id).cloned().unwrap_or_else(|| LiveFile {
+            handle: st.handle.clone(),
+            dev: self.key.dev,
+            ino: self.key.ino,
+            durable_size: t.durable_size,
+            extents: Vec::new(),
+        });
+        let restored = restore(
+            self.journal.root.as_fd(),
+            &self.journal.root_path,
+            &self.journal.undo_dir,
+            t.id,
+            &live,
+        )
+        .and_then(|r| {
+            log.append(&Record::Durable { id: t.id })?;
+            Ok(r)
+        });
+        match restored {
+            Ok(r) => {
+                drop(log);
+                if t.undo_len > 0 {
+                    remove_undo(&self.journal.undo_dir, t.id);
+                }
+                let mut lost = t.dirty.clone();
+                lost.truncate(r.size_before.max(t.durable_size));
+                lost.insert(t.durable_size, r.size_before.max(t.durable_size));
+                Ok(lost.total_len())
+            }
+            Err(e) => {
+                st.tracked = Some(t);
+                Err(warn_err(self.key, "discard after fsync error", e))
+            }
+        }
+    }
+
     /// The durable size, if the file has changes not yet durable.
     pub fn durable_size(&self) -> Option<u64> {
         self.slot

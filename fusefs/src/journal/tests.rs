@@ -839,3 +839,26 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn discard_unsynced_restores_the_file_at_once_and_forgets_it() {
+    let d = Dirs::new("discard");
+    let (j, _) = d.open(true);
+    let f = TFile::create(&d, "f", &pattern(10_000, 1));
+    f.write(&j, 100, b"overwritten");
+    f.write(&j, 10_000, b"appended");
+    let lost = j.lock(f.key, &f.handle).discard_unsynced().unwrap();
+    assert_eq!(lost, 11 + 8);
+    assert_eq!(f.content(), pattern(10_000, 1));
+    assert_eq!(j.tracked_files(), 0);
+    assert_eq!(j.unsynced_bytes(), 0);
+    // Nothing left to discard, and a later cut has nothing to undo.
+    assert_eq!(j.lock(f.key, &f.handle).discard_unsynced().unwrap(), 0);
+    f.write(&j, 0, b"later");
+    assert_eq!(j.rollback_all().unwrap()[0].lost_bytes, 5);
+    assert_eq!(f.content(), pattern(10_000, 1));
+    // The log agrees: a reopen after a kill replays nothing.
+    drop(j);
+    let (_j, recovered) = d.open(true);
+    assert!(recovered.is_none_or(|r| r.iter().all(|l| l.lost_bytes == 0)));
+}

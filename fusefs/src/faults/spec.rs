@@ -1,0 +1,586 @@
+//! What a user can ask of the fault engine, as data: the operations rules match, crash
+//! point and fault rule specifications with their strict validation, errno names, and the
+//! status the engine reports.  Shared by the daemon, the control protocol and `lossctl`.
+
+use super::glob::Glob;
+use crate::report::PowercutReport;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt::Write as _;
+
+/// A filesystem operation, as fault rules and crash points name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Lookup,
+    Getattr,
+    /// setattr without a size: chmod, chown, utimens.
+    Setattr,
+    /// setattr with a size: truncate(2), ftruncate(2).
+    Truncate,
+    Readlink,
+    Mknod,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Symlink,
+    Rename,
+    Link,
+    Open,
+    Create,
+    Read,
+    Write,
+    Flush,
+    Fsync,
+    Fdatasync,
+    Opendir,
+    Readdir,
+    Fsyncdir,
+    Statfs,
+    Setxattr,
+    Getxattr,
+    Listxattr,
+    Removexattr,
+    Access,
+    Fallocate,
+    Lseek,
+    CopyFileRange,
+}
+
+impl Op {
+    pub const ALL: [Op; 31] = [
+        Op::Lookup,
+        Op::Getattr,
+        Op::Setattr,
+        Op::Truncate,
+        Op::Readlink,
+        Op::Mknod,
+        Op::Mkdir,
+        Op::Unlink,
+        Op::Rmdir,
+        Op::Symlink,
+        Op::Rename,
+        Op::Link,
+        Op::Open,
+        Op::Create,
+        Op::Read,
+        Op::Write,
+        Op::Flush,
+        Op::Fsync,
+        Op::Fdatasync,
+        Op::Opendir,
+        Op::Readdir,
+        Op::Fsyncdir,
+        Op::Statfs,
+        Op::Setxattr,
+        Op::Getxattr,
+        Op::Listxattr,
+        Op::Removexattr,
+        Op::Access,
+        Op::Fallocate,
+        Op::Lseek,
+        Op::CopyFileRange,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Lookup => "lookup",
+            Op::Getattr => "getattr",
+            Op::Setattr => "setattr",
+            Op::Truncate => "truncate",
+            Op::Readlink => "readlink",
+            Op::Mknod => "mknod",
+            Op::Mkdir => "mkdir",
+            Op::Unlink => "unlink",
+            Op::Rmdir => "rmdir",
+            Op::Symlink => "symlink",
+            Op::Rename => "rename",
+            Op::Link => "link",
+            Op::Open => "open",
+            Op::Create => "create",
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Flush => "flush",
+            Op::Fsync => "fsync",
+            Op::Fdatasync => "fdatasync",
+            Op::Opendir => "opendir",
+            Op::Readdir => "readdir",
+            Op::Fsyncdir => "fsyncdir",
+            Op::Statfs => "statfs",
+            Op::Setxattr => "setxattr",
+            Op::Getxattr => "getxattr",
+            Op::Listxattr => "listxattr",
+            Op::Removexattr => "removexattr",
+            Op::Access => "access",
+            Op::Fallocate => "fallocate",
+            Op::Lseek => "lseek",
+            Op::CopyFileRange => "copy_file_range",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Op, String> {
+        Op::ALL.into_iter().find(|o| o.name() == s).ok_or_else(|| {
+            format!(
+                "unknown operation {:?} (one of: {})",
+                s,
+                Op::ALL.map(Op::name).join(", ")
+            )
+        })
+    }
+
+    /// The operations whose success makes data durable: the ones a lie can fake.
+    pub fn is_sync(self) -> bool {
+        matches!(self, Op::Fsync | Op::Fdatasync | Op::Fsyncdir)
+    }
+}
+
+/// Errno names a rule may inject.  ENOSYS is not among them: the kernel would stop sending
+/// that operation for the rest of the mount (and treat fsync as always successful).
+const ERRNOS: [(&str, i32); 27] = [
+    ("EPERM", libc::EPERM),
+    ("ENOENT", libc::ENOENT),
+    ("EINTR", libc::EINTR),
+    ("EIO", libc::EIO),
+    ("ENXIO", libc::ENXIO),
+    ("EBADF", libc::EBADF),
+    ("EAGAIN", libc::EAGAIN),
+    ("ENOMEM", libc::ENOMEM),
+    ("EACCES", libc::EACCES),
+    ("EBUSY", libc::EBUSY),
+    ("EEXIST", libc::EEXIST),
+    ("EXDEV", libc::EXDEV),
+    ("ENOTDIR", libc::ENOTDIR),
+    ("EISDIR", libc::EISDIR),
+    ("EINVAL", libc::EINVAL),
+    ("ENFILE", libc::ENFILE),
+    ("EMFILE", libc::EMFILE),
+    ("EFBIG", libc::EFBIG),
+    ("ENOSPC", libc::ENOSPC),
+    ("EROFS", libc::EROFS),
+    ("EMLINK", libc::EMLINK),
+    ("ENAMETOOLONG", libc::ENAMETOOLONG),
+    ("ENOTEMPTY", libc::ENOTEMPTY),
+    ("EOVERFLOW", libc::EOVERFLOW),
+    ("ETIMEDOUT", libc::ETIMEDOUT),
+    ("ESTALE", libc::ESTALE),
+    ("EDQUOT", libc::EDQUOT),
+];
+
+/// The number of an errno name (`EIO`, case-insensitive).
+pub fn errno_value(name: &str) -> Result<i32, String> {
+    let up = name.to_ascii_uppercase();
+    ERRNOS
+        .iter()
+        .find(|(n, _)| *n == up)
+        .map(|&(_, v)| v)
+        .ok_or_else(|| {
+            format!(
+                "unknown or unsupported errno {:?} (one of: {})",
+                name,
+                ERRNOS.map(|(n, _)| n).join(", ")
+            )
+        })
+}
+
+/// Errors of a failed writeback: an fsync failing with one of them loses the file's
+/// unsynced data under the default `fsync_error=drop`.
+pub fn is_writeback_error(errno: i32) -> bool {
+    matches!(errno, libc::EIO | libc::ENOSPC | libc::EDQUOT)
+}
+
+/// Longest injected delay (one hour): a typo must not wedge a request for days.
+pub const MAX_DELAY_MS: u64 = 3_600_000;
+
+/// Whether a crash point cuts before the operation is applied or after it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum When {
+    #[default]
+    Before,
+    After,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// `lossctl arm powercut --op OP [--path GLOB] [--nth N] [--before|--after]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashSpec {
+    pub op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default = "one")]
+    pub nth: u64,
+    #[serde(default)]
+    pub when: When,
+}
+
+impl CrashSpec {
+    /// Checks the values; returns the compiled path pattern.
+    pub fn check(&self) -> Result<Option<Glob>, String> {
+        if self.nth == 0 {
+            return Err("nth must be at least 1 (the first match is 1)".into());
+        }
+        self.path.as_deref().map(Glob::new).transpose()
+    }
+}
+
+/// `lossctl fault add`: which operations, what to do to them, and when.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    pub op: Option<Op>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Fail with this errno (a name such as `EIO`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
+    /// Delay the operation by this many milliseconds, then do it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// fsync, fdatasync or fsyncdir only: answer success and make nothing durable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lie: bool,
+    /// Fire from the Nth match on (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nth: Option<u64>,
+    /// Fire on each match with this probability, drawn from a generator seeded with `seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Fire at most this many times (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+// NaN is refused by `check`, so equality is an equivalence on every stored spec.
+impl Eq for FaultSpec {}
+
+/// What a fault rule does to an operation it fires on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultAction {
+    Errno(i32),
+    DelayMs(u64),
+    Lie,
+}
+
+impl FaultSpec {
+    /// Checks the values: an operation, exactly one action that fits it, nth xor
+    /// probability (with a seed), counts at least 1.  Returns the action and the pattern.
+    pub fn check(&self) -> Result<(Op, FaultAction, Option<Glob>), String> {
+        let op = self.op.ok_or("a fault needs an operation (op)")?;
+        let actions = [self.errno.is_some(), self.delay_ms.is_some(), self.lie]
+            .iter()
+            .filter(|&&b| b)
+            .count();
+        if actions != 1 {
+            return Err("a fault needs exactly one of errno, delay or lie".into());
+        }
+        let action = if let Some(e) = &self.errno {
+            FaultAction::Errno(errno_value(e)?)
+        } else if let Some(ms) = self.delay_ms {
+            if ms == 0 || ms > MAX_DELAY_MS {
+                return Err(format!(
+                    "delay must be from 1 ms to {MAX_DELAY_MS} ms, got {ms} ms"
+                ));
+            }
+            FaultAction::DelayMs(ms)
+        } else {
+            if !op.is_sync() {
+                return Err(format!(
+                    "lie applies to fsync, fdatasync and fsyncdir only, not {}",
+                    op.name()
+                ));
+            }
+            FaultAction::Lie
+        };
+        if self.nth == Some(0) {
+            return Err("nth must be at least 1 (the first match is 1)".into());
+        }
+        if self.count == Some(0) {
+            return Err("count must be at least 1".into());
+        }
+        match (self.probability, self.seed) {
+            (Some(p), Some(_)) => {
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(format!("probability must be from 0 to 1, got {p}"));
+                }
+                if self.nth.is_some() {
+                    return Err("give either nth or probability, not both".into());
+                }
+            }
+            (Some(_), None) => {
+                return Err("a probability needs a seed, so that runs can be replayed".into())
+            }
+            (None, Some(_)) => return Err("a seed goes with a probability".into()),
+            (None, None) => {}
+        }
+        let glob = self.path.as_deref().map(Glob::new).transpose()?;
+        Ok((op, action, glob))
+    }
+}
+
+/// The armed crash point and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashPointStatus {
+    pub spec: CrashSpec,
+    /// Operations that matched so far.
+    pub matched: u64,
+    /// Whether the cut happened.
+    pub fired: bool,
+}
+
+/// One fault rule and its counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleStatus {
+    pub id: u64,
+    pub spec: FaultSpec,
+    pub matched: u64,
+    pub fired: u64,
+}
+
+/// Disk-full mode: the limit and what the mount is counted to hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskFullStatus {
+    pub limit: u64,
+    pub used: u64,
+}
+
+/// The last cut a crash point made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastCut {
+    pub op: Op,
+    pub when: When,
+    /// The path of the operation that triggered it, if it was computed.
+    pub path: Option<String>,
+    /// False while the cut is still running.
+    pub done: bool,
+    pub report: Option<PowercutReport>,
+    pub error: Option<String>,
+}
+
+/// Everything the fault engine holds, for `lossctl status` and the fault commands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultsStatus {
+    pub crash_point: Option<CrashPointStatus>,
+    pub faults: Vec<RuleStatus>,
+    pub disk_full: Option<DiskFullStatus>,
+    pub last_cut: Option<LastCut>,
+    /// `drop` (Linux) or `retry`: what an fsync error does to the file's unsynced data.
+    pub fsync_error: String,
+}
+
+fn ordinal(n: u64) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+fn path_text(p: &Option<String>) -> String {
+    match p {
+        Some(p) => format!(" on {p:?}"),
+        None => String::new(),
+    }
+}
+
+impl FaultSpec {
+    /// One line: `write on "wal*": errno EIO, from the 3rd match, at most 1 time`.
+    pub fn to_text(&self) -> String {
+        let op = self.op.map(Op::name).unwrap_or("?");
+        let mut s = format!("{op}{}: ", path_text(&self.path));
+        if let Some(e) = &self.errno {
+            let _ = write!(s, "errno {e}");
+        } else if let Some(ms) = self.delay_ms {
+            let _ = write!(s, "delay {ms} ms");
+        } else if self.lie {
+            s.push_str("lie (success, nothing made durable)");
+        }
+        if let (Some(p), Some(seed)) = (self.probability, self.seed) {
+            let _ = write!(s, ", probability {p} (seed {seed})");
+        } else if let Some(n) = self.nth.filter(|&n| n > 1) {
+            let _ = write!(s, ", from the {} match", ordinal(n));
+        }
+        if let Some(c) = self.count {
+            let _ = write!(s, ", at most {c} times");
+        }
+        s
+    }
+}
+
+impl FaultsStatus {
+    /// Whether anything is armed, set or remembered.
+    pub fn is_empty(&self) -> bool {
+        self.crash_point.is_none()
+            && self.faults.is_empty()
+            && self.disk_full.is_none()
+            && self.last_cut.is_none()
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        match &self.crash_point {
+            Some(c) => {
+                let when = match c.spec.when {
+                    When::Before => "before",
+                    When::After => "after",
+                };
+                let _ = writeln!(
+                    s,
+                    "crash point: power cut {when} the {} {}{} ({}, {} matched so far)",
+                    ordinal(c.spec.nth),
+                    c.spec.op.name(),
+                    path_text(&c.spec.path),
+                    if c.fired { "fired" } else { "armed" },
+                    c.matched
+                );
+            }
+            None => s.push_str("crash point: none armed\n"),
+        }
+        if self.faults.is_empty() {
+            s.push_str("faults: none\n");
+        }
+        for r in &self.faults {
+            let _ = writeln!(
+                s,
+                "fault {}: {} (matched {}, fired {})",
+                r.id,
+                r.spec.to_text(),
+                r.matched,
+                r.fired
+            );
+        }
+        if let Some(d) = &self.disk_full {
+            let _ = writeln!(
+                s,
+                "disk full: limit {} bytes, the mount holds {} bytes",
+                d.limit, d.used
+            );
+        }
+        let _ = writeln!(s, "fsync errors: {}", self.fsync_error);
+        if let Some(c) = &self.last_cut {
+            let _ = write!(
+                s,
+                "last crash-point cut: at {} {}{}: ",
+                match c.when {
+                    When::Before => "before",
+                    When::After => "after",
+                },
+                c.op.name(),
+                path_text(&c.path)
+            );
+            match (&c.report, &c.error) {
+                (Some(r), _) => s.push_str(&r.to_text()),
+                (None, Some(e)) => {
+                    let _ = writeln!(s, "failed: {e}");
+                }
+                (None, None) if !c.done => s.push_str("in progress\n"),
+                (None, None) => s.push_str("done\n"),
+            }
+        }
+        s
+    }
+}
+
+/// A control request to the fault engine (the commands `arm`, `disarm`, `fault_add`,
+/// `fault_list`, `fault_clear`, `disk_full` of the control protocol).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultCommand {
+    Arm(CrashSpec),
+    Disarm,
+    Add(FaultSpec),
+    List,
+    /// One rule by id, or all.
+    Clear(Option<u64>),
+    /// Disk-full mode with this limit in bytes, or off.
+    DiskFull(Option<u64>),
+}
+
+/// The protocol's command names for [`FaultCommand`].
+pub const FAULT_COMMANDS: [&str; 6] = [
+    "arm",
+    "disarm",
+    "fault_add",
+    "fault_list",
+    "fault_clear",
+    "disk_full",
+];
+
+fn only_fields(cmd: &str, obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "unknown field {:?} in {cmd} request (allowed: {})",
+            k.chars().take(64).collect::<String>(),
+            allowed.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+fn optional_u64(cmd: &str, obj: &Map<String, Value>, key: &str) -> Result<Option<u64>, String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("\"{key}\" of {cmd} must be a non-negative integer, got {v}")),
+    }
+}
+
+impl FaultCommand {
+    /// Parses the fields of a fault command (`v` and `cmd` excluded); `None` if `cmd` is not
+    /// one.  Values are validated here, so a bad rule is refused before it reaches the engine.
+    pub fn parse(cmd: &str, fields: &Map<String, Value>) -> Option<Result<FaultCommand, String>> {
+        let spec_err = |e: serde_json::Error| format!("bad {cmd} request: {e}");
+        let r = match cmd {
+            "arm" => serde_json::from_value::<CrashSpec>(Value::Object(fields.clone()))
+                .map_err(spec_err)
+                .and_then(|s| s.check().map(|_| FaultCommand::Arm(s))),
+            "fault_add" => serde_json::from_value::<FaultSpec>(Value::Object(fields.clone()))
+                .map_err(spec_err)
+                .and_then(|s| s.check().map(|_| FaultCommand::Add(s))),
+            "disarm" => only_fields(cmd, fields, &[]).map(|()| FaultCommand::Disarm),
+            "fault_list" => only_fields(cmd, fields, &[]).map(|()| FaultCommand::List),
+            "fault_clear" => only_fields(cmd, fields, &["id"])
+                .and_then(|()| optional_u64(cmd, fields, "id"))
+                .map(FaultCommand::Clear),
+            "disk_full" => only_fields(cmd, fields, &["limit"])
+                .and_then(|()| optional_u64(cmd, fields, "limit"))
+                .map(FaultCommand::DiskFull),
+            _ => return None,
+        };
+        Some(r)
+    }
+
+    /// The command name and fields, as on the wire.
+    pub fn to_fields(&self) -> (&'static str, Map<String, Value>) {
+        let obj = |v: Result<Value, serde_json::Error>| match v {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        let mut m = Map::new();
+        match self {
+            FaultCommand::Arm(s) => ("arm", obj(serde_json::to_value(s))),
+            FaultCommand::Disarm => ("disarm", m),
+            FaultCommand::Add(s) => ("fault_add", obj(serde_json::to_value(s))),
+            FaultCommand::List => ("fault_list", m),
+            FaultCommand::Clear(id) => {
+                if let Some(id) = id {
+                    m.insert("id".into(), Value::from(*id));
+                }
+                ("fault_clear", m)
+            }
+            FaultCommand::DiskFull(limit) => {
+                m.insert("limit".into(), limit.map_or(Value::Null, Value::from));
+                ("disk_full", m)
+            }
+        }
+    }
+}
