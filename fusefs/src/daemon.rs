@@ -159,9 +159,18 @@ impl Daemon {
             let signalled = procscan::signal_users(&target);
             self.fs.faults.abort_delays();
             let mut killed = procscan::kill_users(&target, KILL_TIMEOUT)?;
+            // The first scan saw them alive; a dying process may already have lost its
+            // mappings by the time the next scan looks, so keep the reasons of both.
             for k in signalled {
-                if !killed.iter().any(|have| have.pid == k.pid) {
-                    killed.push(k);
+                match killed.iter_mut().find(|have| have.pid == k.pid) {
+                    Some(have) => {
+                        for r in k.reasons {
+                            if !have.reasons.contains(&r) {
+                                have.reasons.push(r);
+                            }
+                        }
+                    }
+                    None => killed.push(k),
                 }
             }
             killed

@@ -72,7 +72,16 @@ fn payload(i: u64) -> String {
 /// the payload that was acknowledged for it.
 fn has_message(c: &mut Client, seq: u64) -> Result<bool, String> {
     let subject = format!("$JS.API.STREAM.MSG.GET.{STREAM}");
-    let r = c.request(&subject, format!("{{\"seq\":{seq}}}").as_bytes())?;
+    // 503 "temporarily unavailable": the restarted nodes are still electing the stream's
+    // leader; ask again, for a bounded time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let r = loop {
+        let r = c.request(&subject, format!("{{\"seq\":{seq}}}").as_bytes())?;
+        if !r.contains("\"code\":503") || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     if r.contains("\"code\":404") {
         return Ok(false);
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Tunables of a [`ControlServer`].
 #[derive(Clone, Debug)]
@@ -37,6 +37,9 @@ impl Default for ServerOptions {
     }
 }
 
+/// How long shutdown waits for replies already being written.
+const REPLY_GRACE: Duration = Duration::from_secs(5);
+
 struct Shared {
     handler: Arc<dyn ControlHandler>,
     /// Held around every handler call so that concurrent clients see requests applied one
@@ -45,6 +48,9 @@ struct Shared {
     /// Clones of the live connections, so shutdown can end them without waiting for clients.
     conns: Mutex<HashMap<u64, UnixStream>>,
     next_conn: AtomicU64,
+    /// Requests handled whose reply is not written yet: shutdown lets them finish (bounded),
+    /// so a power cut that ends `lossfs run` still reaches the lossctl that asked for it.
+    replying: AtomicU64,
     opts: ServerOptions,
     euid: u32,
     path: PathBuf,
@@ -162,6 +168,7 @@ impl ControlServer {
             serial: Mutex::new(()),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
+            replying: AtomicU64::new(0),
             opts,
             euid: nix::unistd::geteuid().as_raw(),
             path: path.to_path_buf(),
@@ -203,6 +210,11 @@ impl ControlServer {
             if acceptor.join().is_err() {
                 tracing::error!(path = %self.path.display(), "control accept thread panicked");
             }
+        }
+        // Replies already computed go out first (the write timeout bounds each one).
+        let deadline = Instant::now() + REPLY_GRACE;
+        while self.shared.replying.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
         for (_, conn) in self.shared.conns.lock().drain() {
             let _ = conn.shutdown(std::net::Shutdown::Both);
@@ -434,14 +446,18 @@ fn serve(shared: &Shared, stream: UnixStream) {
         let reply = match parse_request(&line) {
             Ok(req) => {
                 tracing::info!(uid, pid, ?req, "control request");
+                shared.replying.fetch_add(1, Ordering::AcqRel);
                 dispatch(shared, req)
             }
             Err(e) => {
                 tracing::debug!(pid, "bad control request: {e}");
+                shared.replying.fetch_add(1, Ordering::AcqRel);
                 error_line(&e)
             }
         };
-        if let Err(e) = writer.write_all(reply.as_bytes()) {
+        let written = writer.write_all(reply.as_bytes());
+        shared.replying.fetch_sub(1, Ordering::AcqRel);
+        if let Err(e) = written {
             tracing::debug!(pid, "control connection: writing reply: {e}");
             return;
         }
