@@ -182,12 +182,17 @@ impl Daemon {
         // Data first, by inode, wherever its names are now; then the names.
         let (files, (namespace, touched)) = self.fs.frozen(|| {
             let files = self.fs.journal.cut(spec);
-            let names = self
-                .fs
-                .ns
-                .as_ref()
-                .map(|ns| ns.undo_all())
-                .unwrap_or_default();
+            let names = match (&self.fs.ns, spec.mode) {
+                (None, _) => Default::default(),
+                // The disk kept everything: the names too.
+                (Some(ns), KeepMode::All) => {
+                    if let Err(e) = ns.commit_all() {
+                        tracing::error!("power cut --keep all: namespace commit: {e}");
+                    }
+                    Default::default()
+                }
+                (Some(ns), _) => ns.undo_all(),
+            };
             (files, names)
         });
         let files = files.map_err(|e| format!("rollback: {e}"))?;

@@ -478,3 +478,23 @@ fn name_operations_keep_their_errors_in_the_tracked_models() {
         );
     }
 }
+
+#[test]
+fn keep_all_keeps_uncommitted_names_and_keep_none_undoes_them() {
+    let m = Mount::new(&["metadata=posix"]);
+    write_file(&m.path("kept"), b"k", false);
+    let rep = m.ctl_json(&["powercut", "--no-kill", "--keep", "all"]);
+    assert!(undone_ops(&rep).is_empty(), "--keep all undid names: {rep}");
+    assert_eq!(read_all(&m.path("kept")), b"k");
+    assert_eq!(
+        num(&m.status_json(), "namespace_uncommitted"),
+        0,
+        "--keep all commits the names"
+    );
+    // Committed by that cut: a plain cut now leaves it, while a new uncommitted name goes.
+    write_file(&m.path("gone"), b"g", false);
+    let rep = m.ctl_json(&["powercut", "--no-kill"]);
+    assert_eq!(undone_ops(&rep), ["create"], "{rep}");
+    assert!(exists(&m.path("kept")));
+    assert!(!exists(&m.path("gone")));
+}
