@@ -304,7 +304,7 @@ fn open_log(path: &Path) -> io::Result<File> {
 }
 
 /// Opens (creating, never truncating) a file of the state dir, mode 0600, close-on-exec.
-pub(super) fn open_private(path: &Path, what: &str) -> io::Result<File> {
+pub(crate) fn open_private(path: &Path, what: &str) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)

@@ -34,13 +34,14 @@ mod fileio;
 #[cfg(test)]
 mod keep_tests;
 mod log;
+pub(crate) use self::log::{ctx, open_private};
 mod partial;
 #[cfg(test)]
 mod tests;
 
 use self::crashstate::{OpRec, PrefixBuilder};
 use self::fileio::{byte_ranges, copy_range, path_of, restore, size_of};
-use self::log::{ctx, Extent, LiveFile, Log, Record};
+use self::log::{Extent, LiveFile, Log, Record};
 use crate::handle::FileHandle;
 use crate::keep::{KeepMode, KeepSpec};
 use crate::rangeset::RangeSet;

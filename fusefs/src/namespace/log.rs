@@ -18,11 +18,11 @@
 //! - `D seq`: change `seq` is settled (committed, cancelled or undone): forget it.
 
 use crate::handle::FileHandle;
-use crate::journal::FileKey;
+use crate::journal::{ctx, open_private, FileKey};
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const VERSION: u32 = 1;
@@ -417,20 +417,8 @@ fn parse_line(line: &[u8]) -> Option<Record> {
     Record::parse(payload)
 }
 
-fn ctx(e: io::Error, what: impl std::fmt::Display) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
-}
-
 fn open_log(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| ctx(e, format!("opening namespace log {}", path.display())))
+    open_private(path, "namespace log")
 }
 
 /// The open log and the mirror of its live changes.
