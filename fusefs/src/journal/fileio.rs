@@ -133,6 +133,7 @@ pub(crate) fn restore(
             format!("truncating {} to {}", name(), f.durable_size),
         )
     })?;
+    crate::pause::point("restore-after-truncate");
     if !f.extents.is_empty() {
         let undo_path = undo_dir.join(id.to_string());
         let undo = std::fs::File::open(&undo_path)

@@ -197,6 +197,9 @@ impl Journal {
         // Only now, with every file restored or synced, may the records go: a daemon killed
         // during the replay replays again.
         log.reset()?;
+        if report.is_some() {
+            crate::pause::point("replay-after-reset");
+        }
         clear_undo_dir(&undo_dir);
         let journal = Journal {
             state_dir: state_dir.to_path_buf(),
@@ -377,6 +380,7 @@ impl Journal {
                 report.files_synced += 1;
                 report.bytes_synced += bytes;
             }
+            crate::pause::point("sync-after-file");
         }
         match first_err {
             Some(e) => Err(e),
@@ -389,6 +393,7 @@ impl Journal {
     /// (e.g. unlinked and closed: ESTALE) is reported with `error`, not a failure of the cut.
     /// The caller guarantees no [`FileGuard`] is alive (it freezes all operations first).
     pub fn rollback_all(&self) -> io::Result<Vec<FileLoss>> {
+        crate::pause::point("rollback-start");
         let drained: Vec<(Tracked, FileHandle, FileKey)> = {
             let mut files = self.files.lock();
             files
@@ -450,8 +455,10 @@ impl Journal {
                 }
             };
             losses.push(loss);
+            crate::pause::point("rollback-after-file");
         }
         log.reset()?;
+        crate::pause::point("rollback-after-reset");
         clear_undo_dir(&self.undo_dir);
         losses.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(losses)
@@ -497,6 +504,7 @@ fn replay(
             keep(root, root_path, f)?
         };
         out.push(loss);
+        crate::pause::point("replay-after-file");
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
