@@ -14,7 +14,7 @@
 //!
 //! Points (see docs/testing.md): `rollback-start`, `restore-after-truncate`,
 //! `rollback-after-file`, `rollback-after-reset`, `replay-after-file`, `replay-after-reset`,
-//! `sync-after-file`.
+//! `sync-after-file`, `durable-before-record`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -727,6 +727,7 @@ impl FileGuard<'_> {
         let Some(t) = st.tracked.take() else {
             return Ok(());
         };
+        crate::pause::point("durable-before-record");
         {
             let mut log = self.journal.log.lock();
             if let Err(e) = log.append(&Record::Durable { id: t.id }) {

@@ -61,7 +61,18 @@ fn main() {
     // The watchdog must outlive the run: the run itself bounds every wait.
     let mut m = Mount::new_with(&[], &[], Duration::from_secs(secs + 600));
     let t0 = Instant::now();
-    let result = stress::run(&mut m, &cfg);
+    // A harness helper that panics (a bounded command that timed out) is a failure of the
+    // run like any other: report it with exit status 2.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stress::run(&mut m, &cfg)))
+            .unwrap_or_else(|p| {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".to_string());
+                Err(msg)
+            });
     let alive = m.daemon_alive();
     let code = match &result {
         Ok(sum) => {

@@ -141,7 +141,7 @@ impl Worker {
     }
 
     fn next_op(&mut self) -> Op {
-        let seed = self.rng.next();
+        let seed = self.rng.next_u64();
         match self.rng.below(100) {
             0..=24 => {
                 let name = self.data_name();
