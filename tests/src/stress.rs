@@ -367,9 +367,21 @@ fn describe_diff(want: &BTreeMap<String, Vec<u8>>, actual: &BTreeMap<String, Vec
     s
 }
 
+/// How the operation in flight at the cut was resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InFlight {
+    /// Nothing was in flight, or both outcomes give the same durable state.
+    Moot,
+    /// The files show the operation's durable effect (an fsync that completed).
+    Applied,
+    /// The files show the state without it.
+    NotApplied,
+}
+
 /// Checks a worker's directory after a cut against the model started at `start` plus its
-/// report.  `Ok(ops completed)`, or `Err(description of the divergence)`.
-pub fn check_worker(dir: &Path, start: &Model, report: &str) -> Result<usize, String> {
+/// report.  `Ok((operations completed, how the in-flight one was resolved))`, or
+/// `Err(description of the divergence)`.
+pub fn check_worker(dir: &Path, start: &Model, report: &str) -> Result<(usize, InFlight), String> {
     let r = parse_report(report)?;
     let mut without = start.clone();
     for op in &r.done {
@@ -377,20 +389,31 @@ pub fn check_worker(dir: &Path, start: &Model, report: &str) -> Result<usize, St
     }
     let actual = read_dir_files(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     let want = without.durable_view();
+    let want_with = match &r.in_flight {
+        Some(op) => {
+            let mut with = without.clone();
+            with.apply(op)?;
+            Some(with.durable_view())
+        }
+        None => None,
+    };
+    let moot = want_with.as_ref().is_none_or(|w| *w == want);
     if actual == want {
-        return Ok(r.done.len());
+        let how = if moot {
+            InFlight::Moot
+        } else {
+            InFlight::NotApplied
+        };
+        return Ok((r.done.len(), how));
     }
     let mut msg = format!(
         "{} differs from the durable state without the in-flight operation:{}",
         dir.display(),
         describe_diff(&want, &actual)
     );
-    if let Some(op) = &r.in_flight {
-        let mut with = without.clone();
-        with.apply(op)?;
-        let want_with = with.durable_view();
+    if let (Some(op), Some(want_with)) = (&r.in_flight, want_with) {
         if actual == want_with {
-            return Ok(r.done.len());
+            return Ok((r.done.len(), InFlight::Applied));
         }
         let _ = write!(
             msg,
@@ -426,6 +449,10 @@ pub struct Summary {
     /// Operations the workers completed (reported done).
     pub ops: u64,
     pub cuts: u64,
+    /// Cuts that caught a worker in an operation whose two outcomes differ (an fsync or
+    /// msync with something to make durable, a create or rename), by the outcome found.
+    pub in_flight_applied: u64,
+    pub in_flight_not_applied: u64,
     /// Epochs where a worker's files did not match the model, with the description.
     pub divergences: Vec<String>,
 }
@@ -527,7 +554,14 @@ pub fn run(m: &mut Mount, cfg: &Config) -> Result<Summary, String> {
             let report = fs::read_to_string(&report_paths[i])
                 .map_err(|e| format!("reading {}: {e}", report_paths[i].display()))?;
             match check_worker(d, &starts[i], &report) {
-                Ok(n) => sum.ops += n as u64,
+                Ok((n, how)) => {
+                    sum.ops += n as u64;
+                    match how {
+                        InFlight::Applied => sum.in_flight_applied += 1,
+                        InFlight::NotApplied => sum.in_flight_not_applied += 1,
+                        InFlight::Moot => {}
+                    }
+                }
                 Err(e) => sum
                     .divergences
                     .push(format!("seed {} epoch {epoch} worker {i}: {e}", cfg.seed)),
@@ -542,6 +576,10 @@ pub fn run(m: &mut Mount, cfg: &Config) -> Result<Summary, String> {
                     sum.ops,
                     sum.cuts,
                     sum.divergences.len()
+                );
+                println!(
+                    "         in-flight operations found applied {}, not applied {}",
+                    sum.in_flight_applied, sum.in_flight_not_applied
                 );
             }
         }
@@ -617,9 +655,17 @@ mod tests {
         let mut second = first.clone();
         second.extend_from_slice(&data(9, 4));
         fs::write(dir.join("f0"), &first).unwrap();
-        assert_eq!(check_worker(&dir, &start, report), Ok(4), "fsync not done");
+        assert_eq!(
+            check_worker(&dir, &start, report),
+            Ok((4, InFlight::NotApplied)),
+            "fsync not done"
+        );
         fs::write(dir.join("f0"), &second).unwrap();
-        assert_eq!(check_worker(&dir, &start, report), Ok(4), "fsync done");
+        assert_eq!(
+            check_worker(&dir, &start, report),
+            Ok((4, InFlight::Applied)),
+            "fsync done"
+        );
         fs::write(dir.join("f0"), &second[..12]).unwrap();
         assert!(check_worker(&dir, &start, report).is_err(), "torn fsync");
         fs::write(dir.join("f0"), &first).unwrap();

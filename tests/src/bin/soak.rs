@@ -86,6 +86,10 @@ fn main() {
                 sum.cuts,
                 sum.divergences.len()
             );
+            println!(
+                "in-flight operations at the cuts found applied {}, not applied {} (both are accepted)",
+                sum.in_flight_applied, sum.in_flight_not_applied
+            );
             if !sum.divergences.is_empty() {
                 1
             } else if !alive {
