@@ -15,7 +15,7 @@ fn cuts() -> u64 {
             .trim()
             .parse()
             .unwrap_or_else(|e| panic!("LOSSFS_STRESS_CUTS={s:?}: {e}")),
-        Err(_) => 25,
+        Err(_) => 60,
     }
 }
 
