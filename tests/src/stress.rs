@@ -13,6 +13,9 @@
 //! mmap stores are not durable anyway, an fsync is all or nothing, and a rename, a create
 //! (namespace changes are durable at once) are atomic.
 //!
+//! Optionally every k-th cut is a SIGKILL of the daemon itself followed by a remount: the
+//! replay of the journal must leave the same durable state a power cut would.
+//!
 //! Every epoch (the time between two cuts) starts from the files as they are on the mount,
 //! already checked, so a divergence is reported once and the run can go on (the soak counts
 //! them).  The seed fixes every worker's operation stream and every delay before a cut;
@@ -397,7 +400,10 @@ pub fn check_worker(dir: &Path, start: &Model, report: &str) -> Result<(usize, I
         }
         None => None,
     };
-    let moot = want_with.as_ref().is_none_or(|w| *w == want);
+    let moot = match &want_with {
+        Some(w) => *w == want,
+        None => true,
+    };
     if actual == want {
         let how = if moot {
             InFlight::Moot
@@ -439,6 +445,9 @@ pub struct Config {
     /// Delay before each cut, drawn uniformly from this range (milliseconds).
     pub min_delay_ms: u64,
     pub max_delay_ms: u64,
+    /// Every this many cuts, SIGKILL the daemon instead of a power cut, then remount
+    /// (the recovery must give the same durable state).
+    pub kill_daemon_every: Option<u64>,
     /// Print a progress line this often (None: quiet).
     pub progress: Option<Duration>,
 }
@@ -449,6 +458,8 @@ pub struct Summary {
     /// Operations the workers completed (reported done).
     pub ops: u64,
     pub cuts: u64,
+    /// How many of the cuts were a SIGKILL of the daemon and a remount.
+    pub daemon_kills: u64,
     /// Cuts that caught a worker in an operation whose two outcomes differ (an fsync or
     /// msync with something to make durable, a create or rename), by the outcome found.
     pub in_flight_applied: u64,
@@ -516,19 +527,28 @@ pub fn run(m: &mut Mount, cfg: &Config) -> Result<Summary, String> {
                 ));
             }
         }
-        let mnt = m.mnt.to_string_lossy().into_owned();
-        let out = lossctl(&["powercut", &mnt, "--json"]);
-        if !out.status.success() {
-            return Err(format!(
-                "epoch {epoch}: lossctl powercut failed:\n{}\ndaemon stderr:\n{}",
-                output_text(&out),
-                m.daemon_stderr()
-            ));
+        let kill_daemon = cfg.kill_daemon_every.is_some_and(|k| (epoch + 1) % k == 0);
+        if kill_daemon {
+            // The daemon itself dies under load: the workers' operations fail (or fault on
+            // their mapping) and they exit; the next mount replays the journal.
+            m.kill_daemon();
+            sum.daemon_kills += 1;
+        } else {
+            let mnt = m.mnt.to_string_lossy().into_owned();
+            let out = lossctl(&["powercut", &mnt, "--json"]);
+            if !out.status.success() {
+                return Err(format!(
+                    "epoch {epoch}: lossctl powercut failed:\n{}\ndaemon stderr:\n{}",
+                    output_text(&out),
+                    m.daemon_stderr()
+                ));
+            }
         }
         sum.cuts += 1;
         for (i, c) in children.iter_mut().enumerate() {
             match wait_bounded(&mut c.0, WORKER_EXIT_TIMEOUT) {
                 Some(st) if st.signal() == Some(libc::SIGKILL) => {}
+                Some(_) if kill_daemon => {}
                 Some(st) => {
                     return Err(format!(
                         "epoch {epoch}: worker {i} ended with {st:?}, not killed by the cut: {}",
@@ -538,10 +558,26 @@ pub fn run(m: &mut Mount, cfg: &Config) -> Result<Summary, String> {
                 }
                 None => {
                     return Err(format!(
-                        "epoch {epoch}: waiting for worker {i} to die after the power cut: \
-                         still running after {WORKER_EXIT_TIMEOUT:?}"
+                        "epoch {epoch}: waiting for worker {i} to die after the {}: \
+                         still running after {WORKER_EXIT_TIMEOUT:?}",
+                        if kill_daemon {
+                            "daemon was killed"
+                        } else {
+                            "power cut"
+                        }
                     ))
                 }
+            }
+        }
+        if kill_daemon {
+            m.lazy_unmount();
+            m.remount();
+            if !m.daemon_stderr().contains("unclean journal") {
+                return Err(format!(
+                    "epoch {epoch}: the remount after killing the daemon under load did not \
+                     replay an unclean journal; stderr:\n{}",
+                    m.daemon_stderr()
+                ));
             }
         }
         if !m.daemon_alive() {
@@ -571,10 +607,11 @@ pub fn run(m: &mut Mount, cfg: &Config) -> Result<Summary, String> {
             if last_progress.elapsed() >= every {
                 last_progress = Instant::now();
                 println!(
-                    "{:>6}s: {} operations, {} cuts, {} divergences",
+                    "{:>6}s: {} operations, {} cuts ({} of them daemon kills), {} divergences",
                     t0.elapsed().as_secs(),
                     sum.ops,
                     sum.cuts,
+                    sum.daemon_kills,
                     sum.divergences.len()
                 );
                 println!(

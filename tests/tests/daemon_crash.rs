@@ -432,3 +432,44 @@ fn unarmed_points_cost_nothing_visible() {
         m.daemon_stderr()
     );
 }
+
+#[test]
+fn killed_after_dirty_files_were_deleted_the_remount_still_recovers() {
+    // The journal still holds records of files deleted since their change (a rename over
+    // them, an unlink): the recovery cannot open them (ESTALE) and must skip them, not
+    // refuse to mount.
+    let mut m = Mount::new(&[]);
+    let durable = pattern(8, 0, 6000);
+    for n in ["keep", "replaced", "unlinked"] {
+        write_synced(&m, n, &durable);
+    }
+    for n in ["keep", "replaced", "unlinked"] {
+        let f = fs::OpenOptions::new().write(true).open(m.path(n)).unwrap();
+        f.write_all_at(b"unsynced", 10).unwrap();
+    }
+    fs::write(m.path("tmp"), b"new content").unwrap();
+    fs::rename(m.path("tmp"), m.path("replaced")).unwrap();
+    fs::remove_file(m.path("unlinked")).unwrap();
+    kill(&mut m);
+    m.remount();
+    assert!(
+        m.daemon_stderr().contains("unclean journal"),
+        "{}",
+        m.daemon_stderr()
+    );
+    assert_eq!(read_all(&m.path("keep")), durable, "keep rolled back");
+    assert_eq!(
+        read_all(&m.path("replaced")),
+        b"",
+        "the never-synced file renamed over 'replaced' rolls back to empty"
+    );
+    assert!(!m.path("unlinked").exists(), "unlinks are durable at once");
+    kill(&mut m);
+    m.remount();
+    assert!(
+        !m.daemon_stderr().contains("unclean journal"),
+        "recovered once: {}",
+        m.daemon_stderr()
+    );
+    assert_eq!(read_all(&m.path("keep")), durable);
+}

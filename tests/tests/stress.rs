@@ -1,7 +1,8 @@
 //! Several worker processes do mixed I/O (appends, overwrites, truncates, fsync, fdatasync,
 //! temp file + rename, shared mmap stores + msync) on one mount while `lossctl powercut`
 //! fires at seeded random moments; after every cut each worker's files must equal the
-//! durable state its reports predict, the daemon must be alive, and every wait is bounded
+//! durable state its reports predict, the daemon must be alive, and every wait is bounded.
+//! Every 6th cut is a SIGKILL of the daemon itself under load, then a remount
 //! (see `lossfs_tests::stress`).  `LOSSFS_SEED` replays a seed; `LOSSFS_STRESS_CUTS`
 //! overrides the number of cuts.  The long version is the `soak` binary (docs/testing.md).
 
@@ -30,6 +31,7 @@ fn workers_under_random_powercuts_keep_exactly_the_durable_state() {
         seed,
         min_delay_ms: 30,
         max_delay_ms: 500,
+        kill_daemon_every: Some(6),
         progress: None,
     };
     let mut m = Mount::new(&[]);
@@ -43,6 +45,7 @@ fn workers_under_random_powercuts_keep_exactly_the_durable_state() {
         sum.divergences.join("\n")
     );
     assert_eq!(sum.cuts, cfg.cuts.unwrap_or(0), "seed {seed}");
+    assert_eq!(sum.daemon_kills, sum.cuts / 6, "seed {seed}");
     // The workers must really have worked between the cuts, or the check proves nothing.
     assert!(
         sum.ops >= sum.cuts * 5,
@@ -51,9 +54,9 @@ fn workers_under_random_powercuts_keep_exactly_the_durable_state() {
         sum.cuts
     );
     eprintln!(
-        "stress seed {seed}: {} operations, {} cuts, 0 divergences; in-flight operations \
-         found applied {}, not applied {}",
-        sum.ops, sum.cuts, sum.in_flight_applied, sum.in_flight_not_applied
+        "stress seed {seed}: {} operations, {} cuts ({} daemon kills), 0 divergences; \
+         in-flight operations found applied {}, not applied {}",
+        sum.ops, sum.cuts, sum.daemon_kills, sum.in_flight_applied, sum.in_flight_not_applied
     );
     assert!(m.daemon_alive(), "daemon gone at the end");
     m.unmount();

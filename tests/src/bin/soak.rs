@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: soak [--secs N] [--workers N] [--seed N] [--min-delay-ms N] [--max-delay-ms N]\n\
-         defaults: 60 s, 4 workers, seed from LOSSFS_SEED or the clock, delays 50..400 ms"
+        "usage: soak [--secs N] [--workers N] [--seed N] [--min-delay-ms N] [--max-delay-ms N] \
+         [--kill-daemon-every N]\n\
+         defaults: 60 s, 4 workers, seed from LOSSFS_SEED or the clock, delays 50..400 ms, \
+         every 5th cut a SIGKILL of the daemon (0: never)"
     );
     std::process::exit(2);
 }
@@ -28,6 +30,7 @@ fn main() {
     let mut workers = 4usize;
     let mut seed = None;
     let (mut min_delay_ms, mut max_delay_ms) = (50u64, 400u64);
+    let mut kill_every = 5u64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || -> u64 {
@@ -41,6 +44,7 @@ fn main() {
             "--seed" => seed = Some(val()),
             "--min-delay-ms" => min_delay_ms = val(),
             "--max-delay-ms" => max_delay_ms = val(),
+            "--kill-daemon-every" => kill_every = val(),
             _ => usage(),
         }
     }
@@ -56,6 +60,7 @@ fn main() {
         seed,
         min_delay_ms,
         max_delay_ms,
+        kill_daemon_every: (kill_every > 0).then_some(kill_every),
         progress: Some(Duration::from_secs(10)),
     };
     // The watchdog must outlive the run: the run itself bounds every wait.
@@ -80,10 +85,12 @@ fn main() {
                 println!("DIVERGENCE: {d}");
             }
             println!(
-                "soak done in {} s: {} operations, {} cuts, {} divergences, daemon alive: {alive}",
+                "soak done in {} s: {} operations, {} cuts ({} of them daemon kills), \
+                 {} divergences, daemon alive: {alive}",
                 t0.elapsed().as_secs(),
                 sum.ops,
                 sum.cuts,
+                sum.daemon_kills,
                 sum.divergences.len()
             );
             println!(
