@@ -468,11 +468,96 @@ pub struct Summary {
     pub divergences: Vec<String>,
 }
 
+/// One epoch's worker processes, killed and reaped on drop.
+struct Workers {
+    children: Vec<ChildGuard>,
+    /// Report file of each worker (outside the mount).
+    reports: Vec<PathBuf>,
+    /// Stderr file of each worker.
+    stderrs: Vec<PathBuf>,
+}
+
+impl Workers {
+    /// Starts worker `i` on `dirs[i]` with seed `seed + i`, reporting into `report_dir`.
+    fn spawn(dirs: &[PathBuf], report_dir: &Path, seed: u64) -> Result<Workers, String> {
+        let bin = stress_worker_bin();
+        let mut w = Workers {
+            children: Vec::new(),
+            reports: Vec::new(),
+            stderrs: Vec::new(),
+        };
+        for (i, d) in dirs.iter().enumerate() {
+            let report = report_dir.join(format!("w{i}.log"));
+            let stderr_path = report_dir.join(format!("w{i}.stderr"));
+            let _ = fs::remove_file(&report);
+            let stderr = fs::File::create(&stderr_path)
+                .map_err(|e| format!("creating {}: {e}", stderr_path.display()))?;
+            let child = Command::new(&bin)
+                .arg(d)
+                .arg(&report)
+                .arg(seed.wrapping_add(i as u64).to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .map_err(|e| format!("spawning {}: {e}", bin.display()))?;
+            w.children.push(ChildGuard(child));
+            w.reports.push(report);
+            w.stderrs.push(stderr_path);
+        }
+        Ok(w)
+    }
+
+    fn stderr(&self, i: usize) -> String {
+        fs::read_to_string(&self.stderrs[i]).unwrap_or_default()
+    }
+
+    /// Every worker must still be working before the cut.
+    fn check_running(&mut self) -> Result<(), String> {
+        for i in 0..self.children.len() {
+            if let Ok(Some(st)) = self.children[i].0.try_wait() {
+                return Err(format!(
+                    "worker {i} exited on its own before the cut ({st:?}): {}",
+                    self.stderr(i)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) for every worker to die: of the power cut's SIGKILL, or of anything
+    /// when the daemon was killed (failed operations, SIGBUS on the mapping).
+    fn reap(&mut self, daemon_killed: bool) -> Result<(), String> {
+        for i in 0..self.children.len() {
+            match wait_bounded(&mut self.children[i].0, WORKER_EXIT_TIMEOUT) {
+                Some(st) if st.signal() == Some(libc::SIGKILL) || daemon_killed => {}
+                Some(st) => {
+                    return Err(format!(
+                        "worker {i} ended with {st:?}, not killed by the cut: {}",
+                        self.stderr(i)
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "waiting for worker {i} to die after the {}: still running after \
+                         {WORKER_EXIT_TIMEOUT:?}",
+                        if daemon_killed {
+                            "daemon was killed"
+                        } else {
+                            "power cut"
+                        }
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs workers and cuts on `m` until the configured count or time is reached.  Divergences
 /// are collected; anything else that goes wrong (a wait not met, the daemon gone, a worker
 /// that failed on its own) ends the run with an error naming it.
 pub fn run(m: &mut Mount, cfg: &Config) -> Result<Summary, String> {
-    let worker_bin = stress_worker_bin();
     let reports = m.root.join("reports");
     fs::create_dir_all(&reports).map_err(|e| format!("mkdir {}: {e}", reports.display()))?;
     let dirs: Vec<PathBuf> = (0..cfg.workers).map(|i| m.path(&format!("w{i}"))).collect();
@@ -494,39 +579,14 @@ pub fn run(m: &mut Mount, cfg: &Config) -> Result<Summary, String> {
         for d in &dirs {
             starts.push(Model::from_dir(d).map_err(|e| format!("reading {}: {e}", d.display()))?);
         }
-        let mut children = Vec::new();
-        let mut report_paths = Vec::new();
-        for (i, d) in dirs.iter().enumerate() {
-            let report = reports.join(format!("w{i}.log"));
-            let _ = fs::remove_file(&report);
-            let wseed = cfg
-                .seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add(epoch * 64 + i as u64);
-            let stderr = fs::File::create(reports.join(format!("w{i}.stderr")))
-                .map_err(|e| format!("creating worker stderr file: {e}"))?;
-            let child = Command::new(&worker_bin)
-                .arg(d)
-                .arg(&report)
-                .arg(wseed.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .map_err(|e| format!("spawning {}: {e}", worker_bin.display()))?;
-            children.push(ChildGuard(child));
-            report_paths.push(report);
-        }
+        let wseed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch * 64);
+        let mut workers =
+            Workers::spawn(&dirs, &reports, wseed).map_err(|e| format!("epoch {epoch}: {e}"))?;
         let delay = cfg.min_delay_ms + rng.below(cfg.max_delay_ms - cfg.min_delay_ms + 1);
         std::thread::sleep(Duration::from_millis(delay));
-        for (i, c) in children.iter_mut().enumerate() {
-            if let Ok(Some(st)) = c.0.try_wait() {
-                return Err(format!(
-                    "epoch {epoch}: worker {i} exited on its own before the cut ({st:?}): {}",
-                    fs::read_to_string(reports.join(format!("w{i}.stderr"))).unwrap_or_default()
-                ));
-            }
-        }
+        workers
+            .check_running()
+            .map_err(|e| format!("epoch {epoch}: {e}"))?;
         let kill_daemon = cfg.kill_daemon_every.is_some_and(|k| (epoch + 1) % k == 0);
         if kill_daemon {
             // The daemon itself dies under load: the workers' operations fail (or fault on
@@ -545,30 +605,9 @@ pub fn run(m: &mut Mount, cfg: &Config) -> Result<Summary, String> {
             }
         }
         sum.cuts += 1;
-        for (i, c) in children.iter_mut().enumerate() {
-            match wait_bounded(&mut c.0, WORKER_EXIT_TIMEOUT) {
-                Some(st) if st.signal() == Some(libc::SIGKILL) => {}
-                Some(_) if kill_daemon => {}
-                Some(st) => {
-                    return Err(format!(
-                        "epoch {epoch}: worker {i} ended with {st:?}, not killed by the cut: {}",
-                        fs::read_to_string(reports.join(format!("w{i}.stderr")))
-                            .unwrap_or_default()
-                    ))
-                }
-                None => {
-                    return Err(format!(
-                        "epoch {epoch}: waiting for worker {i} to die after the {}: \
-                         still running after {WORKER_EXIT_TIMEOUT:?}",
-                        if kill_daemon {
-                            "daemon was killed"
-                        } else {
-                            "power cut"
-                        }
-                    ))
-                }
-            }
-        }
+        workers
+            .reap(kill_daemon)
+            .map_err(|e| format!("epoch {epoch}: {e}"))?;
         if kill_daemon {
             m.lazy_unmount();
             m.remount();
@@ -587,8 +626,9 @@ pub fn run(m: &mut Mount, cfg: &Config) -> Result<Summary, String> {
             ));
         }
         for (i, d) in dirs.iter().enumerate() {
-            let report = fs::read_to_string(&report_paths[i])
-                .map_err(|e| format!("reading {}: {e}", report_paths[i].display()))?;
+            let path = &workers.reports[i];
+            let report =
+                fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
             match check_worker(d, &starts[i], &report) {
                 Ok((n, how)) => {
                     sum.ops += n as u64;
