@@ -581,6 +581,7 @@ pub fn serve(
     on_signal: Option<SignalHook>,
 ) -> Result<(), String> {
     options::check_fuse_available()?;
+    crate::pause::init();
     let (backing, mountpoint) =
         options::check_paths(&args.backing, &args.mountpoint, opts.state_dir.as_deref())?;
     if let Ok(Some(m)) = mountinfo::mount_at(&mountpoint) {

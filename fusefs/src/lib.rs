@@ -8,7 +8,7 @@
 //! operation's semantics; [`faults`] injects crash points, errors and delays; [`fuse`] is the
 //! thin `fuser` adapter; [`control`] serves `lossctl` (and [`lazyfs`] a LazyFS-style command
 //! FIFO); [`procscan`] and [`mountinfo`] find the processes and mounts a power cut acts on;
-//! [`options`] reads the command line; [`daemon`] wires it all for the `lossfs` binary, and
+//! [`options`] reads the command line; [`pause`] holds the crash-test pause points; [`daemon`] wires it all for the `lossfs` binary, and
 //! [`run`] supervises a program on the mount.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -26,6 +26,7 @@ pub mod lazyfs;
 pub mod mountinfo;
 pub mod namespace;
 pub mod options;
+pub mod pause;
 pub mod prng;
 pub mod procscan;
 pub mod rangeset;

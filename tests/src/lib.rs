@@ -5,7 +5,9 @@
 //!
 //! Nothing here skips: a missing precondition panics with the reason.
 
+pub mod rng;
 pub mod scenario;
+pub mod stress;
 
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
@@ -49,9 +51,8 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn start(mnt: PathBuf, pid: Arc<Mutex<i32>>) -> Watchdog {
+    fn start(mnt: PathBuf, pid: Arc<Mutex<i32>>, limit: Duration) -> Watchdog {
         let (stop, rx) = mpsc::channel::<()>();
-        let limit = mount_lifetime();
         let thread = thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
                 let pid = pid.lock().unwrap_or_else(|e| e.into_inner());
@@ -136,18 +137,22 @@ fn bin(name: &str, env: &str) -> PathBuf {
         return p;
     }
     let exe = std::env::current_exe().expect("current_exe");
-    // target/debug/deps/<test> -> target/debug/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable has no grandparent directory");
-    let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "{} not found: run `cargo build --workspace` first (or set {env})",
-        p.display()
-    );
-    p
+    // A test runs from target/debug/deps/<test>, a binary of this package (the soak) from
+    // target/debug/<bin>: look next to the executable, then one level up.
+    let dirs: Vec<&Path> = exe.ancestors().skip(1).take(2).collect();
+    for dir in &dirs {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} not found in {dirs:?}: run `cargo build --workspace` first (or set {env})");
+}
+
+/// Path of the `stress_worker` binary of this package (env `LOSSFS_STRESS_WORKER_BIN`
+/// overrides).
+pub fn stress_worker_bin() -> PathBuf {
+    bin("stress_worker", "LOSSFS_STRESS_WORKER_BIN")
 }
 
 /// Path of the `lossfs` binary (env `LOSSFS_BIN` overrides).
@@ -224,6 +229,35 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
         }
         if Instant::now() >= deadline {
             return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until `marker` exists, at most `timeout`, while `alive()` holds; the error names
+/// the wait (`what`) and why it ended.
+pub fn wait_for_marker(
+    marker: &Path,
+    timeout: Duration,
+    what: &str,
+    mut alive: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if marker.exists() {
+            return Ok(());
+        }
+        if !alive() {
+            return Err(format!(
+                "waiting for pause marker {} ({what}): the process died first",
+                marker.display()
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "waiting for pause marker {} ({what}): timed out after {timeout:?}",
+                marker.display()
+            ));
         }
         thread::sleep(Duration::from_millis(10));
     }
@@ -363,6 +397,8 @@ pub struct Mount {
     stderr_path: PathBuf,
     generation: u32,
     nofile: Option<(u64, u64)>,
+    /// Extra environment of every daemon started from now on.
+    env: Vec<(String, String)>,
 }
 
 /// Prepares a fresh backing directory before the daemon starts.
@@ -377,6 +413,12 @@ pub struct MountSetup {
     pub prepare_backing: Option<PrepareBacking>,
     /// The RLIMIT_NOFILE (soft, hard) every daemon of this mount starts with.
     pub nofile: Option<(u64, u64)>,
+    /// Extra environment of every daemon (kept for every remount until
+    /// [`Mount::set_daemon_env`] changes it).
+    pub env: Vec<(String, String)>,
+    /// When the watchdog kills the daemon (default: `LOSSFS_TEST_TIMEOUT` or the harness's
+    /// mount lifetime).
+    pub lifetime: Option<Duration>,
 }
 
 impl Mount {
@@ -385,7 +427,8 @@ impl Mount {
         Mount::new_with(opts, MountSetup::default())
     }
 
-    /// Like [`Mount::new`], with the backing directory prepared and limits set by `setup`.
+    /// Like [`Mount::new`], with the backing directory prepared, limits, daemon environment
+    /// and watchdog lifetime set by `setup`.
     pub fn new_with(opts: &[&str], setup: MountSetup) -> Mount {
         check_preconditions();
         let root = unique_tmp_dir("m");
@@ -407,13 +450,67 @@ impl Mount {
             watchdog: None,
             generation: 0,
             nofile: setup.nofile,
+            env: setup.env,
         };
-        m.watchdog = Some(Watchdog::start(m.mnt.clone(), m.daemon_pid.clone()));
+        m.watchdog = Some(Watchdog::start(
+            m.mnt.clone(),
+            m.daemon_pid.clone(),
+            setup.lifetime.unwrap_or_else(mount_lifetime),
+        ));
         m.start();
         m
     }
 
+    /// Replaces the extra environment of the daemons started from now on.
+    pub fn set_daemon_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
     fn start(&mut self) {
+        self.spawn_daemon();
+        let deadline = Instant::now() + MOUNT_TIMEOUT;
+        loop {
+            if is_lossfs_mounted(&self.mnt) {
+                return;
+            }
+            let child = self.daemon.as_mut().expect("daemon");
+            if let Ok(Some(st)) = child.try_wait() {
+                self.take_daemon();
+                panic!(
+                    "lossfs exited ({st:?}) before mounting {}:\n{}",
+                    self.mnt.display(),
+                    self.daemon_stderr()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "lossfs did not mount {} within {MOUNT_TIMEOUT:?} (mount types there: \
+                     {:?}); daemon stderr:\n{}",
+                    self.mnt.display(),
+                    mount_fstypes(&self.mnt),
+                    self.daemon_stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a daemon on the (unmounted) mount point without waiting for the mount, and
+    /// waits instead until `marker` exists (a pause point reached before mounting, see
+    /// `LOSSFS_TEST_PAUSE`), at most `timeout`; panics naming the wait otherwise.
+    pub fn start_until_marker(&mut self, marker: &Path, timeout: Duration) {
+        if is_mounted(&self.mnt) {
+            self.lazy_unmount();
+        }
+        self.spawn_daemon();
+        wait_for_marker(marker, timeout, "daemon start", || self.daemon_alive())
+            .unwrap_or_else(|e| panic!("{e}; daemon stderr:\n{}", self.daemon_stderr()));
+    }
+
+    fn spawn_daemon(&mut self) {
         assert!(self.daemon.is_none(), "daemon already running");
         self.stderr_path = self.root.join(format!("daemon{}.stderr", self.generation));
         self.generation += 1;
@@ -444,36 +541,14 @@ impl Mount {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(errf));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
         *self.daemon_pid.lock().unwrap_or_else(|e| e.into_inner()) = child.id() as i32;
         self.daemon = Some(child);
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        loop {
-            if is_lossfs_mounted(&self.mnt) {
-                return;
-            }
-            let child = self.daemon.as_mut().expect("daemon");
-            if let Ok(Some(st)) = child.try_wait() {
-                self.take_daemon();
-                panic!(
-                    "lossfs exited ({st:?}) before mounting {}:\n{}",
-                    self.mnt.display(),
-                    self.daemon_stderr()
-                );
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "lossfs did not mount {} within {MOUNT_TIMEOUT:?} (mount types there: \
-                     {:?}); daemon stderr:\n{}",
-                    self.mnt.display(),
-                    mount_fstypes(&self.mnt),
-                    self.daemon_stderr()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Takes the daemon out, so the watchdog no longer targets its pid, before reaping it.

@@ -142,3 +142,22 @@ fn unsynced_mapped_writes_are_lost_with_mapping_held_across_cut() {
     drop(f);
     assert_stays(&mut m, "idx", &want);
 }
+
+#[test]
+fn msync_ms_sync_alone_makes_mapped_writes_durable() {
+    // The kernel turns msync(MS_SYNC) of a shared mapping into an fdatasync of the file (as
+    // on a local filesystem), which reaches lossfs as FSYNC: no separate fsync needed.
+    let mut m = Mount::new(&[]);
+    zeroed_durable_file(&m, "idx");
+    let mut want = vec![0u8; LEN];
+    {
+        let f = open_rw(&m.path("idx"));
+        let mut map = Map::new(&f, LEN);
+        let data = pattern(13, 0, PAGE + 9);
+        map.write(PAGE - 3, &data);
+        want[PAGE - 3..2 * PAGE + 6].copy_from_slice(&data);
+        map.msync();
+    }
+    m.powercut_json();
+    assert_stays(&mut m, "idx", &want);
+}

@@ -7,6 +7,7 @@
 //! The seed comes from `LOSSFS_SEED` (else the clock) and is printed at the start and in
 //! every failure message; `LOSSFS_OPS` overrides the number of operations per seed.
 
+use lossfs_tests::rng::{seed_from_env_or_clock, Rng};
 use lossfs_tests::{cpath, last_err, num, report_file, Mount};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, OpenOptions};
@@ -14,27 +15,20 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const NAMES: [&str; 6] = ["f0", "f1", "f2", "d/f3", "d/f4", "log"];
 const MAX_OFF: u64 = 96 * 1024;
 const MAX_LEN: u64 = 20 * 1024;
 const TIME_LIMIT: Duration = Duration::from_secs(300);
 
-/// SplitMix64: small, deterministic, good enough for test generation.
-struct Rng(u64);
+/// The model's shapes of offsets and lengths.
+trait ModelRng {
+    fn offset(&mut self, max: u64) -> u64;
+    fn len(&mut self) -> u64;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+impl ModelRng for Rng {
     /// An offset that is often page-aligned, sometimes near a page boundary, else random.
     fn offset(&mut self, max: u64) -> u64 {
         match self.below(4) {
@@ -49,14 +43,6 @@ impl Rng {
             1 => 4096 * (1 + self.below(4)),
             _ => 1 + self.below(MAX_LEN),
         }
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
     }
 }
 
@@ -566,23 +552,6 @@ impl Run<'_> {
 fn base_seed() -> u64 {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *SEED.get_or_init(seed_from_env_or_clock)
-}
-
-fn seed_from_env_or_clock() -> u64 {
-    match std::env::var("LOSSFS_SEED") {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("LOSSFS_SEED={s:?} is not a u64: {e}")),
-        Err(_) => {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-                / 1000
-                * 1000
-        }
-    }
 }
 
 fn ops_per_seed() -> usize {

@@ -120,10 +120,15 @@ pub(crate) fn restore(
     id: u64,
     f: &LiveFile,
 ) -> io::Result<Restored> {
-    let file = f
-        .handle
-        .open(root, libc::O_RDWR)
-        .map_err(|e| ctx(e, format!("opening file (dev {} ino {})", f.dev, f.ino)))?;
+    let file = f.handle.open(root, libc::O_RDWR).map_err(|e| {
+        // ESTALE (the file was deleted) stays a raw OS error: the replay at mount tells a
+        // file that is gone, which it reports and skips, from a failure, which stops it.
+        if e.raw_os_error() == Some(libc::ESTALE) {
+            e
+        } else {
+            ctx(e, format!("opening file (dev {} ino {})", f.dev, f.ino))
+        }
+    })?;
     let path = path_of(file.as_fd(), root_path);
     let name = || path.clone().unwrap_or_else(|| format!("inode {}", f.ino));
     let size_before = size_of(file.as_fd()).map_err(|e| ctx(e, format!("fstat of {}", name())))?;
@@ -133,6 +138,7 @@ pub(crate) fn restore(
             format!("truncating {} to {}", name(), f.durable_size),
         )
     })?;
+    crate::pause::point("restore-after-truncate");
     if !f.extents.is_empty() {
         let undo_path = undo_dir.join(id.to_string());
         let undo = std::fs::File::open(&undo_path)

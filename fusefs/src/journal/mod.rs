@@ -222,6 +222,9 @@ impl Journal {
         // Only now, with every file restored or synced, may the records go: a daemon killed
         // during the replay replays again.
         log.reset()?;
+        if report.is_some() {
+            crate::pause::point("replay-after-reset");
+        }
         clear_undo_dir(&undo_dir);
         let undo_fd = File::open(&undo_dir)
             .map_err(|e| ctx(e, format!("opening undo dir {}", undo_dir.display())))?;
@@ -405,6 +408,7 @@ impl Journal {
                 report.files_synced += 1;
                 report.bytes_synced += bytes;
             }
+            crate::pause::point("sync-after-file");
         }
         match first_err {
             Some(e) => Err(e),
@@ -424,6 +428,7 @@ impl Journal {
     /// of the cut.  The caller guarantees no [`FileGuard`] is alive (it freezes all
     /// operations first).
     pub fn cut(&self, spec: &KeepSpec) -> io::Result<Vec<FileLoss>> {
+        crate::pause::point("rollback-start");
         let drained: Vec<(Tracked, FileHandle, FileKey)> = {
             let mut files = self.files.lock();
             let mut v: Vec<_> = files
@@ -506,8 +511,10 @@ impl Journal {
                     }),
             };
             losses.push(loss);
+            crate::pause::point("rollback-after-file");
         }
         log.reset()?;
+        crate::pause::point("rollback-after-reset");
         clear_undo_dir(&self.undo_dir);
         losses.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(losses)
@@ -590,6 +597,7 @@ fn replay(
             keep(root, root_path, f)?
         };
         out.push(loss);
+        crate::pause::point("replay-after-file");
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
@@ -894,6 +902,7 @@ impl FileGuard<'_> {
         let Some(t) = st.tracked.take() else {
             return Ok(());
         };
+        crate::pause::point("durable-before-record");
         {
             let mut log = self.journal.log.lock();
             if let Err(e) = log.append(&Record::Durable { id: t.id }) {
