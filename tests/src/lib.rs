@@ -804,3 +804,20 @@ pub fn num(v: &serde_json::Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("field {key:?} missing or not a number in {v}"))
 }
+
+/// A python3 child running `script` with `args`, from `/` (so only its fds tie it to the
+/// mount), stdout and stderr piped.
+pub fn spawn_python(script: &str, args: &[&str]) -> ChildGuard {
+    ChildGuard(
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn python3 (is python3 installed?)"),
+    )
+}

@@ -3,8 +3,8 @@
 
 mod fault_helpers;
 
-use fault_helpers::{ctl, finish, spawn_python, wait_cut_done};
-use lossfs_tests::{num, output_text, read_all, Mount};
+use fault_helpers::{ctl, finish, wait_cut_done};
+use lossfs_tests::{num, output_text, read_all, spawn_python, Mount};
 use std::fs;
 
 /// Appends 16-byte records to a WAL, fsyncing each, and says so after every fsync.

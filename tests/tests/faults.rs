@@ -4,8 +4,8 @@
 
 mod fault_helpers;
 
-use fault_helpers::{ctl, errno_of, finish, spawn_python};
-use lossfs_tests::{num, output_text, read_all, Mount};
+use fault_helpers::{ctl, errno_of, finish};
+use lossfs_tests::{num, output_text, read_all, spawn_python, Mount};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::sync::atomic::{AtomicBool, Ordering};

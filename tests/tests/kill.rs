@@ -1,7 +1,7 @@
 //! A power cut kills the processes using the mount and reports them; handles that
 //! survive it (with `--no-kill`) fail with EIO, new handles work.
 
-use lossfs_tests::{num, read_all, wait_bounded, ChildGuard, Mount};
+use lossfs_tests::{num, read_all, spawn_python, wait_bounded, ChildGuard, Mount};
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -10,21 +10,6 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
-
-/// A python3 child running `script` from `/` (outside the mount), its stdout piped so the
-/// test can wait for its "ready" line.
-fn spawn_python(script: &str) -> ChildGuard {
-    ChildGuard(
-        Command::new("python3")
-            .args(["-c", script])
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn python3 (is python3 installed?)"),
-    )
-}
 
 /// Waits (bounded) for the child to print a line "ready" on stdout.
 fn wait_ready(g: &mut ChildGuard, what: &str) {
@@ -87,7 +72,7 @@ fn powercut_kills_processes_with_cwd_or_fd_in_mount() {
          print('ready',flush=True)\ntime.sleep(1000)\n",
         held.to_str().unwrap()
     );
-    let mut writer = spawn_python(&script);
+    let mut writer = spawn_python(&script, &[]);
     wait_ready(&mut writer, "python3 holding a file open");
     assert_eq!(read_all(&held), b"unsynced");
 
@@ -193,7 +178,7 @@ fn powercut_kills_processes_by_mapping_and_executable() {
          os.close(fd)\nm[0:5]=b'dirty'\nprint('ready',flush=True)\ntime.sleep(1000)\n",
         mapped.to_str().unwrap()
     );
-    let mut mapper = spawn_python(&script);
+    let mut mapper = spawn_python(&script, &[]);
     wait_ready(&mut mapper, "python3 holding only a mapping");
     let exe = m.path("mysleep");
     fs::copy("/bin/sleep", &exe).unwrap();

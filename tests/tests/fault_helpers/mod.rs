@@ -6,7 +6,6 @@
 use lossfs_tests::{output_text, wait_bounded, ChildGuard, Mount};
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,23 +25,6 @@ pub fn ctl(m: &Mount, words: &[&str], flags: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("lossctl {args:?}: bad JSON ({e}): {}", output_text(&out)))
-}
-
-/// A python3 child running `script` with `args`, from `/` (so only its fds tie it to the
-/// mount), stdout and stderr piped.
-pub fn spawn_python(script: &str, args: &[&str]) -> ChildGuard {
-    ChildGuard(
-        Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .args(args)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn python3 (is python3 installed?)"),
-    )
 }
 
 /// Waits (bounded) for the child to end; returns the signal that killed it (None if it
