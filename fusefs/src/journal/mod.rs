@@ -496,19 +496,7 @@ impl Journal {
                 }
                 KeepMode::All | KeepMode::Random | KeepMode::Prefix => self
                     .restore_partial(&t, live, spec, mode, prefix)
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(ino = key.ino, error = %e, "power cut: file not restored");
-                        let mut lost = t.dirty.clone();
-                        lost.insert(t.durable_size, t.size.max(t.durable_size));
-                        FileLoss {
-                            size_before: t.durable_size,
-                            size_after: t.durable_size,
-                            lost_bytes: lost.total_len(),
-                            lost: byte_ranges(&lost),
-                            error: Some(e.to_string()),
-                            ..Default::default()
-                        }
-                    }),
+                    .unwrap_or_else(|e| not_restored(&t, key, e)),
             };
             losses.push(loss);
             crate::pause::point("rollback-after-file");
@@ -522,7 +510,6 @@ impl Journal {
 
     /// `--keep none` for one file: back to its durable content and size.
     fn restore_durable(&self, t: &Tracked, live: &LiveFile, key: FileKey) -> FileLoss {
-        let mut lost = t.dirty.clone();
         match restore(
             self.root.as_fd(),
             &self.root_path,
@@ -531,6 +518,7 @@ impl Journal {
             live,
         ) {
             Ok(r) => {
+                let mut lost = t.dirty.clone();
                 lost.truncate(r.size_before.max(t.durable_size));
                 lost.insert(t.durable_size, r.size_before.max(t.durable_size));
                 FileLoss {
@@ -542,19 +530,24 @@ impl Journal {
                     ..Default::default()
                 }
             }
-            Err(e) => {
-                tracing::warn!(ino = key.ino, error = %e, "power cut: file not restored");
-                FileLoss {
-                    path: None,
-                    size_before: t.durable_size,
-                    size_after: t.durable_size,
-                    lost_bytes: lost.total_len(),
-                    lost: byte_ranges(&lost),
-                    error: Some(e.to_string()),
-                    ..Default::default()
-                }
-            }
+            Err(e) => not_restored(t, key, e),
         }
+    }
+}
+
+/// The report of a file a cut could not put back (e.g. unlinked and closed: ESTALE): all its
+/// unsynced bytes count as lost, and the error says why.
+fn not_restored(t: &Tracked, key: FileKey, e: io::Error) -> FileLoss {
+    tracing::warn!(ino = key.ino, error = %e, "power cut: file not restored");
+    let mut lost = t.dirty.clone();
+    lost.insert(t.durable_size, t.size.max(t.durable_size));
+    FileLoss {
+        size_before: t.durable_size,
+        size_after: t.durable_size,
+        lost_bytes: lost.total_len(),
+        lost: byte_ranges(&lost),
+        error: Some(e.to_string()),
+        ..Default::default()
     }
 }
 
