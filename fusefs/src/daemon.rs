@@ -594,6 +594,9 @@ pub fn serve(
             ));
         }
     }
+    // Before any thread starts (the namespace commit thread, the workers...): every thread
+    // inherits the mask, so termination signals reach only the signal thread.
+    let signals = block_signals();
     // SAFETY: umask only affects this process; files are created with the caller's mode.
     let umask = unsafe { libc::umask(0) };
     let nofile = raise_fd_limit();
@@ -718,7 +721,6 @@ pub fn serve(
     config.n_threads = Some(opts.threads.unwrap_or(8));
     config.clone_fd = true;
 
-    let signals = block_signals();
     let mut session = fuser::Session::new(FuseAdapter { fs: fs.clone() }, &mountpoint, &config)
         .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
     let daemon = Arc::new(Daemon {

@@ -16,7 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -52,11 +52,23 @@ pub fn require_program(name: &str, package: &str) -> PathBuf {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick for port 0).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0 to pick a free port: {e}"));
-    l.local_addr()
-        .unwrap_or_else(|e| panic!("local_addr of a bound listener: {e}"))
-        .port()
+    // The kernel may hand a just-released port to the next bind(0), e.g. to a test running
+    // in parallel: never give out the same port twice in one process.
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..100 {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0 to pick a free port: {e}"));
+        let port = l
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr of a bound listener: {e}"))
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no port that this process has not handed out yet after 100 tries");
 }
 
 /// Uid and gid of a system user, panicking if it does not exist.

@@ -183,6 +183,17 @@ fn exec_start(backing: &Path, mnt: &Path, options: &str) -> Vec<String> {
 
 #[test]
 fn exec_start_notifies_ready_and_sigterm_unmounts() {
+    notify_then_sigterm("defaults");
+}
+
+/// The namespace journal model runs a commit thread from the start of the daemon: SIGTERM
+/// must still reach the signal thread (a clean unmount), not kill the process.
+#[test]
+fn sigterm_unmounts_cleanly_with_the_namespace_commit_thread() {
+    notify_then_sigterm("metadata=journal,commit=1");
+}
+
+fn notify_then_sigterm(options: &str) {
     check_preconditions();
     let dir = unique_tmp_dir("pkg-notify");
     let (backing, mnt) = (dir.join("backing"), dir.join("mnt"));
@@ -192,7 +203,7 @@ fn exec_start_notifies_ready_and_sigterm_unmounts() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
     sock.set_read_timeout(Some(MOUNT_TIMEOUT)).expect("timeout");
     // OPTIONS defaults to "defaults" in the unit (Environment=OPTIONS=defaults).
-    let argv = exec_start(&backing, &mnt, "defaults");
+    let argv = exec_start(&backing, &mnt, options);
     let mut g = ChildGuard(
         Command::new(&argv[0])
             .args(&argv[1..])
