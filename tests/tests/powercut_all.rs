@@ -36,17 +36,7 @@ fn powercut_all_cuts_every_mount_and_kills_their_users() {
                 .unwrap(),
         ));
     }
-    let out = run_bounded(
-        Command::new(lossctl_bin()).args(["powercut", "--all", "--json"]),
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "powercut --all: {}",
-        output_text(&out)
-    );
-    let reports: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("--all --json prints a JSON array");
+    let reports = cut_all(&[]);
     let reports = reports.as_array().expect("a JSON array");
     assert_eq!(reports.len(), 2, "one report per mount: {reports:?}");
     for m in [&a, &b] {
@@ -69,19 +59,7 @@ fn powercut_all_cuts_every_mount_and_kills_their_users() {
     for m in [&a, &b] {
         std::fs::write(m.path("unsynced"), b"maybe").unwrap();
     }
-    let out = run_bounded(
-        Command::new(lossctl_bin()).args([
-            "powercut",
-            "--all",
-            "--no-kill",
-            "--keep",
-            "all",
-            "--json",
-        ]),
-        Duration::from_secs(60),
-    );
-    assert!(out.status.success(), "--keep all: {}", output_text(&out));
-    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = cut_all(&["--no-kill", "--keep", "all"]);
     for r in reports.as_array().expect("a JSON array") {
         assert_eq!(r["keep"], "all", "{r}");
         assert_eq!(r["lost_bytes"], 0, "{r}");
@@ -89,19 +67,7 @@ fn powercut_all_cuts_every_mount_and_kills_their_users() {
     for m in [&a, &b] {
         assert_eq!(std::fs::read(m.path("unsynced")).unwrap(), b"maybe");
     }
-    let out = run_bounded(
-        Command::new(lossctl_bin()).args([
-            "powercut",
-            "--all",
-            "--no-kill",
-            "--keep",
-            "prefix",
-            "--json",
-        ]),
-        Duration::from_secs(60),
-    );
-    assert!(out.status.success(), "--keep prefix: {}", output_text(&out));
-    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = cut_all(&["--no-kill", "--keep", "prefix"]);
     let seeds: Vec<&serde_json::Value> = reports
         .as_array()
         .expect("a JSON array")
@@ -113,4 +79,21 @@ fn powercut_all_cuts_every_mount_and_kills_their_users() {
         seeds[0].is_u64() && seeds[0] == seeds[1],
         "one seed: {reports}"
     );
+}
+
+/// `lossctl powercut --all ARGS --json`, asserting success; the parsed array of reports.
+fn cut_all(args: &[&str]) -> serde_json::Value {
+    let out = run_bounded(
+        Command::new(lossctl_bin())
+            .args(["powercut", "--all"])
+            .args(args)
+            .arg("--json"),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "powercut --all {args:?}: {}",
+        output_text(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("--all --json prints a JSON array")
 }

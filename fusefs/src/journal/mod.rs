@@ -40,7 +40,7 @@ mod partial;
 mod tests;
 
 use self::crashstate::{OpRec, PrefixBuilder};
-use self::fileio::{byte_ranges, copy_range, path_of, restore, size_of};
+use self::fileio::{byte_ranges, copy_range, path_of, restore, size_of, Restored};
 use self::log::{Extent, LiveFile, Log, Record};
 use crate::handle::FileHandle;
 use crate::keep::{KeepMode, KeepSpec};
@@ -521,17 +521,23 @@ impl Journal {
                 let mut lost = t.dirty.clone();
                 lost.truncate(r.size_before.max(t.durable_size));
                 lost.insert(t.durable_size, r.size_before.max(t.durable_size));
-                FileLoss {
-                    path: r.path,
-                    size_before: r.size_before,
-                    size_after: t.durable_size,
-                    lost_bytes: lost.total_len(),
-                    lost: byte_ranges(&lost),
-                    ..Default::default()
-                }
+                restored(r, t.durable_size, &lost)
             }
             Err(e) => not_restored(t, key, e),
         }
+    }
+}
+
+/// The report of a file put back into its durable state (`durable_size` bytes), having lost
+/// `lost`.
+fn restored(r: Restored, durable_size: u64, lost: &RangeSet) -> FileLoss {
+    FileLoss {
+        path: r.path,
+        size_before: r.size_before,
+        size_after: durable_size,
+        lost_bytes: lost.total_len(),
+        lost: byte_ranges(lost),
+        ..Default::default()
     }
 }
 
@@ -571,14 +577,7 @@ fn replay(
                         lost.insert(x.start, x.start + x.len);
                     }
                     lost.insert(f.durable_size, r.size_before);
-                    FileLoss {
-                        path: r.path,
-                        size_before: r.size_before,
-                        size_after: f.durable_size,
-                        lost_bytes: lost.total_len(),
-                        lost: byte_ranges(&lost),
-                        ..Default::default()
-                    }
+                    restored(r, f.durable_size, &lost)
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ESTALE) => unrestorable(f, e),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => unrestorable(f, e),
