@@ -545,6 +545,35 @@ impl Unmounter {
         }
     }
 
+    /// For a termination signal.  A mount can be busy for a moment (a statfs in flight, a
+    /// child forked elsewhere holding one of its files until it execs), so retry for up to
+    /// two seconds, then detach it lazily: giving up would leave the daemon serving with
+    /// nobody left to stop it.  (fuser's unmounter works once only, so the retries go to
+    /// the kernel directly.)
+    pub fn unmount_for_signal(&self) {
+        self.faults.shutdown();
+        match self.inner.lock().unmount() {
+            Ok(()) => return,
+            Err(e) => tracing::info!("unmount {}: {e}; retrying", self.mountpoint.display()),
+        }
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(100));
+            match unmount_path(&self.mountpoint, false) {
+                Ok(()) => return,
+                // Not a mount point any more: someone else unmounted it.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+                Err(e) => tracing::debug!("unmount {}: {e}", self.mountpoint.display()),
+            }
+        }
+        tracing::warn!(
+            "{} stayed busy for 2 s; detaching it lazily",
+            self.mountpoint.display()
+        );
+        if let Err(e) = unmount_path(&self.mountpoint, true) {
+            tracing::error!("lazy unmount {}: {e}", self.mountpoint.display());
+        }
+    }
+
     /// Unmounts, and if that fails (busy), detaches the mount lazily; errors are logged.
     pub fn unmount_or_detach(&self) {
         self.faults.shutdown();
@@ -553,18 +582,36 @@ impl Unmounter {
                 "unmount {}: {e}; detaching it lazily",
                 self.mountpoint.display()
             );
-            let Ok(c) = CString::new(self.mountpoint.as_os_str().as_bytes()) else {
-                return;
-            };
-            // SAFETY: valid C string; umount2 has no memory effects on our side.
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                tracing::error!(
-                    "lazy unmount {}: {}",
-                    self.mountpoint.display(),
-                    std::io::Error::last_os_error()
-                );
+            if let Err(e) = unmount_path(&self.mountpoint, true) {
+                tracing::error!("lazy unmount {}: {e}", self.mountpoint.display());
             }
         }
+    }
+}
+
+/// umount2(2) (lazily with `lazy`); where the kernel refuses a user that (EPERM), the
+/// setuid fusermount3 does it.
+fn unmount_path(mountpoint: &Path, lazy: bool) -> std::io::Result<()> {
+    let c = CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: valid C string; umount2 has no memory effects on our side.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(err);
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg(if lazy { "-uz" } else { "-u" })
+        .arg(mountpoint)
+        .stdin(std::process::Stdio::null())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("fusermount3 -u: {status}")))
     }
 }
 
@@ -796,7 +843,7 @@ pub fn serve(
                     }
                 }
                 tracing::info!("{sig:?}: unmounting");
-                sig_unmounter.unmount();
+                sig_unmounter.unmount_for_signal();
                 break;
             }
         })

@@ -232,3 +232,47 @@ fn notify_then_sigterm(options: &str) {
     assert_eq!(read_all(&backing.join("f")), b"data");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM while a program still holds a file on the mount (systemd stopping lossfs before
+/// the broker): the daemon detaches the busy mount after its retries instead of giving up,
+/// and exits once the last file is closed.
+#[test]
+fn sigterm_on_a_busy_mount_detaches_it_and_exits_when_it_is_released() {
+    check_preconditions();
+    let dir = unique_tmp_dir("pkg-busy");
+    let (backing, mnt) = (dir.join("backing"), dir.join("mnt"));
+    fs::create_dir(&backing).expect("mkdir");
+    fs::create_dir(&mnt).expect("mkdir");
+    let mut g = ChildGuard(
+        Command::new(lossfs_bin())
+            .arg("-f")
+            .arg(&backing)
+            .arg(&mnt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn lossfs"),
+    );
+    let deadline = std::time::Instant::now() + MOUNT_TIMEOUT;
+    while !is_lossfs_mounted(&mnt) {
+        assert!(std::time::Instant::now() < deadline, "lossfs did not mount");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let held = fs::File::create(mnt.join("held")).expect("create through the mount");
+    // SAFETY: kill(2) of our own unreaped child.
+    unsafe { libc::kill(g.0.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while is_mounted(&mnt) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a busy mount was neither unmounted nor detached within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+    let st = wait_bounded(&mut g.0, Duration::from_secs(20))
+        .expect("lossfs exits once the detached mount is released");
+    assert!(st.success(), "lossfs exit after SIGTERM: {st:?}");
+    let _ = fs::remove_dir_all(&dir);
+}
