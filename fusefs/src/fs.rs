@@ -781,7 +781,8 @@ impl LossFs {
         if f.sync_writes {
             // SAFETY: valid fd.
             cvt(unsafe { libc::fdatasync(f.file.as_raw_fd()) }).ctx("O_SYNC write")?;
-            g.mark_durable().ctx("journal sync")?;
+            g.mark_durable_and_reserve(f.file.as_fd())
+                .ctx("journal sync")?;
             drop(g);
             self.namespace_file_synced()?;
         }
@@ -802,7 +803,8 @@ impl LossFs {
         let f = self.file(fh)?;
         let mut g = self.journal.lock(f.inode.key, &f.inode.handle);
         sync_fd(f.file.as_fd(), datasync).ctx("fsync")?;
-        g.mark_durable().ctx("journal sync")?;
+        g.mark_durable_and_reserve(f.file.as_fd())
+            .ctx("journal sync")?;
         // Released first: a namespace commit may drop a deleted file's journal state.
         drop(g);
         self.namespace_file_synced()
@@ -855,8 +857,13 @@ impl LossFs {
                 flags,
             )
         })
-        .ctx("copy_file_range")?;
-        Ok(n as usize)
+        .ctx("copy_file_range");
+        // A short copy (the source ends first) leaves the file smaller than announced; the
+        // journal's idea of the size must follow (it becomes the next durable size).
+        if !matches!(n, Ok(n) if n as u64 == len) {
+            g.after_short_write(fout.file.as_fd());
+        }
+        Ok(n? as usize)
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {

@@ -9,7 +9,10 @@
 //!
 //! - `H 1`: header, first line of every log (format version).
 //! - `F id dev ino durable_size handle`: a file entered a sync epoch; until its `S`, a rollback
-//!   truncates it to durable_size.  Written before the first change of the epoch.
+//!   truncates it to durable_size.  Written before the first change of the epoch, or ahead of
+//!   it, in the same write(2) as the `S` that ended the file's previous epoch (a *reserved*
+//!   epoch, see [`Log::end_epoch`]), then tagged `R` instead of `F`: an `R` file found with its
+//!   durable size and no pre-image was not changed since, and a replay does not report it.
 //! - `P id start len undo_off`: bytes `[start, start+len)` of file `id` had, when it was last
 //!   durable, the content stored at `undo_off` of `undo/<id>`.  Written after that data and
 //!   before the change it protects.
@@ -38,6 +41,19 @@ const COMPACT_MIN: u64 = 1 << 20;
 /// Op records wait in memory until this many bytes are pending (or another record is
 /// written): about a thousand small writes per write(2) of the log, in bounded memory.
 const PENDING_MAX: usize = 64 << 10;
+/// Most files with an epoch reserved at once; the oldest reservation is retired for a new one.
+pub(crate) const MAX_RESERVED: usize = 64;
+
+/// An epoch registered in the log ahead of the file's next change (its `F` record is
+/// written), so that change costs no log write and no fstat.
+#[derive(Clone, Debug)]
+pub(crate) struct Reserved {
+    pub id: u64,
+    pub durable_size: u64,
+    pub handle: FileHandle,
+    /// Age, for retiring the oldest reservation.
+    seq: u64,
+}
 
 /// One pre-image: bytes `[start, start+len)` of a file, saved at `undo_off` of its undo file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,12 +71,23 @@ pub(crate) struct LiveFile {
     pub ino: u64,
     pub durable_size: u64,
     pub extents: Vec<Extent>,
+    /// Entered by a reservation (`R`): if the file is as it was (same size, no pre-image),
+    /// its epoch never started and a replay has nothing to report.
+    pub reserved: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Record {
     Header,
     File {
+        id: u64,
+        dev: u64,
+        ino: u64,
+        durable_size: u64,
+        handle: FileHandle,
+    },
+    /// Same fields as `File`, for an epoch reserved ahead of the file's next change.
+    Reserved {
         id: u64,
         dev: u64,
         ino: u64,
@@ -97,6 +124,13 @@ impl Record {
                 durable_size,
                 handle,
             } => format!("F {id} {dev} {ino} {durable_size} {}", handle.to_text()),
+            Record::Reserved {
+                id,
+                dev,
+                ino,
+                durable_size,
+                handle,
+            } => format!("R {id} {dev} {ino} {durable_size} {}", handle.to_text()),
             Record::PreImage { id, extent } => {
                 format!("P {id} {} {} {}", extent.start, extent.len, extent.undo_off)
             }
@@ -132,18 +166,28 @@ impl Record {
                 }
                 Record::Header
             }
-            "F" => {
+            "F" | "R" => {
                 let id = num()?;
                 let dev = num()?;
                 let ino = num()?;
                 let durable_size = num()?;
                 let handle = FileHandle::from_text(it.next().ok_or(())?).ok_or(())?;
-                Record::File {
-                    id,
-                    dev,
-                    ino,
-                    durable_size,
-                    handle,
+                if tag == "R" {
+                    Record::Reserved {
+                        id,
+                        dev,
+                        ino,
+                        durable_size,
+                        handle,
+                    }
+                } else {
+                    Record::File {
+                        id,
+                        dev,
+                        ino,
+                        durable_size,
+                        handle,
+                    }
                 }
             }
             "P" => {
@@ -194,6 +238,13 @@ fn apply(live: &mut BTreeMap<u64, LiveFile>, rec: &Record) {
             ino,
             durable_size,
             handle,
+        }
+        | Record::Reserved {
+            id,
+            dev,
+            ino,
+            durable_size,
+            handle,
         } => {
             live.insert(
                 *id,
@@ -203,6 +254,7 @@ fn apply(live: &mut BTreeMap<u64, LiveFile>, rec: &Record) {
                     ino: *ino,
                     durable_size: *durable_size,
                     extents: Vec::new(),
+                    reserved: matches!(rec, Record::Reserved { .. }),
                 },
             );
         }
@@ -297,6 +349,9 @@ pub(crate) struct Log {
     /// Set when op records were dropped (a failed write of the log): `--keep prefix` cannot
     /// be trusted until the next reset.
     ops_lost: bool,
+    /// Reserved epochs by (dev, ino); each one's `F` record is live in the log.
+    reserved: HashMap<(u64, u64), Reserved>,
+    reserve_seq: u64,
 }
 
 fn open_log(path: &Path) -> io::Result<File> {
@@ -339,6 +394,8 @@ impl Log {
             pending: String::new(),
             scratch: String::new(),
             ops_lost: false,
+            reserved: HashMap::new(),
+            reserve_seq: 0,
         };
         Ok((log, live))
     }
@@ -353,19 +410,27 @@ impl Log {
         self.compact_at = COMPACT_MIN;
         self.pending.clear();
         self.ops_lost = false;
+        self.reserved.clear();
         Ok(())
     }
 
     /// Writes one record (with one write(2)) and mirrors it.  On failure the log is cut back
     /// so that a torn record never hides the ones written after it.
     pub fn append(&mut self, rec: &Record) -> io::Result<()> {
+        self.append_all(std::slice::from_ref(rec))
+    }
+
+    /// Writes records in one write(2), in order, and mirrors them.
+    fn append_all(&mut self, recs: &[Record]) -> io::Result<()> {
         self.buf.clear();
         if self.len == 0 {
             Record::Header.encode_into(&mut self.buf);
         }
         // Pending op records go first, in the same write(2): they happened before.
         self.buf.push_str(&self.pending);
-        rec.encode_into(&mut self.buf);
+        for rec in recs {
+            rec.encode_into(&mut self.buf);
+        }
         if let Err(e) = self.file.write_all_at(self.buf.as_bytes(), self.len) {
             // Best effort: if even this fails the crc still rejects the torn record.
             let _ = self.file.set_len(self.len);
@@ -373,8 +438,83 @@ impl Log {
         }
         self.len += self.buf.len() as u64;
         self.pending.clear();
-        apply(&mut self.live, rec);
+        for rec in recs {
+            apply(&mut self.live, rec);
+        }
         Ok(())
+    }
+
+    /// Ends epoch `id` of file (dev, ino) (its `S` record) and, with `next`, reserves the
+    /// file's next epoch in the same write(2): a program that writes and fsyncs in a loop
+    /// then costs one log write per cycle instead of two and an fstat.  Makes room by
+    /// retiring the oldest reservation when [`MAX_RESERVED`] are held.
+    pub fn end_epoch(
+        &mut self,
+        id: u64,
+        dev: u64,
+        ino: u64,
+        next: Option<(u64, u64, FileHandle)>,
+    ) -> io::Result<()> {
+        let key = (dev, ino);
+        let mut recs = vec![Record::Durable { id }];
+        let mut retire = Vec::new();
+        // Never two epochs of one file live: a stale reservation goes first.
+        if let Some(old) = self.reserved.get(&key) {
+            recs.push(Record::Durable { id: old.id });
+            retire.push(key);
+        }
+        if next.is_some() && self.reserved.len() - retire.len() >= MAX_RESERVED {
+            if let Some((&k, old)) = self
+                .reserved
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .min_by_key(|(_, r)| r.seq)
+            {
+                recs.push(Record::Durable { id: old.id });
+                retire.push(k);
+            }
+        }
+        if let Some((next_id, durable_size, handle)) = &next {
+            recs.push(Record::Reserved {
+                id: *next_id,
+                dev,
+                ino,
+                durable_size: *durable_size,
+                handle: handle.clone(),
+            });
+        }
+        self.append_all(&recs)?;
+        for k in retire {
+            self.reserved.remove(&k);
+        }
+        if let Some((id, durable_size, handle)) = next {
+            self.reserve_seq += 1;
+            self.reserved.insert(
+                key,
+                Reserved {
+                    id,
+                    durable_size,
+                    handle,
+                    seq: self.reserve_seq,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Takes the epoch reserved for file (dev, ino), if any.  The caller starts it, or
+    /// retires it with an `S` record when it belongs to another file (a reused inode).
+    pub fn take_reserved(&mut self, dev: u64, ino: u64) -> Option<Reserved> {
+        if self.reserved.is_empty() {
+            return None;
+        }
+        self.reserved.remove(&(dev, ino))
+    }
+
+    /// Reserved epochs held (for tests).
+    #[cfg(test)]
+    pub fn reserved_count(&self) -> usize {
+        self.reserved.len()
     }
 
     /// Records one unsynced operation of file `id` (its `B` pre-images, then its `O`) in the
@@ -510,12 +650,23 @@ impl Log {
         let mut text = String::new();
         Record::Header.encode_into(&mut text);
         for (&id, f) in &self.live {
-            Record::File {
-                id,
-                dev: f.dev,
-                ino: f.ino,
-                durable_size: f.durable_size,
-                handle: f.handle.clone(),
+            let (dev, ino, durable_size, handle) = (f.dev, f.ino, f.durable_size, f.handle.clone());
+            if f.reserved {
+                Record::Reserved {
+                    id,
+                    dev,
+                    ino,
+                    durable_size,
+                    handle,
+                }
+            } else {
+                Record::File {
+                    id,
+                    dev,
+                    ino,
+                    durable_size,
+                    handle,
+                }
             }
             .encode_into(&mut text);
             for extent in &f.extents {

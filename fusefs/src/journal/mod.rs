@@ -206,18 +206,16 @@ impl Journal {
         let report = if live.is_empty() {
             None
         } else {
-            tracing::warn!(
-                files = live.len(),
-                rollback,
-                "journal: found an unclean journal left by a killed lossfs"
-            );
-            Some(replay(
-                backing_root.as_fd(),
-                &root_path,
-                &undo_dir,
-                &live,
-                rollback,
-            )?)
+            let files = replay(backing_root.as_fd(), &root_path, &undo_dir, &live, rollback)?;
+            // Only reserved epochs of files left as they were: the journal was clean.
+            (!files.is_empty()).then(|| {
+                tracing::warn!(
+                    files = files.len(),
+                    rollback,
+                    "journal: found an unclean journal left by a killed lossfs"
+                );
+                files
+            })
         };
         // Only now, with every file restored or synced, may the records go: a daemon killed
         // during the replay replays again.
@@ -281,7 +279,7 @@ impl Journal {
         };
         if let Some(old) = retired {
             // Nothing of it can be restored any more: retire its records and undo data.
-            if let Err(e) = self.acquire(key, old).mark_durable() {
+            if let Err(e) = self.acquire(key, old).end_epoch(None) {
                 tracing::warn!(ino = key.ino, error = %e, "retiring a reused inode's journal state");
             }
         }
@@ -479,6 +477,7 @@ impl Journal {
                         ino: key.ino,
                         durable_size: t.durable_size,
                         extents: Vec::new(),
+                        reserved: false,
                     };
                     &fallback
                 }
@@ -567,8 +566,12 @@ fn replay(
 ) -> io::Result<Vec<FileLoss>> {
     let mut out = Vec::new();
     for (&id, f) in live {
+        // An epoch reserved at the file's last fsync and never started (or started by a
+        // change that failed) describes a file that is its durable self: nothing to report.
+        let untouched = |size: u64| f.reserved && f.extents.is_empty() && size == f.durable_size;
         let loss = if rollback {
             match restore(root, root_path, undo_dir, id, f) {
+                Ok(r) if untouched(r.size_before) => None,
                 Ok(r) => {
                     // Dirty ranges were never logged (that would cost a write per write):
                     // what was lost is at most the pre-imaged pages and the growth.
@@ -577,22 +580,31 @@ fn replay(
                         lost.insert(x.start, x.start + x.len);
                     }
                     lost.insert(f.durable_size, r.size_before);
-                    restored(r, f.durable_size, &lost)
+                    Some(restored(r, f.durable_size, &lost))
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ESTALE) => unrestorable(f, e),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => unrestorable(f, e),
+                Err(e) if f.reserved && f.extents.is_empty() && is_gone(&e) => {
+                    // Deleted since: none of its bytes can be read back, none is restored.
+                    tracing::debug!(ino = f.ino, error = %e, "journal replay: file is gone");
+                    None
+                }
+                Err(e) if is_gone(&e) => Some(unrestorable(f, e)),
                 // Anything else (EIO, ENOSPC...) must stop the mount: the records stay and
                 // the next attempt replays them again.
                 Err(e) => return Err(e),
             }
         } else {
-            keep(root, root_path, f)?
+            keep(root, root_path, f)?.filter(|k| !untouched(k.size_before))
         };
-        out.push(loss);
+        out.extend(loss);
         crate::pause::point("replay-after-file");
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+/// The file a record names no longer exists.
+fn is_gone(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ESTALE) || e.kind() == io::ErrorKind::NotFound
 }
 
 fn unrestorable(f: &LiveFile, e: io::Error) -> FileLoss {
@@ -609,22 +621,24 @@ fn unrestorable(f: &LiveFile, e: io::Error) -> FileLoss {
 }
 
 /// Replay without rollback: the current content becomes durable.
-fn keep(root: BorrowedFd<'_>, root_path: &Path, f: &LiveFile) -> io::Result<FileLoss> {
+fn keep(root: BorrowedFd<'_>, root_path: &Path, f: &LiveFile) -> io::Result<Option<FileLoss>> {
     let fd = match f.handle.open(root, libc::O_RDONLY) {
         Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ESTALE) => return Ok(unrestorable(f, e)),
+        Err(e) if e.raw_os_error() == Some(libc::ESTALE) => {
+            return Ok((!f.reserved || !f.extents.is_empty()).then(|| unrestorable(f, e)))
+        }
         Err(e) => return Err(ctx(e, format!("opening inode {} to sync it", f.ino))),
     };
     let path = path_of(fd.as_fd(), root_path);
     let name = || path.clone().unwrap_or_else(|| format!("inode {}", f.ino));
     let size = size_of(fd.as_fd()).map_err(|e| ctx(e, format!("fstat of {}", name())))?;
     nix::unistd::fsync(&fd).map_err(|e| ctx(e.into(), format!("fsync of {}", name())))?;
-    Ok(FileLoss {
+    Ok(Some(FileLoss {
         path,
         size_before: size,
         size_after: size,
         ..Default::default()
-    })
+    }))
 }
 
 /// Exclusive access to one file's durability state.  Dropping it lets the next writer of
@@ -642,23 +656,42 @@ fn warn_err(key: FileKey, op: &str, e: io::Error) -> io::Error {
 }
 
 impl FileGuard<'_> {
-    /// Starts the file's epoch on its first change: one fstat and one log write.
+    /// Starts the file's epoch on its first change: the epoch reserved when the file was
+    /// last made durable, or else one fstat and one log write.
     fn tracked<'s>(
         &self,
         st: &'s mut SlotState,
         file: BorrowedFd<'_>,
     ) -> io::Result<&'s mut Tracked> {
         if st.tracked.is_none() {
-            let stat = nix::sys::stat::fstat(file)?;
-            let id = self.journal.next_id.fetch_add(1, Ordering::Relaxed);
-            let durable_size = stat.st_size as u64;
-            self.journal.log.lock().append(&Record::File {
-                id,
-                dev: stat.st_dev,
-                ino: stat.st_ino,
-                durable_size,
-                handle: st.handle.clone(),
-            })?;
+            let reserved = {
+                let mut log = self.journal.log.lock();
+                match log.take_reserved(self.key.dev, self.key.ino) {
+                    Some(r) if r.handle == st.handle => Some(r),
+                    Some(stale) => {
+                        // Reserved for a file that had this inode number before.
+                        log.append(&Record::Durable { id: stale.id })?;
+                        None
+                    }
+                    None => None,
+                }
+            };
+            let (id, durable_size) = match reserved {
+                Some(r) => (r.id, r.durable_size),
+                None => {
+                    let stat = nix::sys::stat::fstat(file)?;
+                    let id = self.journal.next_id.fetch_add(1, Ordering::Relaxed);
+                    let durable_size = stat.st_size as u64;
+                    self.journal.log.lock().append(&Record::File {
+                        id,
+                        dev: stat.st_dev,
+                        ino: stat.st_ino,
+                        durable_size,
+                        handle: st.handle.clone(),
+                    })?;
+                    (id, durable_size)
+                }
+            };
             st.tracked = Some(Tracked {
                 id,
                 durable_size,
@@ -890,14 +923,41 @@ impl FileGuard<'_> {
     /// write slips in between): everything in the file is durable now.  The file's records
     /// are retired and its undo data deleted.
     pub fn mark_durable(&mut self) -> io::Result<()> {
+        self.end_epoch(None)
+    }
+
+    /// [`FileGuard::mark_durable`] for the fsync of an open file (`file`): also registers
+    /// the file's next epoch, in the same log write, so that the next change of a file
+    /// written and fsynced in a loop costs no log write and no fstat.
+    pub fn mark_durable_and_reserve(&mut self, file: BorrowedFd<'_>) -> io::Result<()> {
+        self.end_epoch(Some(file))
+    }
+
+    /// Ends the file's epoch; with `file`, reserves its next one, starting at the size the
+    /// file has now.
+    fn end_epoch(&mut self, file: Option<BorrowedFd<'_>>) -> io::Result<()> {
         let mut st = self.slot.state.lock();
+        if st.tracked.is_none() {
+            return Ok(());
+        }
+        // Read before taking anything: one fstat per fsync replaces the fstat and the log
+        // write the next change would cost.  A file that is not ours after all (it cannot
+        // be, short of a bug) gets no reservation.
+        let reserve_size = file
+            .and_then(|f| nix::sys::stat::fstat(f).ok())
+            .filter(|s| s.st_dev == self.key.dev && s.st_ino == self.key.ino)
+            .map(|s| s.st_size as u64);
         let Some(t) = st.tracked.take() else {
             return Ok(());
         };
         crate::pause::point("durable-before-record");
         {
             let mut log = self.journal.log.lock();
-            if let Err(e) = log.append(&Record::Durable { id: t.id }) {
+            let next = reserve_size.map(|size| {
+                let id = self.journal.next_id.fetch_add(1, Ordering::Relaxed);
+                (id, size, st.handle.clone())
+            });
+            if let Err(e) = log.end_epoch(t.id, self.key.dev, self.key.ino, next) {
                 // Still described by the log: keep tracking so memory and disk agree.
                 st.tracked = Some(t);
                 return Err(warn_err(self.key, "fsync", e));
@@ -943,6 +1003,7 @@ impl FileGuard<'_> {
             ino: self.key.ino,
             durable_size: t.durable_size,
             extents: Vec::new(),
+            reserved: false,
         });
         let restored = restore(
             self.journal.root.as_fd(),

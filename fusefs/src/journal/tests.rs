@@ -112,6 +112,13 @@ impl TFile {
         g.mark_durable().unwrap();
     }
 
+    /// fsync as the FUSE fsync does it: the next epoch is reserved.
+    pub(super) fn fsync_reserving(&self, j: &Journal) {
+        let mut g = j.lock(self.key, &self.handle);
+        self.file.sync_all().unwrap();
+        g.mark_durable_and_reserve(self.file.as_fd()).unwrap();
+    }
+
     pub(super) fn content(&self) -> Vec<u8> {
         let len = self.file.metadata().unwrap().len() as usize;
         let mut buf = vec![0u8; len];
@@ -398,8 +405,12 @@ fn run_model(seed: u64, steps: usize) {
                     }
                 }
             }
-            72..=81 => {
+            72..=76 => {
                 f.fsync(&j);
+                durable[i] = current[i].clone();
+            }
+            77..=81 => {
+                f.fsync_reserving(&j);
                 durable[i] = current[i].clone();
             }
             82..=83 => {
@@ -861,4 +872,132 @@ fn discard_unsynced_restores_the_file_at_once_and_forgets_it() {
     drop(j);
     let (_j, recovered) = d.open(true);
     assert!(recovered.is_none_or(|r| r.iter().all(|l| l.lost_bytes == 0)));
+}
+
+#[test]
+fn a_reserved_epoch_makes_the_next_change_free_and_rolls_back_to_the_fsynced_state() {
+    let d = Dirs::new("reserve");
+    let (j, _) = d.open(true);
+    let f = TFile::create(&d, "wal", &pattern(5000, 1));
+    f.write(&j, 5000, &[7; 4096]);
+    f.fsync_reserving(&j);
+    let synced = f.content();
+    {
+        let log = j.log.lock();
+        let live: Vec<_> = log.live().values().cloned().collect();
+        assert_eq!(
+            live.len(),
+            1,
+            "exactly the reserved epoch is live: {live:?}"
+        );
+        assert_eq!(live[0].durable_size, synced.len() as u64);
+        assert!(live[0].extents.is_empty());
+        assert_eq!(log.reserved_count(), 1);
+    }
+    assert_eq!(j.files.lock().len(), 0, "the clean file is still forgotten");
+    let len = j.log.lock().len();
+    f.write(&j, 9096, &[8; 4096]);
+    assert_eq!(
+        j.log.lock().len(),
+        len,
+        "starting a reserved epoch must not write the log"
+    );
+    assert_eq!(
+        j.log.lock().reserved_count(),
+        0,
+        "the reservation is used up"
+    );
+    let losses = j.rollback_all().unwrap();
+    assert_eq!(f.content(), synced, "rolled back to the fsynced content");
+    assert_eq!(losses.len(), 1);
+    assert_eq!(losses[0].lost_bytes, 4096);
+}
+
+#[test]
+fn a_killed_journal_holding_only_reserved_epochs_is_clean_and_a_started_one_rolls_back() {
+    let d = Dirs::new("reserve-kill");
+    let (j, _) = d.open(true);
+    let f = TFile::create(&d, "wal", &pattern(3000, 2));
+    f.write(&j, 3000, &[1; 100]);
+    f.fsync_reserving(&j);
+    let synced = f.content();
+    drop(j); // the daemon is killed
+    let (j, report) = d.open(true);
+    assert_eq!(
+        report, None,
+        "an untouched reserved epoch is nothing to replay"
+    );
+    assert_eq!(f.content(), synced);
+
+    f.write(&j, 10, &[9; 20]);
+    f.write(&j, 3100, &[2; 50]);
+    f.fsync_reserving(&j);
+    let synced = f.content();
+    f.write(&j, 3150, &[3; 70]);
+    drop(j);
+    let (_j, report) = d.open(true);
+    let report = report.expect("a started reserved epoch is replayed");
+    assert_eq!(report.len(), 1);
+    assert_eq!(report[0].size_after, synced.len() as u64);
+    assert_eq!(f.content(), synced, "rolled back to the last fsync");
+}
+
+#[test]
+fn reservations_are_bounded_and_the_oldest_is_retired() {
+    use super::log::MAX_RESERVED;
+    let d = Dirs::new("reserve-many");
+    let (j, _) = d.open(true);
+    let files: Vec<TFile> = (0..MAX_RESERVED + 5)
+        .map(|i| TFile::create(&d, &format!("f{i}"), &pattern(100, i as u64)))
+        .collect();
+    for f in &files {
+        f.write(&j, 100, &[1; 10]);
+        f.fsync_reserving(&j);
+    }
+    {
+        let log = j.log.lock();
+        assert_eq!(log.reserved_count(), MAX_RESERVED);
+        assert_eq!(
+            log.live().len(),
+            MAX_RESERVED,
+            "retired reservations are not live"
+        );
+    }
+    // The first files lost their reservation: their next change starts an epoch the
+    // ordinary way, and a cut still restores every file.
+    for f in &files {
+        f.write(&j, 0, &[5; 3]);
+    }
+    j.rollback_all().unwrap();
+    for (i, f) in files.iter().enumerate() {
+        let mut want = pattern(100, i as u64);
+        want.extend_from_slice(&[1; 10]);
+        assert_eq!(f.content(), want, "file {i}");
+    }
+}
+
+#[test]
+fn a_reservation_left_by_another_file_is_retired_not_used() {
+    let d = Dirs::new("reserve-stale");
+    let (j, _) = d.open(true);
+    let a = TFile::create(&d, "a", &pattern(200, 3));
+    let b = TFile::create(&d, "b", &pattern(300, 4));
+    a.write(&j, 200, &[1; 10]);
+    a.fsync_reserving(&j);
+    // The same (dev, ino) with another handle: what a reused inode number looks like.
+    let impostor = TFile {
+        key: a.key,
+        handle: b.handle.clone(),
+        file: a.file.try_clone().unwrap(),
+    };
+    impostor.write(&j, 0, &[9; 5]);
+    let log = j.log.lock();
+    assert_eq!(log.reserved_count(), 0);
+    let live: Vec<_> = log.live().values().cloned().collect();
+    assert_eq!(live.len(), 1, "the stale reservation is retired: {live:?}");
+    assert_eq!(
+        live[0].handle, b.handle,
+        "a fresh epoch, with the new handle"
+    );
+    assert_eq!(live[0].durable_size, 210, "its size read from the file");
 }
