@@ -765,15 +765,10 @@ pub fn serve(
     if opts.allow_other {
         config.acl = SessionACL::All;
     }
-    let threads = opts.threads.unwrap_or(8);
-    config.n_threads = Some(threads);
+    config.n_threads = Some(opts.threads.unwrap_or(8));
     config.clone_fd = true;
-    let adapter = FuseAdapter {
-        fs: fs.clone(),
-        gate: (threads > 1).then(crate::readgate::ReadGate::new),
-    };
 
-    let mut session = fuser::Session::new(adapter, &mountpoint, &config)
+    let mut session = fuser::Session::new(FuseAdapter { fs: fs.clone() }, &mountpoint, &config)
         .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
     let daemon = Arc::new(Daemon {
         fs: fs.clone(),

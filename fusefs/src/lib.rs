@@ -31,7 +31,6 @@ pub mod prng;
 pub mod procscan;
 pub mod rangeset;
 pub mod readahead;
-pub mod readgate;
 pub mod report;
 pub mod run;
 pub mod writeback;
