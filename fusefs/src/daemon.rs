@@ -765,10 +765,15 @@ pub fn serve(
     if opts.allow_other {
         config.acl = SessionACL::All;
     }
-    config.n_threads = Some(opts.threads.unwrap_or(8));
+    let threads = opts.threads.unwrap_or(8);
+    config.n_threads = Some(threads);
     config.clone_fd = true;
+    let adapter = FuseAdapter {
+        fs: fs.clone(),
+        gate: (threads > 1).then(|| crate::readgate::ReadGate::new(threads)),
+    };
 
-    let mut session = fuser::Session::new(FuseAdapter { fs: fs.clone() }, &mountpoint, &config)
+    let mut session = fuser::Session::new(adapter, &mountpoint, &config)
         .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
     let daemon = Arc::new(Daemon {
         fs: fs.clone(),

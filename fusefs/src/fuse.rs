@@ -6,6 +6,7 @@ use crate::faults::hook::{guarded, guarded_sync, Call, Target};
 use crate::faults::spec::Op;
 use crate::fs::{Caller, DirPlusSink, DirSink, LossFs, SetAttr, SetTime};
 use crate::inode::Inode;
+use crate::readgate::{Kind, ReadGate, Turn};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
@@ -30,6 +31,28 @@ const MAX_WRITE: u32 = 1 << 20;
 
 pub struct FuseAdapter {
     pub fs: Arc<LossFs>,
+    /// Turn-taking of the FUSE threads while fsyncs go on; `None` with one thread.
+    pub gate: Option<ReadGate>,
+}
+
+impl FuseAdapter {
+    /// The fault engine's view of a request, and its pass through the read gate (held
+    /// until the handler returns, i.e. after the reply).
+    fn call<'a>(&self, op: Op, req: &Request, target: Target<'a>) -> (Call<'a>, Option<Turn<'_>>) {
+        let kind = match op {
+            Op::Fsync | Op::Fdatasync | Op::Fsyncdir => Kind::Sync,
+            _ => Kind::Other,
+        };
+        let turn = self.gate.as_ref().map(|g| g.enter(kind, req.pid()));
+        (
+            Call {
+                op,
+                pid: req.pid(),
+                target,
+            },
+            turn,
+        )
+    }
 }
 
 fn caller(req: &Request) -> Caller {
@@ -37,14 +60,6 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
-    }
-}
-
-fn call<'a>(op: Op, req: &Request, target: Target<'a>) -> Call<'a> {
-    Call {
-        op,
-        pid: req.pid(),
-        target,
     }
 }
 
@@ -213,7 +228,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let c = call(Op::Lookup, req, Target::Name(parent.0, name));
+        let (c, _turn) = self.call(Op::Lookup, req, Target::Name(parent.0, name));
         entry(
             reply,
             guarded(&self.fs, c, || self.fs.lookup(parent.0, name)),
@@ -225,7 +240,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let c = call(Op::Getattr, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Getattr, req, Target::Node(ino.0));
         match guarded(&self.fs, c, || self.fs.getattr(ino.0)) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => reply.error(errno(&e)),
@@ -255,7 +270,7 @@ impl Filesystem for FuseAdapter {
         } else {
             Op::Setattr
         };
-        let c = call(op, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(op, req, Target::Node(ino.0));
         let a = SetAttr {
             mode,
             uid,
@@ -271,7 +286,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        let c = call(Op::Readlink, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Readlink, req, Target::Node(ino.0));
         match guarded(&self.fs, c, || self.fs.readlink(ino.0)) {
             Ok(v) => reply.data(&v),
             Err(e) => reply.error(errno(&e)),
@@ -288,7 +303,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let c = call(Op::Mknod, req, Target::Name(parent.0, name));
+        let (c, _turn) = self.call(Op::Mknod, req, Target::Name(parent.0, name));
         entry(
             reply,
             guarded(&self.fs, c, || {
@@ -306,7 +321,7 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let c = call(Op::Mkdir, req, Target::Name(parent.0, name));
+        let (c, _turn) = self.call(Op::Mkdir, req, Target::Name(parent.0, name));
         entry(
             reply,
             guarded(&self.fs, c, || {
@@ -316,7 +331,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let c = call(Op::Unlink, req, Target::Name(parent.0, name));
+        let (c, _turn) = self.call(Op::Unlink, req, Target::Name(parent.0, name));
         empty(
             reply,
             guarded(&self.fs, c, || self.fs.unlink(parent.0, name)),
@@ -324,7 +339,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let c = call(Op::Rmdir, req, Target::Name(parent.0, name));
+        let (c, _turn) = self.call(Op::Rmdir, req, Target::Name(parent.0, name));
         empty(
             reply,
             guarded(&self.fs, c, || self.fs.rmdir(parent.0, name)),
@@ -339,7 +354,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let c = call(Op::Symlink, req, Target::Name(parent.0, link_name));
+        let (c, _turn) = self.call(Op::Symlink, req, Target::Name(parent.0, link_name));
         entry(
             reply,
             guarded(&self.fs, c, || {
@@ -359,7 +374,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let c = call(
+        let (c, _turn) = self.call(
             Op::Rename,
             req,
             Target::Rename {
@@ -387,7 +402,7 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let c = call(Op::Link, req, Target::Name(newparent.0, newname));
+        let (c, _turn) = self.call(Op::Link, req, Target::Name(newparent.0, newname));
         entry(
             reply,
             guarded(&self.fs, c, || self.fs.link(ino.0, newparent.0, newname)),
@@ -395,7 +410,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let c = call(Op::Open, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Open, req, Target::Node(ino.0));
         match guarded(&self.fs, c, || self.fs.open(ino.0, flags.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -413,7 +428,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let c = call(Op::Read, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Read, req, Target::Node(ino.0));
         READ_BUF.with(|b| {
             let mut buf = b.borrow_mut();
             match guarded(&self.fs, c, || self.fs.read(fh.0, offset, size, &mut buf)) {
@@ -442,7 +457,7 @@ impl Filesystem for FuseAdapter {
             len: data.len() as u64,
             frees: false,
         };
-        let c = call(Op::Write, req, target);
+        let (c, _turn) = self.call(Op::Write, req, target);
         match guarded(&self.fs, c, || self.fs.write(fh.0, offset, data, kill)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
@@ -457,7 +472,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let c = call(Op::Flush, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Flush, req, Target::Node(ino.0));
         empty(reply, guarded(&self.fs, c, || self.fs.flush(fh.0)));
     }
 
@@ -484,7 +499,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let op = if datasync { Op::Fdatasync } else { Op::Fsync };
-        let c = call(op, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(op, req, Target::Node(ino.0));
         empty(
             reply,
             guarded_sync(&self.fs, c, || self.fs.fsync(fh.0, datasync)),
@@ -492,7 +507,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let c = call(Op::Opendir, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Opendir, req, Target::Node(ino.0));
         match guarded(&self.fs, c, || self.fs.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -507,7 +522,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let c = call(Op::Readdir, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Readdir, req, Target::Node(ino.0));
         let r = guarded(&self.fs, c, || {
             self.fs.readdir(fh.0, offset as i64, &mut Plain(&mut reply))
         });
@@ -525,7 +540,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let c = call(Op::Readdir, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Readdir, req, Target::Node(ino.0));
         let r = guarded(&self.fs, c, || {
             self.fs
                 .readdirplus(fh.0, offset as i64, &mut Plus(&mut reply))
@@ -556,7 +571,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let c = call(Op::Fsyncdir, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Fsyncdir, req, Target::Node(ino.0));
         empty(
             reply,
             guarded_sync(&self.fs, c, || self.fs.fsyncdir(fh.0, datasync)),
@@ -564,7 +579,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let c = call(Op::Statfs, req, Target::None);
+        let (c, _turn) = self.call(Op::Statfs, req, Target::None);
         match guarded(&self.fs, c, || self.fs.statfs()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -590,7 +605,7 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let c = call(Op::Setxattr, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Setxattr, req, Target::Node(ino.0));
         empty(
             reply,
             guarded(&self.fs, c, || self.fs.setxattr(ino.0, name, value, flags)),
@@ -598,19 +613,19 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let c = call(Op::Getxattr, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Getxattr, req, Target::Node(ino.0));
         let r = guarded(&self.fs, c, || self.fs.getxattr(ino.0, name, size));
         xattr_reply(reply, size, r);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let c = call(Op::Listxattr, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Listxattr, req, Target::Node(ino.0));
         let r = guarded(&self.fs, c, || self.fs.listxattr(ino.0, size));
         xattr_reply(reply, size, r);
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let c = call(Op::Removexattr, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Removexattr, req, Target::Node(ino.0));
         empty(
             reply,
             guarded(&self.fs, c, || self.fs.removexattr(ino.0, name)),
@@ -618,7 +633,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let c = call(Op::Access, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Access, req, Target::Node(ino.0));
         empty(
             reply,
             guarded(&self.fs, c, || {
@@ -637,7 +652,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let c = call(Op::Create, req, Target::Name(parent.0, name));
+        let (c, _turn) = self.call(Op::Create, req, Target::Name(parent.0, name));
         match guarded(&self.fs, c, || {
             self.fs.create(parent.0, name, mode, flags, caller(req))
         }) {
@@ -668,7 +683,7 @@ impl Filesystem for FuseAdapter {
             len: length,
             frees: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
         };
-        let c = call(Op::Fallocate, req, target);
+        let (c, _turn) = self.call(Op::Fallocate, req, target);
         empty(
             reply,
             guarded(&self.fs, c, || {
@@ -686,7 +701,7 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let c = call(Op::Lseek, req, Target::Node(ino.0));
+        let (c, _turn) = self.call(Op::Lseek, req, Target::Node(ino.0));
         match guarded(&self.fs, c, || self.fs.lseek(fh.0, offset, whence)) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(&e)),
@@ -712,7 +727,7 @@ impl Filesystem for FuseAdapter {
             len,
             frees: false,
         };
-        let c = call(Op::CopyFileRange, req, target);
+        let (c, _turn) = self.call(Op::CopyFileRange, req, target);
         let r = guarded(&self.fs, c, || {
             self.fs.copy_file_range(
                 fh_in.0,

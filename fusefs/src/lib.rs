@@ -31,6 +31,7 @@ pub mod prng;
 pub mod procscan;
 pub mod rangeset;
 pub mod readahead;
+pub mod readgate;
 pub mod report;
 pub mod run;
 pub mod writeback;
