@@ -6,7 +6,7 @@
 //! power cut keeps, [`writeback`] makes old data durable on its own); [`namespace`] undoes
 //! uncommitted name changes; [`inode`] maps FUSE inodes to backing files; [`fs`] holds every
 //! operation's semantics; [`faults`] injects crash points, errors and delays; [`fuse`] is the
-//! thin `fuser` adapter; [`control`] serves `lossctl` (and [`lazyfs`] a LazyFS-style command
+//! thin `fuser` adapter ([`readgate`]: how many of its threads wait for the next request); [`control`] serves `lossctl` (and [`lazyfs`] a LazyFS-style command
 //! FIFO); [`procscan`] and [`mountinfo`] find the processes and mounts a power cut acts on;
 //! [`options`] reads the command line; [`pause`] holds the crash-test pause points; [`daemon`] wires it all for the `lossfs` binary, and
 //! [`run`] supervises a program on the mount.
