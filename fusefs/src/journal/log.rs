@@ -114,6 +114,34 @@ pub(crate) enum Record {
 }
 
 impl Record {
+    /// The record that starts an epoch: `R` if it is reserved ahead, else `F`.
+    fn epoch(
+        reserved: bool,
+        id: u64,
+        dev: u64,
+        ino: u64,
+        durable_size: u64,
+        handle: FileHandle,
+    ) -> Record {
+        if reserved {
+            Record::Reserved {
+                id,
+                dev,
+                ino,
+                durable_size,
+                handle,
+            }
+        } else {
+            Record::File {
+                id,
+                dev,
+                ino,
+                durable_size,
+                handle,
+            }
+        }
+    }
+
     fn payload(&self) -> String {
         match self {
             Record::Header => format!("H {VERSION}"),
@@ -172,23 +200,7 @@ impl Record {
                 let ino = num()?;
                 let durable_size = num()?;
                 let handle = FileHandle::from_text(it.next().ok_or(())?).ok_or(())?;
-                if tag == "R" {
-                    Record::Reserved {
-                        id,
-                        dev,
-                        ino,
-                        durable_size,
-                        handle,
-                    }
-                } else {
-                    Record::File {
-                        id,
-                        dev,
-                        ino,
-                        durable_size,
-                        handle,
-                    }
-                }
+                Record::epoch(tag == "R", id, dev, ino, durable_size, handle)
             }
             "P" => {
                 let id = num()?;
@@ -650,24 +662,14 @@ impl Log {
         let mut text = String::new();
         Record::Header.encode_into(&mut text);
         for (&id, f) in &self.live {
-            let (dev, ino, durable_size, handle) = (f.dev, f.ino, f.durable_size, f.handle.clone());
-            if f.reserved {
-                Record::Reserved {
-                    id,
-                    dev,
-                    ino,
-                    durable_size,
-                    handle,
-                }
-            } else {
-                Record::File {
-                    id,
-                    dev,
-                    ino,
-                    durable_size,
-                    handle,
-                }
-            }
+            Record::epoch(
+                f.reserved,
+                id,
+                f.dev,
+                f.ino,
+                f.durable_size,
+                f.handle.clone(),
+            )
             .encode_into(&mut text);
             for extent in &f.extents {
                 Record::PreImage {
