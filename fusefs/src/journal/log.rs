@@ -79,20 +79,14 @@ pub(crate) struct LiveFile {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Record {
     Header,
+    /// `F`, or `R` when `reserved` (registered ahead of the file's next change).
     File {
         id: u64,
         dev: u64,
         ino: u64,
         durable_size: u64,
         handle: FileHandle,
-    },
-    /// Same fields as `File`, for an epoch reserved ahead of the file's next change.
-    Reserved {
-        id: u64,
-        dev: u64,
-        ino: u64,
-        durable_size: u64,
-        handle: FileHandle,
+        reserved: bool,
     },
     PreImage {
         id: u64,
@@ -114,34 +108,6 @@ pub(crate) enum Record {
 }
 
 impl Record {
-    /// The record that starts an epoch: `R` if it is reserved ahead, else `F`.
-    fn epoch(
-        reserved: bool,
-        id: u64,
-        dev: u64,
-        ino: u64,
-        durable_size: u64,
-        handle: FileHandle,
-    ) -> Record {
-        if reserved {
-            Record::Reserved {
-                id,
-                dev,
-                ino,
-                durable_size,
-                handle,
-            }
-        } else {
-            Record::File {
-                id,
-                dev,
-                ino,
-                durable_size,
-                handle,
-            }
-        }
-    }
-
     fn payload(&self) -> String {
         match self {
             Record::Header => format!("H {VERSION}"),
@@ -151,14 +117,11 @@ impl Record {
                 ino,
                 durable_size,
                 handle,
-            } => format!("F {id} {dev} {ino} {durable_size} {}", handle.to_text()),
-            Record::Reserved {
-                id,
-                dev,
-                ino,
-                durable_size,
-                handle,
-            } => format!("R {id} {dev} {ino} {durable_size} {}", handle.to_text()),
+                reserved,
+            } => {
+                let tag = if *reserved { "R" } else { "F" };
+                format!("{tag} {id} {dev} {ino} {durable_size} {}", handle.to_text())
+            }
             Record::PreImage { id, extent } => {
                 format!("P {id} {} {} {}", extent.start, extent.len, extent.undo_off)
             }
@@ -200,7 +163,14 @@ impl Record {
                 let ino = num()?;
                 let durable_size = num()?;
                 let handle = FileHandle::from_text(it.next().ok_or(())?).ok_or(())?;
-                Record::epoch(tag == "R", id, dev, ino, durable_size, handle)
+                Record::File {
+                    id,
+                    dev,
+                    ino,
+                    durable_size,
+                    handle,
+                    reserved: tag == "R",
+                }
             }
             "P" => {
                 let id = num()?;
@@ -250,13 +220,7 @@ fn apply(live: &mut BTreeMap<u64, LiveFile>, rec: &Record) {
             ino,
             durable_size,
             handle,
-        }
-        | Record::Reserved {
-            id,
-            dev,
-            ino,
-            durable_size,
-            handle,
+            reserved,
         } => {
             live.insert(
                 *id,
@@ -266,7 +230,7 @@ fn apply(live: &mut BTreeMap<u64, LiveFile>, rec: &Record) {
                     ino: *ino,
                     durable_size: *durable_size,
                     extents: Vec::new(),
-                    reserved: matches!(rec, Record::Reserved { .. }),
+                    reserved: *reserved,
                 },
             );
         }
@@ -487,12 +451,13 @@ impl Log {
             }
         }
         if let Some((next_id, durable_size, handle)) = &next {
-            recs.push(Record::Reserved {
+            recs.push(Record::File {
                 id: *next_id,
                 dev,
                 ino,
                 durable_size: *durable_size,
                 handle: handle.clone(),
+                reserved: true,
             });
         }
         self.append_all(&recs)?;
@@ -662,14 +627,14 @@ impl Log {
         let mut text = String::new();
         Record::Header.encode_into(&mut text);
         for (&id, f) in &self.live {
-            Record::epoch(
-                f.reserved,
+            Record::File {
                 id,
-                f.dev,
-                f.ino,
-                f.durable_size,
-                f.handle.clone(),
-            )
+                dev: f.dev,
+                ino: f.ino,
+                durable_size: f.durable_size,
+                handle: f.handle.clone(),
+                reserved: f.reserved,
+            }
             .encode_into(&mut text);
             for extent in &f.extents {
                 Record::PreImage {
@@ -748,6 +713,7 @@ mod tests {
                 ino: 3,
                 durable_size: 10_000,
                 handle: handle(),
+                reserved: false,
             },
             Record::PreImage {
                 id: 1,
@@ -771,6 +737,7 @@ mod tests {
                 ino: 4,
                 durable_size: 5,
                 handle: handle(),
+                reserved: false,
             },
             Record::Durable { id: 2 },
         ]

@@ -688,6 +688,7 @@ impl FileGuard<'_> {
                         ino: stat.st_ino,
                         durable_size,
                         handle: st.handle.clone(),
+                        reserved: false,
                     })?;
                     (id, durable_size)
                 }
