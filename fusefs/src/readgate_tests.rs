@@ -147,19 +147,44 @@ fn cycle(dev: &Device) -> [ThreadId; 2] {
     ]
 }
 
+/// A gate and a device with its pool of threads.
+struct Pool {
+    gate: Arc<ReadGate>,
+    dev: Arc<Device>,
+    handles: Vec<thread::JoinHandle<()>>,
+}
+
+impl Pool {
+    fn start(threads: usize, window: Duration) -> Pool {
+        let gate = Arc::new(ReadGate::with_window(threads, window));
+        let (dev, handles) = Device::start(&gate, threads);
+        Pool { gate, dev, handles }
+    }
+
+    /// Runs a write+fsync loop until one thread is left reading.
+    fn converge(&self) {
+        for _ in 0..20 {
+            cycle(&self.dev);
+        }
+        eventually("one thread left reading", || self.dev.reading() == 1);
+    }
+
+    /// Closes the device and joins every thread (bounded).
+    fn end(self) {
+        self.dev.close();
+        join_all(self.handles);
+    }
+}
+
 #[test]
 fn a_write_fsync_loop_converges_to_one_thread_serving_both_requests() {
-    let gate = Arc::new(ReadGate::with_window(6, Duration::from_secs(1)));
-    let (dev, handles) = Device::start(&gate, 6);
-    for _ in 0..20 {
-        cycle(&dev);
-    }
-    eventually("one thread left reading", || dev.reading() == 1);
-    assert_eq!(gate.parked(), 5);
+    let p = Pool::start(6, Duration::from_secs(1));
+    p.converge();
+    eventually("the others parked", || p.gate.parked() == 5);
     let mut served = HashSet::new();
     for _ in 0..100 {
-        served.extend(cycle(&dev));
-        assert!(dev.reading() <= 1, "{} threads reading", dev.reading());
+        served.extend(cycle(&p.dev));
+        assert!(p.dev.reading() <= 1, "{} threads reading", p.dev.reading());
     }
     assert_eq!(
         served.len(),
@@ -167,79 +192,63 @@ fn a_write_fsync_loop_converges_to_one_thread_serving_both_requests() {
         "the loop was served by {} threads",
         served.len()
     );
-    dev.close();
-    join_all(handles);
+    p.end();
 }
 
 #[test]
 fn without_fsyncs_every_thread_reads_and_parked_threads_return_after_the_window() {
-    let gate = Arc::new(ReadGate::with_window(4, Duration::from_millis(30)));
-    let (dev, handles) = Device::start(&gate, 4);
+    let p = Pool::start(4, Duration::from_millis(30));
     for _ in 0..20 {
-        dev.serve(Kind::Other).expect("served");
+        p.dev.serve(Kind::Other).expect("served");
     }
-    assert_eq!(gate.parked(), 0, "nobody parks without an fsync");
-    eventually("all threads reading", || dev.reading() == 4);
+    assert_eq!(p.gate.parked(), 0, "nobody parks without an fsync");
+    eventually("all threads reading", || p.dev.reading() == 4);
     for _ in 0..10 {
-        cycle(&dev);
+        cycle(&p.dev);
     }
-    eventually("threads parked while fsyncs go on", || gate.parked() > 0);
+    eventually("threads parked while fsyncs go on", || p.gate.parked() > 0);
     // No fsync any more: one window later every thread reads again.
     eventually("all threads back to reading", || {
-        gate.parked() == 0 && dev.reading() == 4
+        p.gate.parked() == 0 && p.dev.reading() == 4
     });
-    dev.close();
-    join_all(handles);
+    p.end();
 }
 
 #[test]
 fn a_stalled_reader_holds_the_others_up_for_one_window_at_most() {
-    let gate = Arc::new(ReadGate::with_window(4, Duration::from_millis(50)));
-    let (dev, handles) = Device::start(&gate, 4);
-    for _ in 0..10 {
-        cycle(&dev);
-    }
-    eventually("one thread left reading", || dev.reading() == 1);
+    let p = Pool::start(4, Duration::from_millis(50));
+    p.converge();
     let release = Arc::new(AtomicBool::new(false));
     // The sole reader gets a request that does not return (an fsync on a stuck disk).
-    dev.push(Kind::Sync, Work::Hold(release.clone()));
-    let other = dev.serve(Kind::Other);
+    p.dev.push(Kind::Sync, Work::Hold(release.clone()));
+    let other = p.dev.serve(Kind::Other);
     let still_held = !release.load(Ordering::SeqCst);
     release.store(true, Ordering::SeqCst);
     assert!(other.is_some(), "a stalled reader blocked the next request");
     assert!(still_held, "served only after the stall ended");
-    dev.close();
-    join_all(handles);
+    p.end();
 }
 
 #[test]
 fn parked_threads_end_when_the_device_closes() {
-    let gate = Arc::new(ReadGate::with_window(8, Duration::from_millis(500)));
-    let (dev, handles) = Device::start(&gate, 8);
-    for _ in 0..20 {
-        cycle(&dev);
-    }
-    eventually("threads parked", || gate.parked() == 7);
-    dev.close();
-    join_all(handles);
+    let p = Pool::start(8, Duration::from_millis(500));
+    p.converge();
+    eventually("the others parked", || p.gate.parked() == 7);
+    let gate = p.gate.clone();
+    p.end();
     assert_eq!(gate.parked(), 0);
 }
 
 #[test]
 fn another_caller_ends_the_turn_taking_at_once() {
-    let gate = Arc::new(ReadGate::with_window(4, Duration::from_secs(5)));
-    let (dev, handles) = Device::start(&gate, 4);
-    for _ in 0..10 {
-        cycle(&dev);
-    }
-    eventually("one thread left reading", || dev.reading() == 1);
+    let p = Pool::start(4, Duration::from_secs(5));
+    p.converge();
     // A second program: the parked threads go back to reading long before the window ends.
     let (tx, rx) = mpsc::channel();
-    dev.push_from(2, Kind::Other, Work::Note(tx));
+    p.dev.push_from(2, Kind::Other, Work::Note(tx));
     rx.recv_timeout(Duration::from_secs(10)).expect("served");
     eventually("all threads reading again", || {
-        gate.parked() == 0 && dev.reading() == 4
+        p.gate.parked() == 0 && p.dev.reading() == 4
     });
-    dev.close();
-    join_all(handles);
+    p.end();
 }
