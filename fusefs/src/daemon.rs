@@ -4,6 +4,7 @@
 //! durable, as a real filesystem does when it is unmounted.
 
 use crate::control::{self, ControlHandler, ControlServer};
+use crate::cpupin::CpuPin;
 use crate::faults::spec::{FaultCommand, FaultsStatus};
 use crate::faults::{self, Cutter, Faults};
 use crate::fs::{fstat, Hidden, LossFs};
@@ -14,7 +15,7 @@ use crate::journal::{FileKey, Journal};
 use crate::keep::{KeepMode, KeepRequest, KeepSpec};
 use crate::mountinfo;
 use crate::namespace::{Model, Namespace};
-use crate::options::{self, MountOptions, Recover};
+use crate::options::{self, MountOptions, Recover, SyncCpu};
 use crate::procscan::{self, MountTarget};
 use crate::readahead;
 use crate::report::{KilledProcess, PowercutReport, StatusReport, SyncReport};
@@ -467,6 +468,39 @@ fn block_signals() -> nix::sys::signal::SigSet {
 }
 
 /// Entry of the `lossfs BACKING MOUNTPOINT` command: returns the process exit code.
+/// The pinning `sync_cpu=` asks for on a backing filesystem of device `dev`.  `auto` pins
+/// only where one CPU takes the disk's completion interrupts, and quietly does without
+/// otherwise; a CPU named outright must be usable.
+fn sync_cpu_pin(choice: SyncCpu, dev: u64) -> Result<Option<CpuPin>, String> {
+    let cpu = match choice {
+        SyncCpu::Off => return Ok(None),
+        SyncCpu::Cpu(cpu) => {
+            return CpuPin::new(cpu)
+                .map(Some)
+                .map_err(|e| format!("mount option sync_cpu={cpu}: {e}"));
+        }
+        SyncCpu::Auto => match crate::irqcpu::completion_cpu(dev) {
+            Some(cpu) => cpu,
+            None => {
+                tracing::debug!(
+                    "sync_cpu=auto: no single completion CPU for the backing disk; not pinning"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    match CpuPin::new(cpu) {
+        Ok(pin) => {
+            tracing::info!(cpu, "a program fsyncing alone is served on CPU {cpu}, which completes the backing disk's I/O (sync_cpu=auto)");
+            Ok(Some(pin))
+        }
+        Err(e) => {
+            tracing::debug!("sync_cpu=auto: {e}; not pinning");
+            Ok(None)
+        }
+    }
+}
+
 pub fn run(args: MountArgs) -> i32 {
     let opts = match options::parse_mount_options(&args.options) {
         Ok(o) => o,
@@ -771,6 +805,12 @@ pub fn serve(
     let adapter = FuseAdapter {
         fs: fs.clone(),
         gate: (threads > 1).then(|| crate::readgate::ReadGate::new(threads)),
+        // Pinning follows the gate's turn-taking: with one thread there is none.
+        pin: if threads > 1 {
+            sync_cpu_pin(opts.sync_cpu, st.st_dev)?
+        } else {
+            None
+        },
     };
 
     let mut session = fuser::Session::new(adapter, &mountpoint, &config)

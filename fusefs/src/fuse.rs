@@ -1,6 +1,7 @@
 //! The `fuser::Filesystem` adapter: decode a request, call [`LossFs`] through the fault
 //! hook ([`guarded`], which holds the power-cut gate), reply.  No semantics live here.
 
+use crate::cpupin::CpuPin;
 use crate::error::{FsError, FsResult};
 use crate::faults::hook::{guarded, guarded_sync, Call, Target};
 use crate::faults::spec::Op;
@@ -33,6 +34,8 @@ pub struct FuseAdapter {
     pub fs: Arc<LossFs>,
     /// Turn-taking of the FUSE threads while fsyncs go on; `None` with one thread.
     pub gate: Option<ReadGate>,
+    /// Pins the thread serving one program's fsyncs (needs the gate to know when).
+    pub pin: Option<CpuPin>,
 }
 
 impl FuseAdapter {
@@ -44,6 +47,9 @@ impl FuseAdapter {
             _ => Kind::Other,
         };
         let turn = self.gate.as_ref().map(|g| g.enter(kind, req.pid()));
+        if let (Some(pin), Some(turn)) = (&self.pin, &turn) {
+            pin.set(turn.solo());
+        }
         (
             Call {
                 op,

@@ -13,6 +13,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod control;
+pub mod cpupin;
 pub mod daemon;
 pub mod error;
 pub mod faults;
@@ -20,6 +21,7 @@ pub mod fs;
 pub mod fuse;
 pub mod handle;
 pub mod inode;
+pub mod irqcpu;
 pub mod journal;
 pub mod keep;
 pub mod lazyfs;

@@ -20,6 +20,18 @@ pub enum Recover {
     Keep,
 }
 
+/// Which CPU serves a program that fsyncs alone (see `cpupin`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncCpu {
+    /// The CPU that takes the backing disk's completion interrupts, when there is one.
+    #[default]
+    Auto,
+    /// Wherever the scheduler puts it.
+    Off,
+    /// This CPU.
+    Cpu(usize),
+}
+
 /// Everything `-o` and `-f` can set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MountOptions {
@@ -49,6 +61,8 @@ pub struct MountOptions {
     pub writeback: Option<u64>,
     /// `fsync_error=drop|retry`: what an injected fsync error does to unsynced data.
     pub fsync_error: FsyncError,
+    /// `sync_cpu=auto|off|N`.
+    pub sync_cpu: SyncCpu,
     pub ro: bool,
     pub noatime: bool,
     pub nosuid: bool,
@@ -70,6 +84,8 @@ impl MountOptions {
 
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 const MAX_THREADS: usize = 64;
+/// CPUs a `cpu_set_t` can name.
+const MAX_CPU: usize = 1023;
 /// One FUSE read request can carry 1 MiB (max_pages follows max_write); a window this size
 /// lets sequential reads use whole requests instead of the kernel's 128 KiB default.
 pub const DEFAULT_READ_AHEAD_KB: u32 = 1024;
@@ -184,6 +200,21 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                         ))
                     }
                 }
+            }
+            "sync_cpu" => {
+                let v = value?;
+                o.sync_cpu = match v {
+                    "auto" => SyncCpu::Auto,
+                    "off" => SyncCpu::Off,
+                    n => match n.parse::<usize>() {
+                        Ok(n) if n <= MAX_CPU => SyncCpu::Cpu(n),
+                        _ => {
+                            return Err(format!(
+                                "mount option sync_cpu={v}: must be auto, off or a CPU number from 0 to {MAX_CPU}"
+                            ))
+                        }
+                    },
+                };
             }
             "threads" => {
                 let v = value?;
@@ -465,7 +496,7 @@ mod tests {
             "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
             "lazyfs_fifo=/tmp/lazyfs.fifo,read_ahead_kb=4096,metadata=posix,commit=0",
             "writeback=30",
-            "fsync_error=retry",
+            "fsync_error=retry,sync_cpu=3",
         ]))
         .unwrap();
         assert_eq!(
@@ -484,6 +515,7 @@ mod tests {
                 commit: Some(0),
                 writeback: Some(30),
                 fsync_error: FsyncError::Retry,
+                sync_cpu: SyncCpu::Cpu(3),
                 ro: true,
                 noatime: true,
                 nosuid: true,
@@ -491,6 +523,20 @@ mod tests {
                 noexec: true,
                 foreground: true,
             }
+        );
+        assert_eq!(
+            parse_mount_options(&s(&["sync_cpu=0"])).unwrap().sync_cpu,
+            SyncCpu::Cpu(0)
+        );
+        assert_eq!(
+            parse_mount_options(&s(&["sync_cpu=off"])).unwrap().sync_cpu,
+            SyncCpu::Off
+        );
+        assert_eq!(
+            parse_mount_options(&s(&["sync_cpu=off,sync_cpu=auto"]))
+                .unwrap()
+                .sync_cpu,
+            SyncCpu::Auto
         );
         assert_eq!(
             parse_mount_options(&s(&["fsync_error=drop"]))
@@ -532,6 +578,10 @@ mod tests {
             ("threads=0", "threads=0"),
             ("threads=65", "threads=65"),
             ("threads=two", "threads=two"),
+            ("sync_cpu=1024", "sync_cpu=1024"),
+            ("sync_cpu=-1", "sync_cpu=-1"),
+            ("sync_cpu=irq", "sync_cpu=irq"),
+            ("sync_cpu", "sync_cpu"),
             ("read_ahead_kb=-1", "read_ahead_kb=-1"),
             ("read_ahead_kb=65537", "read_ahead_kb=65537"),
             ("threads=", "threads="),

@@ -86,6 +86,7 @@ pub struct Turn<'a> {
     gate: &'a ReadGate,
     kind: Kind,
     pid: u32,
+    solo: bool,
 }
 
 impl ReadGate {
@@ -109,19 +110,29 @@ impl ReadGate {
     pub fn enter(&self, kind: Kind, pid: u32) -> Turn<'_> {
         let mut st = self.state.lock();
         st.running += 1;
-        if st.sync_ended.is_some() && pid != st.syncer {
+        // An fsync starts a stretch of one program fsyncing alone, until shown otherwise.
+        let mut solo = kind == Kind::Sync;
+        if st.sync_ended.is_some() {
             let now = Instant::now();
             if st.in_window(now, self.window) {
-                st.mixed_until = Some(now + self.window);
-                if st.parked > 0 {
-                    self.followers.notify_all();
+                if pid == st.syncer {
+                    solo = true;
+                } else {
+                    st.mixed_until = Some(now + self.window);
+                    if st.parked > 0 {
+                        self.followers.notify_all();
+                    }
                 }
+            }
+            if st.mixed_until.is_some_and(|t| now < t) {
+                solo = false;
             }
         }
         Turn {
             gate: self,
             kind,
             pid,
+            solo,
         }
     }
 
@@ -172,6 +183,14 @@ impl ReadGate {
             // Another fsync ended meanwhile: watch the new window.
         }
         st.parked -= 1;
+    }
+}
+
+impl Turn<'_> {
+    /// Whether this request belongs to one program fsyncing alone: an fsync, or a request
+    /// of the program whose fsync just ended, with no other caller in the window.
+    pub fn solo(&self) -> bool {
+        self.solo
     }
 }
 

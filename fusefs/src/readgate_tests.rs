@@ -252,3 +252,26 @@ fn another_caller_ends_the_turn_taking_at_once() {
     });
     p.end();
 }
+
+/// `solo` marks the requests of one program fsyncing alone: what a thread may be pinned for.
+#[test]
+fn solo_marks_one_program_fsyncing_alone() {
+    let window = Duration::from_millis(300);
+    // One thread: leaving never parks, so the test thread can walk through it.
+    let gate = ReadGate::with_window(1, window);
+    let solo = |kind, pid| gate.enter(kind, pid).solo();
+    assert!(!solo(Kind::Other, 7), "no fsync yet");
+    assert!(solo(Kind::Sync, 7), "an fsync starts a stretch");
+    assert!(
+        solo(Kind::Other, 7),
+        "its program's next request is part of it"
+    );
+    assert!(solo(Kind::Sync, 7));
+    assert!(!solo(Kind::Other, 8), "another caller ends it");
+    assert!(!solo(Kind::Other, 7), "for a window after the other caller");
+    assert!(!solo(Kind::Sync, 7), "even for the program's fsyncs");
+    thread::sleep(window + Duration::from_millis(50));
+    assert!(!solo(Kind::Other, 7), "the stretch ended with the window");
+    assert!(solo(Kind::Sync, 7), "a new fsync starts a new one");
+    assert!(solo(Kind::Other, 7));
+}

@@ -1,0 +1,191 @@
+//! `sync_cpu=`: the FUSE thread serving one program's write+fsync loop runs on the chosen
+//! CPU while the loop lasts and gets its CPU mask back afterwards; `sync_cpu=off` pins
+//! nothing; a CPU the daemon may not use is refused at mount time.
+
+use lossfs_tests::{
+    check_preconditions, lossfs_bin, output_text, run_bounded, unique_tmp_dir, Mount,
+};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// `Cpus_allowed_list` of every thread of process `pid`.
+fn thread_masks(pid: u32) -> Vec<String> {
+    let mut masks = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return masks;
+    };
+    for t in tasks.flatten() {
+        let Ok(status) = fs::read_to_string(t.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        if let Some(l) = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")) {
+            masks.push(l["Cpus_allowed_list:".len()..].trim().to_string());
+        }
+    }
+    masks
+}
+
+/// The CPUs this test may use, as listed by the kernel ("0-1", "0,2").
+fn own_mask() -> String {
+    let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in /proc/self/status")
+        .trim()
+        .to_string()
+}
+
+/// The highest CPU this process may use; the test needs two to tell a pinned thread apart.
+fn last_cpu() -> usize {
+    let n = thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        n >= 2,
+        "this test needs at least 2 CPUs to tell a pinned thread from an unpinned one (have {n})"
+    );
+    // SAFETY: an all-zero cpu_set_t is valid, and the kernel fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer and size.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: reading bits of an initialised set.
+    (0..1024)
+        .rev()
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .expect("some CPU")
+}
+
+/// Writes 4 KiB and fdatasyncs in a loop on a thread until `stop` is set.
+fn fsync_loop(m: &Mount, stop: Arc<AtomicBool>) -> thread::JoinHandle<u64> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(m.path("wal"))
+        .expect("create wal");
+    thread::spawn(move || {
+        let block = [7u8; 4096];
+        let mut n = 0u64;
+        // Bounded even if the test thread dies before setting `stop`.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            f.write_all_at(&block, n * 4096).expect("write wal");
+            f.sync_data().expect("fdatasync wal");
+            n += 1;
+        }
+        n
+    })
+}
+
+/// Polls the daemon's threads for up to `limit` until `found` holds for their masks.
+fn poll_masks(pid: u32, limit: Duration, found: impl Fn(&[String]) -> bool) -> (bool, Vec<String>) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let masks = thread_masks(pid);
+        if found(&masks) {
+            return (true, masks);
+        }
+        if Instant::now() > deadline {
+            return (false, masks);
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn the_thread_serving_an_fsync_loop_is_pinned_and_unpinned_after() {
+    let cpu = last_cpu().to_string();
+    let home = own_mask();
+    assert_ne!(home, cpu, "the test's own mask must be wider than one CPU");
+    let m = Mount::new(&[&format!("sync_cpu={cpu}")]);
+    let pid = m.daemon_pid().expect("daemon pid");
+    let (idle_pinned, masks) = poll_masks(pid, Duration::ZERO, |ms| ms.contains(&cpu));
+    assert!(
+        !idle_pinned,
+        "no fsync yet, but a thread is pinned: {masks:?}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = fsync_loop(&m, stop.clone());
+    let (pinned, masks) = poll_masks(pid, Duration::from_secs(10), |ms| ms.contains(&cpu));
+    stop.store(true, Ordering::SeqCst);
+    let cycles = writer.join().expect("writer thread");
+    assert!(
+        pinned,
+        "during {cycles} write+fdatasync cycles no daemon thread was pinned to CPU {cpu}: {masks:?}"
+    );
+    // Once the loop is over, the pinned thread's next request (from this other process'
+    // opens, which always reach the daemon) gives it its mask back.
+    fs::write(m.path("probe"), b"x").expect("write probe");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut masks = thread_masks(pid);
+    while masks.contains(&cpu) && Instant::now() < deadline {
+        for _ in 0..20 {
+            drop(File::open(m.path("probe")).expect("open probe"));
+        }
+        thread::sleep(Duration::from_millis(5));
+        masks = thread_masks(pid);
+    }
+    assert!(
+        masks.iter().all(|x| *x == home),
+        "after the loop every thread has the daemon's mask {home} again: {masks:?}"
+    );
+}
+
+#[test]
+fn sync_cpu_off_pins_nothing() {
+    let cpu = last_cpu().to_string();
+    let home = own_mask();
+    let m = Mount::new(&["sync_cpu=off"]);
+    let pid = m.daemon_pid().expect("daemon pid");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = fsync_loop(&m, stop.clone());
+    // The same watch that sees the pinning in the test above within milliseconds.
+    let (changed, masks) = poll_masks(pid, Duration::from_secs(2), |ms| {
+        ms.iter().any(|x| *x != home)
+    });
+    stop.store(true, Ordering::SeqCst);
+    let cycles = writer.join().expect("writer thread");
+    assert!(cycles > 0, "the loop made no progress");
+    assert!(
+        !changed,
+        "sync_cpu=off, yet a thread's mask changed during {cycles} cycles (CPU {cpu}?): {masks:?}"
+    );
+}
+
+#[test]
+fn a_cpu_the_daemon_may_not_use_is_refused() {
+    check_preconditions();
+    let dir = unique_tmp_dir("sync_cpu");
+    let (backing, mnt) = (dir.join("b"), dir.join("m"));
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let out = run_bounded(
+        std::process::Command::new(lossfs_bin())
+            .arg(&backing)
+            .arg(&mnt)
+            .args(["-f", "-o", "sync_cpu=1023"]),
+        Duration::from_secs(20),
+    );
+    let text = output_text(&out);
+    assert!(!out.status.success(), "mounted anyway: {text}");
+    assert!(
+        text.contains("sync_cpu=1023") && text.contains("CPU 1023") && text.contains("allowed"),
+        "the error names the option, the CPU and the CPUs allowed: {text}"
+    );
+    assert!(
+        !lossfs_tests::is_mounted(&mnt),
+        "a refused mount left {} mounted",
+        mnt.display()
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
