@@ -646,7 +646,10 @@ impl Log {
         }
         let tmp = self.path.with_extension("tmp");
         let write_tmp = || -> io::Result<u64> {
-            let mut w = BufWriter::new(File::create(&tmp)?);
+            // Private like the log it replaces (the daemon runs with umask 0).
+            let f = open_private(&tmp, "compacted journal")?;
+            f.set_len(0)?;
+            let mut w = BufWriter::new(f);
             w.write_all(text.as_bytes())?;
             let mut len = text.len() as u64;
             // Op records of live files follow, in their order, streamed from the old log.

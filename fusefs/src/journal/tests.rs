@@ -742,6 +742,12 @@ fn log_is_compacted_and_stays_valid() {
             compacted,
             "compaction kept only live records (max {max_len})"
         );
+        // The compacted log replaced the old one: as private as the state dir's other files.
+        let mode = fs::metadata(d.state.join("journal"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "compacted journal mode {mode:o}");
         drop(j);
     }
     let (_j, report) = d.open(true);
