@@ -65,19 +65,34 @@ impl CpuPin {
     /// Pins the calling thread (`true`) or gives it its old mask back (`false`); does
     /// nothing if it is already so.
     pub fn set(&self, pin: bool) {
-        if PINNED.get() == pin || self.broken.load(Ordering::Relaxed) {
+        // Once broken, threads still pinned must yet be able to move back.
+        if PINNED.get() == pin || (pin && self.broken.load(Ordering::Relaxed)) {
             return;
         }
         let mask = if pin { &self.pinned } else { &self.home };
-        match sched_setaffinity(Pid::from_raw(0), mask) {
+        let mut result = sched_setaffinity(Pid::from_raw(0), mask);
+        if result.is_err() && !pin {
+            // A cpuset that shrank since the start can refuse the old mask; every CPU (of
+            // which the kernel keeps the cpuset's part) still unpins.
+            result = sched_setaffinity(Pid::from_raw(0), &every_cpu());
+        }
+        match result {
             Ok(()) => PINNED.set(pin),
             Err(e) => {
                 if !self.broken.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(cpu = self.cpu, error = %e, "cannot pin the fsync thread; not pinning any more");
+                    tracing::warn!(cpu = self.cpu, error = %e, "cannot move the fsync thread; not pinning any more");
                 }
             }
         }
     }
+}
+
+fn every_cpu() -> CpuSet {
+    let mut set = CpuSet::new();
+    for c in 0..CpuSet::count() {
+        let _ = set.set(c);
+    }
+    set
 }
 
 /// A CPU mask as a list ("0,1,3"), for messages.
