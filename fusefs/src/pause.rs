@@ -14,7 +14,8 @@
 //!
 //! Points (see docs/testing.md): `rollback-start`, `restore-after-truncate`,
 //! `rollback-after-file`, `rollback-after-reset`, `replay-after-file`, `replay-after-reset`,
-//! `sync-after-file`, `durable-before-record`.
+//! `sync-after-file`, `durable-before-record`, `compact-before-rename`,
+//! `compact-after-rename`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

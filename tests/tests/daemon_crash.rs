@@ -375,6 +375,86 @@ fn killed_between_an_fsync_and_its_record() {
     second_crash_changes_nothing(&mut m, &f.durable);
 }
 
+/// The daemon killed in the compaction of its journal log, at `point`: the log grows past
+/// the compaction threshold with op records of small unsynced writes to a fifth file, whose
+/// fsync then compacts it.  Whichever log the kill leaves (the old one with `journal.tmp`
+/// beside it, or the compacted one) must roll the four dirty files back.
+fn compaction_killed_at(point: &str) {
+    let marker = Marker::new();
+    let mut m = Mount::new(&[]);
+    m.set_daemon_env(&[("LOSSFS_TEST_PAUSE", &pause_env(point, 1, &marker))]);
+    m.remount();
+    let f = dirty_files(&m);
+    let filler = fs::File::create(m.path("filler")).unwrap();
+    let threshold = (1 << 20) + (64 << 10); // COMPACT_MIN plus the op buffer
+    let mut written = 0u64;
+    while journal_log_len(&m) <= threshold {
+        assert!(
+            written < 400_000,
+            "the log did not grow past {threshold} bytes"
+        );
+        for _ in 0..2000 {
+            filler.write_all_at(&[written as u8], written).unwrap();
+            written += 1;
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fsyncer = std::thread::spawn(move || {
+        let _ = tx.send(filler.sync_all());
+    });
+    if let Err(e) = wait_for_marker(&marker, PAUSE_TIMEOUT, "compaction", || m.daemon_alive()) {
+        panic!("{e}; daemon stderr:\n{}", m.daemon_stderr());
+    }
+    let tmp = m.backing_path(".lossfs/journal.tmp");
+    let log_len = journal_log_len(&m);
+    match point {
+        "compact-before-rename" => {
+            let tmp_len = fs::metadata(&tmp).map(|md| md.len()).unwrap_or(0);
+            assert!(
+                tmp_len > 0 && tmp_len < 64 << 10 && log_len > threshold,
+                "paused before the rename: journal.tmp {tmp_len} bytes, log {log_len} bytes"
+            );
+        }
+        _ => assert!(
+            !tmp.exists() && log_len < 64 << 10,
+            "paused after the rename: journal.tmp exists {}, log {log_len} bytes",
+            tmp.exists()
+        ),
+    }
+    kill(&mut m);
+    let r = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the fsync did not return within 20 s of the daemon's death");
+    let _ = fsyncer.join();
+    assert!(
+        r.is_err(),
+        "an fsync cut short by the daemon's death reported success"
+    );
+    assert!(
+        remount_and_check(&mut m, &f.durable, point),
+        "{point}: the remount must replay the unclean journal:\n{}",
+        m.daemon_stderr()
+    );
+    // The filler's `S` record was in the log before the compaction started.
+    let got = read_all(&m.path("filler"));
+    assert_eq!(got.len() as u64, written, "{point}: filler size");
+    assert!(
+        got.iter().enumerate().all(|(i, b)| *b == i as u8),
+        "{point}: filler content"
+    );
+    second_crash_changes_nothing(&mut m, &f.durable);
+}
+
+#[test]
+fn killed_while_compacting_before_the_rename() {
+    compaction_killed_at("compact-before-rename");
+}
+
+#[test]
+fn killed_while_compacting_after_the_rename() {
+    compaction_killed_at("compact-after-rename");
+}
+
 /// A daemon killed by a plain SIGKILL, then the recovering mount killed at `point`/`nth`
 /// of its replay, then a third mount.
 fn replay_killed_at(point: &str, nth: u32, restored: usize) {

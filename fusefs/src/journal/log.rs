@@ -674,12 +674,14 @@ impl Log {
         };
         let new_len = write_tmp()
             .map_err(|e| ctx(e, format!("writing compacted journal {}", tmp.display())))?;
+        crate::pause::point("compact-before-rename");
         std::fs::rename(&tmp, &self.path).map_err(|e| {
             ctx(
                 e,
                 format!("renaming {} over {}", tmp.display(), self.path.display()),
             )
         })?;
+        crate::pause::point("compact-after-rename");
         self.file = open_log(&self.path)?;
         self.len = new_len;
         self.compact_at = COMPACT_MIN.max(self.len * 2);
