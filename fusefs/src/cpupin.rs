@@ -11,17 +11,97 @@
 //! stretch ([`crate::readgate::Turn::solo`]) is pinned to the completion CPU, and it gets
 //! its old mask back with the first request it serves outside such a stretch: a thread that
 //! parked pinned moves back as soon as it works for anybody else.
+//!
+//! A pinned thread cannot leave its CPU, so a CPU busy with other work would make it wait
+//! for every time slice (measured: a busy loop on the completion CPU takes `wal` from 1.0x
+//! to 0.2x bindfs).  Every [`CHECK_EVERY`] pinned requests the thread reads how long it
+//! waited to run (`/proc/thread-self/schedstat`, the scheduler's own count); above
+//! [`MAX_WAIT`] per time slice (a few µs when the CPU is free, ~200 µs behind a busy loop)
+//! nobody is pinned for a back-off that starts at one second and doubles while the CPU
+//! stays busy.
 
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Pinned requests between two looks at the thread's run-queue wait.
+pub const CHECK_EVERY: u32 = 32;
+/// Mean wait for the CPU per time slice above which the pinned CPU counts as busy.
+pub const MAX_WAIT: Duration = Duration::from_micros(50);
+/// The first back-off; it doubles, up to [`MAX_BACKOFF`], while the CPU stays busy.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(16);
+
+/// The per-thread scheduler statistics file.
+const SCHEDSTAT: &str = "/proc/thread-self/schedstat";
 
 thread_local! {
     /// Whether this thread is pinned now: affinity is per thread, and only a change costs a
     /// system call.
     static PINNED: Cell<bool> = const { Cell::new(false) };
+    /// This thread's watch on its run-queue wait while pinned.
+    static WATCH: RefCell<Option<Watch>> = const { RefCell::new(None) };
+}
+
+/// What the scheduler counted for one thread: time waited on a run queue and time slices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedStat {
+    pub wait_ns: u64,
+    pub slices: u64,
+}
+
+impl SchedStat {
+    /// Parses a `schedstat` line: run time (ns), wait time (ns), time slices.
+    pub fn parse(text: &str) -> Option<SchedStat> {
+        let mut it = text
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse::<u64>().ok());
+        Some(SchedStat {
+            wait_ns: it.next()??,
+            slices: it.next()??,
+        })
+    }
+
+    /// Whether the thread waited more than [`MAX_WAIT`] per slice since `before`.
+    pub fn busy_since(&self, before: &SchedStat) -> bool {
+        let slices = self.slices.saturating_sub(before.slices);
+        let wait = self.wait_ns.saturating_sub(before.wait_ns);
+        slices > 0 && wait / slices > MAX_WAIT.as_nanos() as u64
+    }
+}
+
+/// One pinned thread's look at its own schedstat.
+struct Watch {
+    file: File,
+    last: SchedStat,
+    requests: u32,
+}
+
+impl Watch {
+    fn open() -> io::Result<Watch> {
+        let file = File::open(SCHEDSTAT)?;
+        let last = read_stat(&file)?;
+        Ok(Watch {
+            file,
+            last,
+            requests: 0,
+        })
+    }
+}
+
+fn read_stat(file: &File) -> io::Result<SchedStat> {
+    let mut buf = [0u8; 128];
+    let n = file.read_at(&mut buf, 0)?;
+    std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(SchedStat::parse)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable schedstat"))
 }
 
 /// The pinning of one mount's FUSE threads.
@@ -32,12 +112,24 @@ pub struct CpuPin {
     home: CpuSet,
     /// Set after a failed sched_setaffinity (a CPU taken offline): stop trying.
     broken: AtomicBool,
+    /// No pinning before this many ms after `start` (the CPU was found busy), and the next
+    /// back-off in ms.
+    start: Instant,
+    backoff_until_ms: AtomicU64,
+    next_backoff_ms: AtomicU64,
 }
 
 impl CpuPin {
-    /// Pinning to `cpu`; fails if the daemon may not run there.  Call before the FUSE
-    /// threads start: they inherit the mask read here.
+    /// Pinning to `cpu`; fails if the daemon may not run there, or if the kernel keeps no
+    /// per-thread scheduler statistics (without them a busy CPU would go unnoticed).  Call
+    /// before the FUSE threads start: they inherit the mask read here.
     pub fn new(cpu: usize) -> io::Result<CpuPin> {
+        Watch::open().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot watch for a busy CPU ({SCHEDSTAT}: {e})"),
+            )
+        })?;
         let home = sched_getaffinity(Pid::from_raw(0))?;
         if !home.is_set(cpu).unwrap_or(false) {
             return Err(io::Error::new(
@@ -55,6 +147,9 @@ impl CpuPin {
             pinned,
             home,
             broken: AtomicBool::new(false),
+            start: Instant::now(),
+            backoff_until_ms: AtomicU64::new(0),
+            next_backoff_ms: AtomicU64::new(FIRST_BACKOFF.as_millis() as u64),
         })
     }
 
@@ -63,12 +158,70 @@ impl CpuPin {
     }
 
     /// Pins the calling thread (`true`) or gives it its old mask back (`false`); does
-    /// nothing if it is already so.
+    /// nothing if it is already so, but a pinned thread now and then checks that its CPU
+    /// is not busy.
     pub fn set(&self, pin: bool) {
-        // Once broken, threads still pinned must yet be able to move back.
-        if PINNED.get() == pin || (pin && self.broken.load(Ordering::Relaxed)) {
+        let pin = pin && !self.backing_off();
+        if PINNED.get() == pin {
+            if pin && self.busy() {
+                self.back_off();
+                self.move_to(false);
+            }
             return;
         }
+        // Once broken, threads still pinned must yet be able to move back.
+        if pin && self.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        self.move_to(pin);
+    }
+
+    /// Whether the CPU was found busy lately.
+    pub fn backing_off(&self) -> bool {
+        let until = self.backoff_until_ms.load(Ordering::Relaxed);
+        until != 0 && (self.start.elapsed().as_millis() as u64) < until
+    }
+
+    /// Nobody pinned for the next back-off, which doubles for the time after.
+    fn back_off(&self) {
+        let ms = self.next_backoff_ms.load(Ordering::Relaxed);
+        self.next_backoff_ms.store(
+            (ms * 2).min(MAX_BACKOFF.as_millis() as u64),
+            Ordering::Relaxed,
+        );
+        let now = self.start.elapsed().as_millis() as u64;
+        self.backoff_until_ms.store(now + ms, Ordering::Relaxed);
+        tracing::info!(
+            cpu = self.cpu,
+            "CPU {} is busy (the fsync thread waited over {:?} per time slice): not pinning for {ms} ms",
+            self.cpu,
+            MAX_WAIT
+        );
+    }
+
+    /// Every [`CHECK_EVERY`] calls on a pinned thread: whether it waited too long for its
+    /// CPU since the last look.  A clean look resets the back-off.
+    fn busy(&self) -> bool {
+        let verdict = WATCH.with_borrow_mut(|w| {
+            let w = w.as_mut()?;
+            w.requests += 1;
+            if w.requests < CHECK_EVERY {
+                return None;
+            }
+            w.requests = 0;
+            let now = read_stat(&w.file).ok()?;
+            let busy = now.busy_since(&w.last);
+            w.last = now;
+            Some(busy)
+        });
+        if verdict == Some(false) {
+            self.next_backoff_ms
+                .store(FIRST_BACKOFF.as_millis() as u64, Ordering::Relaxed);
+        }
+        verdict == Some(true)
+    }
+
+    fn move_to(&self, pin: bool) {
         let mask = if pin { &self.pinned } else { &self.home };
         let mut result = sched_setaffinity(Pid::from_raw(0), mask);
         if result.is_err() && !pin {
@@ -77,7 +230,21 @@ impl CpuPin {
             result = sched_setaffinity(Pid::from_raw(0), &every_cpu());
         }
         match result {
-            Ok(()) => PINNED.set(pin),
+            Ok(()) => {
+                PINNED.set(pin);
+                if pin {
+                    // Counted from now: the wait before pinning was on other CPUs.
+                    WATCH.with_borrow_mut(|w| match w {
+                        Some(w) => {
+                            if let Ok(now) = read_stat(&w.file) {
+                                w.last = now;
+                                w.requests = 0;
+                            }
+                        }
+                        None => *w = Watch::open().ok(),
+                    });
+                }
+            }
             Err(e) => {
                 if !self.broken.swap(true, Ordering::Relaxed) {
                     tracing::warn!(cpu = self.cpu, error = %e, "cannot move the fsync thread; not pinning any more");
@@ -142,6 +309,68 @@ mod tests {
                 .unwrap();
             });
             assert_eq!(allowed(), home, "only the calling thread moves");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn schedstat_lines_parse_and_busy_means_long_waits_per_slice() {
+        let s = |wait_ns, slices| SchedStat { wait_ns, slices };
+        assert_eq!(SchedStat::parse("977226 0 1\n"), Some(s(0, 1)));
+        assert_eq!(SchedStat::parse("5 7 9"), Some(s(7, 9)));
+        assert_eq!(SchedStat::parse("5 7"), None);
+        assert_eq!(SchedStat::parse("5 x 9"), None);
+        assert_eq!(SchedStat::parse(""), None);
+        // 10 slices: 2 ms of waiting is 200 µs each (behind a busy loop), 30 µs is 3 each.
+        assert!(s(2_000_000 + 5, 110).busy_since(&s(5, 100)));
+        assert!(!s(30_000 + 5, 110).busy_since(&s(5, 100)));
+        assert!(
+            !s(2_000_000, 100).busy_since(&s(0, 100)),
+            "no slice, no verdict"
+        );
+        assert!(!s(0, 0).busy_since(&s(5, 5)), "counters never go back");
+    }
+
+    #[test]
+    fn a_busy_cpu_stops_pinning_for_a_doubling_back_off() {
+        std::thread::spawn(|| {
+            let home = allowed();
+            let cpu = *home.last().unwrap();
+            let pin = CpuPin::new(cpu).unwrap();
+            pin.set(true);
+            assert_eq!(allowed(), vec![cpu]);
+            pin.back_off();
+            assert!(pin.backing_off());
+            pin.set(true);
+            assert_eq!(
+                allowed(),
+                home,
+                "a pinned thread moves back while backing off"
+            );
+            assert_eq!(
+                pin.next_backoff_ms.load(Ordering::Relaxed),
+                2 * FIRST_BACKOFF.as_millis() as u64
+            );
+            pin.back_off();
+            assert_eq!(
+                pin.next_backoff_ms.load(Ordering::Relaxed),
+                4 * FIRST_BACKOFF.as_millis() as u64
+            );
+            for _ in 0..10 {
+                pin.back_off();
+            }
+            assert_eq!(
+                pin.next_backoff_ms.load(Ordering::Relaxed),
+                MAX_BACKOFF.as_millis() as u64
+            );
+            // Once the back-off has passed, pinning resumes.
+            let now = pin.start.elapsed().as_millis() as u64;
+            pin.backoff_until_ms.store(now, Ordering::Relaxed);
+            assert!(!pin.backing_off());
+            pin.set(true);
+            assert_eq!(allowed(), vec![cpu]);
+            pin.set(false);
         })
         .join()
         .unwrap();

@@ -189,3 +189,101 @@ fn a_cpu_the_daemon_may_not_use_is_refused() {
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Spins on `cpu` until `stop` (bounded): another program keeping that CPU busy.
+fn busy_loop(cpu: usize, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        // SAFETY: an all-zero cpu_set_t is valid; CPU_SET and sched_setaffinity get a valid
+        // set and its size.
+        let rc = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set)
+        };
+        assert_eq!(
+            rc,
+            0,
+            "pinning the busy loop: {}",
+            std::io::Error::last_os_error()
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
+    })
+}
+
+/// Per thread of `pid`: time slices so far and CPU mask.
+fn thread_slices(pid: u32) -> Vec<(String, u64, String)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let stat = fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let slices = stat.split_whitespace().nth(2).and_then(|s| s.parse().ok());
+        let mask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|m| m.trim().to_string());
+        if let (Some(slices), Some(mask)) = (slices, mask) {
+            out.push((t.file_name().to_string_lossy().into_owned(), slices, mask));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_busy_cpu_is_given_up() {
+    let cpu = last_cpu();
+    let home = own_mask();
+    let m = Mount::new(&[&format!("sync_cpu={cpu}"), "log=info"]);
+    let pid = m.daemon_pid().expect("daemon pid");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = fsync_loop(&m, stop.clone());
+    let cpu_s = cpu.to_string();
+    let (pinned, masks) = poll_masks(pid, Duration::from_secs(10), |ms| ms.contains(&cpu_s));
+    assert!(pinned, "the loop was never pinned to CPU {cpu}: {masks:?}");
+
+    let busy_stop = Arc::new(AtomicBool::new(false));
+    let busy = busy_loop(cpu, busy_stop.clone());
+    // The daemon notices, and the thread serving the loop (the one whose time slices go
+    // up) runs with the daemon's own mask again.  Pinning is retried after each back-off,
+    // so look until one sample falls inside a back-off.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut noticed = false;
+    let mut freed = None;
+    while Instant::now() < deadline && freed.is_none() {
+        noticed = noticed || m.daemon_stderr().contains("is busy");
+        let before = thread_slices(pid);
+        thread::sleep(Duration::from_millis(100));
+        let after = thread_slices(pid);
+        let busiest = after
+            .iter()
+            .filter_map(|(tid, n, mask)| {
+                let old = before.iter().find(|b| b.0 == *tid)?.1;
+                Some((n - old, mask.clone()))
+            })
+            .max();
+        if let Some((delta, mask)) = busiest {
+            if noticed && delta > 0 && mask == home {
+                freed = Some(delta);
+            }
+        }
+    }
+    busy_stop.store(true, Ordering::Relaxed);
+    busy.join().expect("busy loop");
+    stop.store(true, Ordering::SeqCst);
+    let cycles = writer.join().expect("writer thread");
+    assert!(
+        noticed,
+        "after {cycles} cycles the daemon never said CPU {cpu} is busy; stderr:\n{}",
+        m.daemon_stderr()
+    );
+    assert!(
+        freed.is_some(),
+        "the thread serving the loop stayed pinned to busy CPU {cpu}: {:?}",
+        thread_slices(pid)
+    );
+}
