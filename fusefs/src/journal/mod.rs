@@ -55,7 +55,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -97,6 +97,28 @@ struct Tracked {
     /// When the file first changed since it was last durable (the kernel's
     /// `dirtied_when`), for `-o writeback`.
     dirtied_at: Instant,
+    /// The undo file, kept open for the epoch's next pre-images (see [`UndoFile`]).
+    undo: Option<UndoFile>,
+}
+
+/// Most undo files kept open at once across the journal: every overwrite of saved-for
+/// bytes would otherwise open and close one (a path lookup each), but thousands of files
+/// with unsynced overwrites must not each hold a descriptor.
+const MAX_OPEN_UNDO: usize = 256;
+
+/// An undo file open for appending pre-images; while `open_count` is set it counts
+/// against [`MAX_OPEN_UNDO`] and is kept in its [`Tracked`].
+struct UndoFile {
+    file: File,
+    open_count: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for UndoFile {
+    fn drop(&mut self) {
+        if let Some(n) = &self.open_count {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 struct SlotState {
@@ -128,6 +150,8 @@ pub struct Journal {
     /// Lock order: a slot's state, then the log.
     log: Mutex<Log>,
     next_id: AtomicU64,
+    /// Undo files held open by tracked files.
+    open_undo: Arc<AtomicUsize>,
 }
 
 fn mkdir_private(dir: &Path) -> io::Result<()> {
@@ -236,6 +260,7 @@ impl Journal {
             files: Mutex::new(HashMap::new()),
             log: Mutex::new(log),
             next_id: AtomicU64::new(1),
+            open_undo: Arc::new(AtomicUsize::new(0)),
         };
         Ok((journal, report))
     }
@@ -702,6 +727,7 @@ impl FileGuard<'_> {
                 size: durable_size,
                 ops: 0,
                 dirtied_at: Instant::now(),
+                undo: None,
             });
         }
         match st.tracked.as_mut() {
@@ -728,10 +754,10 @@ impl FileGuard<'_> {
         if t.saved.covers(page_start, page_end) {
             return Ok(());
         }
-        let undo = self.open_undo(t)?;
+        let undo = self.undo_file(t)?;
         for (s, e) in t.saved.missing(page_start, page_end) {
             let len = e.min(t.durable_size) - s;
-            let copied = copy_range(file, s, undo.as_fd(), t.undo_len, len)?;
+            let copied = copy_range(file, s, undo.file.as_fd(), t.undo_len, len)?;
             if copied > 0 {
                 self.journal.log.lock().append(&Record::PreImage {
                     id: t.id,
@@ -745,18 +771,41 @@ impl FileGuard<'_> {
             }
             t.saved.insert(s, e);
         }
+        self.keep_undo(t, undo);
         Ok(())
     }
 
-    fn open_undo(&self, t: &Tracked) -> io::Result<File> {
+    /// The file's undo file: the one kept open, or opened now.  Hand it back with
+    /// [`Self::keep_undo`] once done (an error on the way just closes it).
+    fn undo_file(&self, t: &mut Tracked) -> io::Result<UndoFile> {
+        if let Some(u) = t.undo.take() {
+            return Ok(u);
+        }
         let undo_path = self.journal.undo_dir.join(t.id.to_string());
-        OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(t.undo_len == 0)
             .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
-            .open(&undo_path)
+            .open(&undo_path)?;
+        let n = &self.journal.open_undo;
+        let counted = n
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| {
+                (k < MAX_OPEN_UNDO).then_some(k + 1)
+            })
+            .is_ok();
+        Ok(UndoFile {
+            file,
+            open_count: counted.then(|| n.clone()),
+        })
+    }
+
+    /// Keeps `undo` open in `t` if it counts against the limit; closes it otherwise.
+    fn keep_undo(&self, t: &mut Tracked, undo: UndoFile) {
+        if undo.open_count.is_some() {
+            t.undo = Some(undo);
+        }
     }
 
     /// Records the next operation of the file for `--keep prefix`: it may change
@@ -779,9 +828,9 @@ impl FileGuard<'_> {
         };
         let over = end.min(t.size);
         if t.dirty.intersects(start, over) {
-            let undo = self.open_undo(t)?;
+            let undo = self.undo_file(t)?;
             for (s, e) in t.dirty.overlapping(start, over) {
-                let copied = copy_range(file, s, undo.as_fd(), t.undo_len, e - s)?;
+                let copied = copy_range(file, s, undo.file.as_fd(), t.undo_len, e - s)?;
                 if copied > 0 {
                     op.pre.push(Extent {
                         start: s,
@@ -791,6 +840,7 @@ impl FileGuard<'_> {
                     t.undo_len += copied;
                 }
             }
+            self.keep_undo(t, undo);
         }
         self.journal.log.lock().append_op(t.id, &op)?;
         t.ops += 1;

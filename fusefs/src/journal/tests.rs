@@ -1007,3 +1007,37 @@ fn a_reservation_left_by_another_file_is_retired_not_used() {
     );
     assert_eq!(live[0].durable_size, 210, "its size read from the file");
 }
+
+#[test]
+fn undo_files_stay_open_within_a_bound_and_close_with_their_epoch() {
+    let d = Dirs::new("undo-open");
+    let (j, _) = d.open(true);
+    let n = MAX_OPEN_UNDO + 10;
+    let files: Vec<(TFile, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let orig = pattern(8192, i as u64);
+            (TFile::create(&d, &format!("f{i}"), &orig), orig)
+        })
+        .collect();
+    for (i, (f, _)) in files.iter().enumerate() {
+        // Two overwrites of durable pages and one of bytes already unsynced: the undo
+        // file is used three times, opened once (while the bound allows).
+        f.write(&j, 10, &[1u8; 100]);
+        f.write(&j, 5000, &[2u8; 100]);
+        f.write(&j, 50, &[3u8; 10]);
+        let open = j.open_undo.load(Ordering::Relaxed);
+        assert_eq!(open, (i + 1).min(MAX_OPEN_UNDO), "after file {i}");
+    }
+    // One epoch ends: its descriptor is released.
+    files[0].0.fsync(&j);
+    assert_eq!(j.open_undo.load(Ordering::Relaxed), MAX_OPEN_UNDO - 1);
+    j.rollback_all().unwrap();
+    assert_eq!(
+        j.open_undo.load(Ordering::Relaxed),
+        0,
+        "a cut closes them all"
+    );
+    for (i, (f, orig)) in files.iter().enumerate().skip(1) {
+        assert_eq!(&f.content(), orig, "file {i} rolled back");
+    }
+}
