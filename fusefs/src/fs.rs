@@ -50,6 +50,11 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: SetTime,
     pub mtime: SetTime,
+    /// The pid of the caller, for a truncate: unless it holds CAP_FSETID, the file loses
+    /// its set-user-ID (and group-executable set-group-ID) bit, as a truncate by it would
+    /// do on a local filesystem.  With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves that to
+    /// us, and the daemon's own ftruncate (as root) would keep the bits.
+    pub truncated_by: Option<u32>,
 }
 
 /// An open regular file.
@@ -567,11 +572,19 @@ impl LossFs {
             .ctx("chown")?;
         }
         if let Some(size) = a.size {
+            let kill = |fd: BorrowedFd<'_>| match a.truncated_by {
+                Some(pid) if !has_cap_fsetid(pid) => kill_suid(fd),
+                _ => Ok(()),
+            };
             match fh.map(|fh| self.file(fh)).transpose()? {
-                Some(f) => self.truncate(&inode, f.file.as_fd(), size)?,
+                Some(f) => {
+                    self.truncate(&inode, f.file.as_fd(), size)?;
+                    kill(f.file.as_fd())?;
+                }
                 None => {
                     let fd = open_proc(&pfd.proc_path(), libc::O_RDWR).ctx("open for truncate")?;
                     self.truncate(&inode, fd.as_fd(), size)?;
+                    kill(fd.as_fd())?;
                 }
             }
         }
@@ -1110,6 +1123,25 @@ fn off(v: u64) -> FsResult<libc::off_t> {
 
 /// Clears set-user-id, and set-group-id where group-execute is set, as a write by an
 /// unprivileged program must (the kernel leaves this to us with HANDLE_KILLPRIV_V2).
+/// capability(7) number of CAP_FSETID (linux/capability.h; not in the libc crate).
+const CAP_FSETID: u32 = 4;
+
+/// Whether process `pid` holds CAP_FSETID (may keep set-id bits when it changes a file).
+/// A process that is gone, or whose status cannot be read, does not.
+fn has_cap_fsetid(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .as_deref()
+        .and_then(cap_eff)
+        .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0)
+}
+
+/// The effective capability set in a `/proc/PID/status` text.
+fn cap_eff(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
 fn kill_suid(fd: BorrowedFd<'_>) -> FsResult<()> {
     let st = fstat(fd).ctx("fstat before write")?;
     let mut mode = st.st_mode & 0o7777;
@@ -1247,6 +1279,17 @@ mod tests {
         assert_eq!(std::fs::read_dir(f.dir.join("outside")).unwrap().count(), 0);
         assert!(!f.dir.join("x").exists());
         assert_eq!(std::fs::read(f.dir.join("backing/in")).unwrap(), b"in");
+    }
+
+    #[test]
+    fn cap_fsetid_is_read_from_the_callers_status() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000000000010\n";
+        assert_eq!(cap_eff(status), Some(0x10));
+        assert_eq!(cap_eff("Name:\tx\n"), None);
+        assert_eq!(cap_eff("CapEff:\tzz\n"), None);
+        // The tests run as root with every capability; a pid that is gone has none.
+        assert!(has_cap_fsetid(std::process::id()));
+        assert!(!has_cap_fsetid(u32::MAX));
     }
 
     #[test]

@@ -284,6 +284,7 @@ impl Filesystem for FuseAdapter {
             size,
             atime: set_time(atime),
             mtime: set_time(mtime),
+            truncated_by: size.map(|_| req.pid()),
         };
         match guarded(&self.fs, c, || self.fs.setattr(ino.0, fh.map(|f| f.0), a)) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),

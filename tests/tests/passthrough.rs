@@ -8,6 +8,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -416,4 +417,57 @@ fn utimensat_nofollow_sets_the_times_of_a_symlink() {
         (target_before.mtime(), target_before.mtime_nsec()),
         "the link's target was touched"
     );
+}
+
+/// Mode bits of `path` after `sh -c SCRIPT` (with `$f` = path) runs as `uid` on a root-owned
+/// file of mode 06777 with one byte in it.
+fn set_id_bits_after(path: &std::path::Path, uid: u32, script: &str) -> u32 {
+    fs::write(path, b"x").unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o6777)).unwrap();
+    assert_eq!(fs::metadata(path).unwrap().mode() & 0o7777, 0o6777);
+    let out = lossfs_tests::run_bounded(
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .env("f", path)
+            .uid(uid)
+            .gid(uid),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "{script} as uid {uid} on {}: {}",
+        path.display(),
+        lossfs_tests::output_text(&out)
+    );
+    fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+/// A write or truncate by a process without CAP_FSETID clears the set-user-ID bit (and the
+/// set-group-ID bit of a group-executable file), as on the local filesystem; root's keep
+/// them.  (With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to lossfs.)
+#[test]
+fn unprivileged_writes_and_truncates_clear_set_id_bits() {
+    let m = Mount::new(&["allow_other"]);
+    let native = lossfs_tests::unique_tmp_dir("setid");
+    let nobody = 65534;
+    let cases = [
+        ("append", nobody, r#"printf y >> "$f""#),
+        ("truncate", nobody, r#"truncate -s 5 "$f""#),
+        ("open O_TRUNC", nobody, r#": > "$f""#),
+        ("truncate as root", 0, r#"truncate -s 5 "$f""#),
+    ];
+    for (what, uid, script) in cases {
+        let want = set_id_bits_after(&native.join("f"), uid, script);
+        let got = set_id_bits_after(&m.path("f"), uid, script);
+        assert_eq!(
+            got, want,
+            "{what}: lossfs {got:o}, local filesystem {want:o}"
+        );
+        let expect = if uid == 0 { 0o6777 } else { 0o777 };
+        assert_eq!(
+            want, expect,
+            "{what} on the local filesystem (the reference itself)"
+        );
+    }
+    let _ = fs::remove_dir_all(&native);
 }
