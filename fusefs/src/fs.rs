@@ -573,8 +573,8 @@ impl LossFs {
         }
         if let Some(size) = a.size {
             let kill = |fd: BorrowedFd<'_>| match a.truncated_by {
-                Some(pid) if !has_cap_fsetid(pid) => kill_suid(fd),
-                _ => Ok(()),
+                Some(pid) => kill_suid_after_truncate(fd, pid),
+                None => Ok(()),
             };
             match fh.map(|fh| self.file(fh)).transpose()? {
                 Some(f) => {
@@ -1140,6 +1140,16 @@ fn has_cap_fsetid(pid: u32) -> bool {
 fn cap_eff(status: &str) -> Option<u64> {
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// After a truncate by process `pid`: its set-id bits go unless `pid` holds CAP_FSETID
+/// (looked up only for a file that has such a bit).
+fn kill_suid_after_truncate(fd: BorrowedFd<'_>, pid: u32) -> FsResult<()> {
+    let st = fstat(fd).ctx("fstat after truncate")?;
+    if st.st_mode & (libc::S_ISUID | libc::S_ISGID) == 0 || has_cap_fsetid(pid) {
+        return Ok(());
+    }
+    kill_suid(fd)
 }
 
 fn kill_suid(fd: BorrowedFd<'_>) -> FsResult<()> {
