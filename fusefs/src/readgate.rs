@@ -22,6 +22,9 @@
 //! is back to every thread reading.  One parked thread (the watcher) sleeps until the window
 //! ends; the others sleep until it wakes them.
 //!
+//! The same stretch of one program fsyncing alone is what [`Turn::solo`] reports, for
+//! [`crate::cpupin`] to run its requests on the disk's completion CPU.
+//!
 //! No bookkeeping per thread: the threads reading are the pool minus those serving a request
 //! through the gate and those parked (fuser starts them all in `read`, and a request fuser
 //! answers itself leaves its thread counted as reading).
