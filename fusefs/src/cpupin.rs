@@ -286,15 +286,24 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn pins_the_calling_thread_and_gives_its_mask_back() {
-        // A thread of its own: the test harness's threads keep their masks.
+    /// Runs `check` on a thread of its own (the test harness's threads keep their masks),
+    /// pinned to its last allowed CPU; `check` gets the pin, that CPU and the old mask.
+    fn pinned_thread(check: impl FnOnce(&CpuPin, usize, Vec<usize>) + Send + 'static) {
         std::thread::spawn(|| {
             let home = allowed();
             let cpu = *home.last().unwrap();
             let pin = CpuPin::new(cpu).unwrap();
             pin.set(true);
             assert_eq!(allowed(), vec![cpu]);
+            check(&pin, cpu, home);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn pins_the_calling_thread_and_gives_its_mask_back() {
+        pinned_thread(|pin, cpu, home| {
             // Repeated: no change, no error.
             pin.set(true);
             assert_eq!(allowed(), vec![cpu]);
@@ -309,9 +318,7 @@ mod tests {
                 .unwrap();
             });
             assert_eq!(allowed(), home, "only the calling thread moves");
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
@@ -334,12 +341,7 @@ mod tests {
 
     #[test]
     fn a_busy_cpu_stops_pinning_for_a_doubling_back_off() {
-        std::thread::spawn(|| {
-            let home = allowed();
-            let cpu = *home.last().unwrap();
-            let pin = CpuPin::new(cpu).unwrap();
-            pin.set(true);
-            assert_eq!(allowed(), vec![cpu]);
+        pinned_thread(|pin, cpu, home| {
             pin.back_off();
             assert!(pin.backing_off());
             pin.set(true);
@@ -371,9 +373,7 @@ mod tests {
             pin.set(true);
             assert_eq!(allowed(), vec![cpu]);
             pin.set(false);
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
