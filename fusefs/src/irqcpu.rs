@@ -160,8 +160,8 @@ fn decimal(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdir::TempDir;
     use std::os::unix::fs::{symlink, MetadataExt};
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     const DISK: &str = "sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda";
     const PCI: &str = "sys/devices/pci0000:00/0000:00:02.0";
@@ -169,20 +169,14 @@ mod tests {
 
     /// A fake sysfs and procfs under a fresh temp dir, removed on drop (also when a test fails).
     struct Tree {
-        root: PathBuf,
+        root: TempDir,
     }
 
     impl Tree {
         fn empty(tag: &str) -> Tree {
-            static SEQ: AtomicUsize = AtomicUsize::new(0);
-            let root = std::env::temp_dir().join(format!(
-                "lossfs-irqcpu-{tag}-{}-{}",
-                std::process::id(),
-                SEQ.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = fs::remove_dir_all(&root);
-            fs::create_dir_all(&root).unwrap();
-            Tree { root }
+            Tree {
+                root: TempDir::new(&format!("irqcpu-{tag}")),
+            }
         }
 
         /// A VM with one single-queue virtio-blk disk `vda` (254:0) and its partition
@@ -219,7 +213,7 @@ mod tests {
         }
 
         fn path(&self, rel: &str) -> PathBuf {
-            self.root.join(rel)
+            self.root.0.join(rel)
         }
 
         fn dir(&self, rel: &str) {
@@ -244,12 +238,6 @@ mod tests {
                 &self.path("proc"),
                 libc::makedev(major, minor),
             )
-        }
-    }
-
-    impl Drop for Tree {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.root);
         }
     }
 

@@ -36,4 +36,6 @@ pub mod readahead;
 pub mod readgate;
 pub mod report;
 pub mod run;
+#[cfg(test)]
+mod testdir;
 pub mod writeback;

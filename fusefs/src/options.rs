@@ -444,33 +444,7 @@ mod tests {
         v.iter().map(|x| x.to_string()).collect()
     }
 
-    static UNIQUE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-    /// A fresh directory under the temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let d = std::env::temp_dir().join(format!(
-                "lossfs-options-{tag}-{}-{}",
-                std::process::id(),
-                UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            fs::create_dir_all(&d).unwrap();
-            TempDir(d)
-        }
-        fn dir(&self, name: &str) -> PathBuf {
-            let p = self.0.join(name);
-            fs::create_dir_all(&p).unwrap();
-            p
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testdir::TempDir;
 
     #[test]
     fn fstab_style_list_parses() {
@@ -607,7 +581,7 @@ mod tests {
 
     #[test]
     fn good_paths_are_canonicalised() {
-        let t = TempDir::new("good");
+        let t = TempDir::new("options-good");
         let b = t.dir("backing");
         let m = t.dir("mnt");
         fs::create_dir(b.join("sub")).unwrap();
@@ -626,7 +600,7 @@ mod tests {
 
     #[test]
     fn bad_paths_are_refused_with_reasons() {
-        let t = TempDir::new("bad");
+        let t = TempDir::new("options-bad");
         let b = t.dir("backing");
         let m = t.dir("mnt");
         let file = t.0.join("file");
@@ -680,7 +654,7 @@ mod tests {
 
     #[test]
     fn bind_mount_of_backing_counts_as_the_same_directory() {
-        let t = TempDir::new("bind");
+        let t = TempDir::new("options-bind");
         let b = t.dir("backing");
         let m = t.dir("mnt");
         nix::mount::mount(
@@ -699,7 +673,7 @@ mod tests {
 
     #[test]
     fn disconnected_fuse_mount_is_reported() {
-        let t = TempDir::new("stale");
+        let t = TempDir::new("options-stale");
         let b = t.dir("backing");
         let m = t.dir("mnt");
         // A FUSE mount whose daemon is gone: mount with an fd of /dev/fuse, then close it.
@@ -735,7 +709,7 @@ mod tests {
 
     #[test]
     fn fuse_availability_checks() {
-        let t = TempDir::new("fuse");
+        let t = TempDir::new("options-fuse");
         let bin = t.dir("bin");
         let empty = t.dir("empty");
         let fm = bin.join("fusermount3");

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::report::{ByteRange, FileStatus, PowercutReport, StatusReport, SyncReport};
+use crate::testdir::TempDir;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -13,29 +14,9 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(10);
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "lossfs-ctl-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn sock(&self) -> PathBuf {
-        self.0.join("ctl.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The control socket of a test's directory.
+fn sock(dir: &TempDir) -> PathBuf {
+    dir.0.join("ctl.sock")
 }
 
 #[derive(Default)]
@@ -110,7 +91,7 @@ impl ControlHandler for Fake {
 
 fn start(dir: &TempDir, fake: &Arc<Fake>) -> ControlServer {
     let handler: Arc<dyn ControlHandler> = fake.clone();
-    ControlServer::start(&dir.sock(), handler).unwrap()
+    ControlServer::start(&sock(dir), handler).unwrap()
 }
 
 fn connect(path: &Path) -> UnixStream {
@@ -144,21 +125,21 @@ fn read_to_eof(s: &mut UnixStream) -> Vec<u8> {
 
 #[test]
 fn round_trips_every_request() {
-    let dir = TempDir::new("rt");
+    let dir = TempDir::new("ctl-rt");
     let fake = Arc::new(Fake::default());
     let server = start(&dir, &fake);
-    assert_eq!(server.path(), dir.sock());
-    let st = call(&dir.sock(), &Request::Status, T).unwrap();
+    assert_eq!(server.path(), sock(&dir));
+    let st = call(&sock(&dir), &Request::Status, T).unwrap();
     assert_eq!(
         serde_json::from_value::<StatusReport>(st).unwrap(),
         sample_status()
     );
     let sy: SyncReport =
-        serde_json::from_value(call(&dir.sock(), &Request::Sync, T).unwrap()).unwrap();
+        serde_json::from_value(call(&sock(&dir), &Request::Sync, T).unwrap()).unwrap();
     assert_eq!(sy.bytes_synced, 20);
     let pc: PowercutReport = serde_json::from_value(
         call(
-            &dir.sock(),
+            &sock(&dir),
             &Request::Powercut {
                 no_kill: true,
                 keep: Default::default(),
@@ -171,7 +152,7 @@ fn round_trips_every_request() {
     assert_eq!(pc.lost_bytes, 20);
     assert_eq!(fake.last_no_kill.load(Ordering::SeqCst), 1);
     call(
-        &dir.sock(),
+        &sock(&dir),
         &Request::Powercut {
             no_kill: false,
             keep: Default::default(),
@@ -185,7 +166,7 @@ fn round_trips_every_request() {
 
 #[test]
 fn socket_is_private_and_parent_is_created() {
-    let dir = TempDir::new("perm");
+    let dir = TempDir::new("ctl-perm");
     let nested = dir.0.join("a/b/ctl.sock");
     let handler: Arc<dyn ControlHandler> = Arc::new(Fake::default());
     let server = ControlServer::start(&nested, handler).unwrap();
@@ -198,13 +179,13 @@ fn socket_is_private_and_parent_is_created() {
 
 #[test]
 fn handler_errors_reach_the_client_as_server_errors() {
-    let dir = TempDir::new("err");
+    let dir = TempDir::new("ctl-err");
     let fake = Arc::new(Fake {
         fail_sync: true,
         ..Default::default()
     });
     let _server = start(&dir, &fake);
-    match call(&dir.sock(), &Request::Sync, T) {
+    match call(&sock(&dir), &Request::Sync, T) {
         Err(ClientError::Server(m)) => assert_eq!(m, "fsync of log failed: EIO"),
         other => panic!("expected a server error, got {other:?}"),
     }
@@ -212,23 +193,23 @@ fn handler_errors_reach_the_client_as_server_errors() {
 
 #[test]
 fn handler_panic_is_an_error_reply_and_serving_goes_on() {
-    let dir = TempDir::new("panic");
+    let dir = TempDir::new("ctl-panic");
     let fake = Arc::new(Fake::default());
     fake.panic_on_status.store(true, Ordering::SeqCst);
     let _server = start(&dir, &fake);
-    match call(&dir.sock(), &Request::Status, T) {
+    match call(&sock(&dir), &Request::Status, T) {
         Err(ClientError::Server(m)) => assert!(m.contains("panicked"), "{m}"),
         other => panic!("expected a server error, got {other:?}"),
     }
-    call(&dir.sock(), &Request::Status, T).unwrap();
+    call(&sock(&dir), &Request::Status, T).unwrap();
 }
 
 #[test]
 fn several_requests_per_connection_and_text_garbage_keeps_it_open() {
-    let dir = TempDir::new("multi");
+    let dir = TempDir::new("ctl-multi");
     let fake = Arc::new(Fake::default());
     let _server = start(&dir, &fake);
-    let mut s = connect(&dir.sock());
+    let mut s = connect(&sock(&dir));
     let mut r = BufReader::new(s.try_clone().unwrap());
     s.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n\n{\"v\":1,\"cmd\":\"sync\"}\n")
         .unwrap();
@@ -246,10 +227,10 @@ fn several_requests_per_connection_and_text_garbage_keeps_it_open() {
 
 #[test]
 fn binary_garbage_gets_an_error_then_close_and_server_serves_on() {
-    let dir = TempDir::new("bin");
+    let dir = TempDir::new("ctl-bin");
     let fake = Arc::new(Fake::default());
     let _server = start(&dir, &fake);
-    let mut s = connect(&dir.sock());
+    let mut s = connect(&sock(&dir));
     s.write_all(b"\xff\xfe\x00garbage\n{\"v\":1,\"cmd\":\"status\"}\n")
         .unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -258,15 +239,15 @@ fn binary_garbage_gets_an_error_then_close_and_server_serves_on() {
     r.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "nothing may follow on a closed connection");
     assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
-    call(&dir.sock(), &Request::Status, T).unwrap();
+    call(&sock(&dir), &Request::Status, T).unwrap();
 }
 
 #[test]
 fn oversized_line_gets_an_error_then_close_and_server_serves_on() {
-    let dir = TempDir::new("big");
+    let dir = TempDir::new("ctl-big");
     let fake = Arc::new(Fake::default());
     let _server = start(&dir, &fake);
-    let mut s = connect(&dir.sock());
+    let mut s = connect(&sock(&dir));
     // The server stops reading after 64 KiB, so our write may fail with EPIPE: that is fine.
     let _ = s.write_all(&vec![b'{'; 1 << 20]);
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -280,18 +261,18 @@ fn oversized_line_gets_an_error_then_close_and_server_serves_on() {
         Err(e) => panic!("reading after the error reply: {e}"),
     }
     assert!(rest.is_empty());
-    call(&dir.sock(), &Request::Status, T).unwrap();
+    call(&sock(&dir), &Request::Status, T).unwrap();
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
 }
 
 #[test]
 fn half_closed_connections_end_promptly() {
-    let dir = TempDir::new("half");
+    let dir = TempDir::new("ctl-half");
     let fake = Arc::new(Fake::default());
     let _server = start(&dir, &fake);
     let started = Instant::now();
 
-    let mut s = connect(&dir.sock());
+    let mut s = connect(&sock(&dir));
     s.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n").unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let all = String::from_utf8(read_to_eof(&mut s)).unwrap();
@@ -299,13 +280,13 @@ fn half_closed_connections_end_promptly() {
     assert!(all.contains("\"ok\":true"), "{all}");
 
     // A last request without its newline is still answered.
-    let mut s = connect(&dir.sock());
+    let mut s = connect(&sock(&dir));
     s.write_all(b"{\"v\":1,\"cmd\":\"sync\"}").unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let all = String::from_utf8(read_to_eof(&mut s)).unwrap();
     assert!(all.contains("\"files_synced\":1"), "{all}");
 
-    let mut s = connect(&dir.sock());
+    let mut s = connect(&sock(&dir));
     s.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(read_to_eof(&mut s).is_empty());
 
@@ -316,22 +297,22 @@ fn half_closed_connections_end_promptly() {
 
 #[test]
 fn idle_connections_are_closed_and_the_cap_refuses_extra_ones() {
-    let dir = TempDir::new("idle");
+    let dir = TempDir::new("ctl-idle");
     let fake: Arc<dyn ControlHandler> = Arc::new(Fake::default());
     let opts = ServerOptions {
         idle_timeout: Duration::from_millis(1500),
         max_connections: 2,
     };
-    let _server = ControlServer::start_with(&dir.sock(), fake, opts).unwrap();
+    let _server = ControlServer::start_with(&sock(&dir), fake, opts).unwrap();
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = connect(&dir.sock());
+        let mut s = connect(&sock(&dir));
         s.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n").unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
         assert_eq!(read_reply(&mut r)["ok"], Value::Bool(true));
         held.push(s);
     }
-    let mut third = connect(&dir.sock());
+    let mut third = connect(&sock(&dir));
     let mut r = BufReader::new(third.try_clone().unwrap());
     assert_error(&read_reply(&mut r), "too many control connections");
     assert!(read_to_eof(&mut third).is_empty());
@@ -348,7 +329,7 @@ fn idle_connections_are_closed_and_the_cap_refuses_extra_ones() {
     // Slots are free again once the idle connections were closed.
     let deadline = Instant::now() + T;
     loop {
-        match call(&dir.sock(), &Request::Status, T) {
+        match call(&sock(&dir), &Request::Status, T) {
             Ok(_) => break,
             Err(ClientError::Server(m)) if m.contains("too many") && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20))
@@ -360,7 +341,7 @@ fn idle_connections_are_closed_and_the_cap_refuses_extra_ones() {
 
 #[test]
 fn concurrent_clients_are_served_one_at_a_time() {
-    let dir = TempDir::new("conc");
+    let dir = TempDir::new("ctl-conc");
     let fake = Arc::new(Fake {
         delay: Duration::from_millis(3),
         ..Default::default()
@@ -368,7 +349,7 @@ fn concurrent_clients_are_served_one_at_a_time() {
     let _server = start(&dir, &fake);
     let threads: Vec<_> = (0..8)
         .map(|i| {
-            let sock = dir.sock();
+            let sock = sock(&dir);
             std::thread::spawn(move || {
                 for j in 0..10 {
                     let req = if (i + j) % 2 == 0 {
@@ -396,71 +377,71 @@ fn concurrent_clients_are_served_one_at_a_time() {
 
 #[test]
 fn refuses_a_live_socket_and_replaces_a_stale_one() {
-    let dir = TempDir::new("stale");
+    let dir = TempDir::new("ctl-stale");
     let fake = Arc::new(Fake::default());
     let first = start(&dir, &fake);
     let handler: Arc<dyn ControlHandler> = fake.clone();
-    let err = ControlServer::start(&dir.sock(), handler)
+    let err = ControlServer::start(&sock(&dir), handler)
         .err()
         .expect("a second server on a live socket must fail");
     assert!(
         err.to_string().contains("another lossfs already serves"),
         "{err}"
     );
-    call(&dir.sock(), &Request::Status, T).unwrap();
+    call(&sock(&dir), &Request::Status, T).unwrap();
     first.shutdown();
-    assert!(!dir.sock().exists());
+    assert!(!sock(&dir).exists());
 
     // A socket file nobody listens on any more, as a SIGKILLed daemon leaves behind.
-    drop(UnixListener::bind(dir.sock()).unwrap());
-    assert!(dir.sock().exists());
+    drop(UnixListener::bind(sock(&dir)).unwrap());
+    assert!(sock(&dir).exists());
     let _second = start(&dir, &fake);
-    call(&dir.sock(), &Request::Status, T).unwrap();
+    call(&sock(&dir), &Request::Status, T).unwrap();
 }
 
 #[test]
 fn never_replaces_a_non_socket() {
-    let dir = TempDir::new("file");
-    std::fs::write(dir.sock(), b"precious").unwrap();
+    let dir = TempDir::new("ctl-file");
+    std::fs::write(sock(&dir), b"precious").unwrap();
     let handler: Arc<dyn ControlHandler> = Arc::new(Fake::default());
-    let err = ControlServer::start(&dir.sock(), handler)
+    let err = ControlServer::start(&sock(&dir), handler)
         .err()
         .expect("must refuse");
     assert!(err.to_string().contains("not a socket"), "{err}");
-    assert_eq!(std::fs::read(dir.sock()).unwrap(), b"precious");
+    assert_eq!(std::fs::read(sock(&dir)).unwrap(), b"precious");
 }
 
 #[test]
 fn shutdown_ends_open_connections_and_keeps_a_successor_socket() {
-    let dir = TempDir::new("down");
+    let dir = TempDir::new("ctl-down");
     let fake = Arc::new(Fake::default());
     let server = start(&dir, &fake);
-    let mut idle = connect(&dir.sock());
+    let mut idle = connect(&sock(&dir));
     idle.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n").unwrap();
     let mut r = BufReader::new(idle.try_clone().unwrap());
     read_reply(&mut r);
     let started = Instant::now();
     // Someone replaced our socket file: shutdown must not delete theirs.
-    std::fs::remove_file(dir.sock()).unwrap();
-    let theirs = UnixListener::bind(dir.sock()).unwrap();
+    std::fs::remove_file(sock(&dir)).unwrap();
+    let theirs = UnixListener::bind(sock(&dir)).unwrap();
     server.shutdown();
     assert!(read_to_eof(&mut idle).is_empty());
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(dir.sock().exists());
+    assert!(sock(&dir).exists());
     drop(theirs);
 }
 
 #[test]
 fn client_errors_tell_connect_from_protocol_from_timeout() {
-    let dir = TempDir::new("client");
-    match call(&dir.sock(), &Request::Status, T) {
+    let dir = TempDir::new("ctl-client");
+    match call(&sock(&dir), &Request::Status, T) {
         Err(e @ ClientError::Connect { .. }) => {
-            assert!(e.to_string().contains(&dir.sock().display().to_string()))
+            assert!(e.to_string().contains(&sock(&dir).display().to_string()))
         }
         other => panic!("expected a connect error, got {other:?}"),
     }
     // A peer that answers nonsense, then one that never answers.
-    let listener = UnixListener::bind(dir.sock()).unwrap();
+    let listener = UnixListener::bind(sock(&dir)).unwrap();
     let peer = std::thread::spawn(move || {
         let (mut a, _) = listener.accept().unwrap();
         let mut line = String::new();
@@ -472,14 +453,14 @@ fn client_errors_tell_connect_from_protocol_from_timeout() {
         std::thread::sleep(Duration::from_millis(800));
         drop(b);
     });
-    match call(&dir.sock(), &Request::Status, T) {
+    match call(&sock(&dir), &Request::Status, T) {
         Err(ClientError::Protocol { message, .. }) => {
             assert!(message.contains("\"ok\""), "{message}")
         }
         other => panic!("expected a protocol error, got {other:?}"),
     }
     let started = Instant::now();
-    match call(&dir.sock(), &Request::Status, Duration::from_millis(200)) {
+    match call(&sock(&dir), &Request::Status, Duration::from_millis(200)) {
         Err(ClientError::Timeout { .. }) => {}
         other => panic!("expected a timeout, got {other:?}"),
     }
@@ -495,18 +476,18 @@ fn peer_with_another_uid_is_refused() {
         eprintln!("skipped: needs root to run a client under another uid");
         return;
     }
-    let dir = TempDir::new("uid");
+    let dir = TempDir::new("ctl-uid");
     let fake = Arc::new(Fake::default());
     let _server = start(&dir, &fake);
     // Let the other uid reach the socket so that the credential check is what refuses it.
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
-    std::fs::set_permissions(dir.sock(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(sock(&dir), std::fs::Permissions::from_mode(0o666)).unwrap();
 
     use std::os::unix::ffi::OsStrExt;
     // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let p = dir.sock();
+    let p = sock(&dir);
     let bytes = p.as_os_str().as_bytes();
     assert!(bytes.len() < addr.sun_path.len());
     for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
