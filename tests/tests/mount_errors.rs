@@ -29,12 +29,24 @@ impl Drop for Attempt {
 
 /// Runs `lossfs BACKING MNT -f` expecting it to exit non-zero within 10 s; returns stderr.
 fn expect_failure(scratch: &Path, backing: &Path, mnt: &Path, what: &str) -> String {
+    expect_failure_with(scratch, backing, mnt, &[], what)
+}
+
+/// [`expect_failure`] with more arguments (`-o ...`).
+fn expect_failure_with(
+    scratch: &Path,
+    backing: &Path,
+    mnt: &Path,
+    args: &[&str],
+    what: &str,
+) -> String {
     let stderr = scratch.join("attempt.stderr");
     let errf = File::create(&stderr).unwrap();
     let child = Command::new(lossfs_bin())
         .arg(backing)
         .arg(mnt)
         .arg("-f")
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(errf))
@@ -186,4 +198,31 @@ fn same_mountpoint_twice_is_refused() {
         "mount point must carry exactly the first mount"
     );
     m.status_json();
+}
+
+/// `sync_cpu=N` naming a CPU the daemon may not run on fails the mount before anything is
+/// mounted, naming the option, the CPU and the CPUs allowed.
+#[test]
+fn a_sync_cpu_the_daemon_may_not_use_is_refused() {
+    check_preconditions();
+    let s = Scratch(unique_tmp_dir("me"));
+    let (backing, mnt) = (s.0.join("b"), s.0.join("m"));
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let err = expect_failure_with(
+        &s.0,
+        &backing,
+        &mnt,
+        &["-o", "sync_cpu=1023"],
+        "sync_cpu=1023",
+    );
+    assert!(
+        err.contains("sync_cpu=1023") && err.contains("CPU 1023") && err.contains("allowed"),
+        "the error names the option, the CPU and the CPUs allowed: {err}"
+    );
+    assert!(
+        !is_mounted(&mnt),
+        "a refused mount left {} mounted",
+        mnt.display()
+    );
 }
