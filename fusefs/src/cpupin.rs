@@ -153,10 +153,6 @@ impl CpuPin {
         })
     }
 
-    pub fn cpu(&self) -> usize {
-        self.cpu
-    }
-
     /// Pins the calling thread (`true`) or gives it its old mask back (`false`); does
     /// nothing if it is already so, but a pinned thread now and then checks that its CPU
     /// is not busy.

@@ -26,6 +26,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -675,6 +676,18 @@ pub fn serve(
             ));
         }
     }
+    let threads = opts.threads.unwrap_or(8);
+    // Before anything changes (the journal's recovery below), so that a bad `sync_cpu=N`
+    // fails the mount with nothing done.  Pinning follows the gate's turn-taking: with one
+    // thread there is none.
+    let pin = if threads > 1 {
+        let dev = std::fs::metadata(&backing)
+            .map_err(|e| format!("stat {}: {e}", backing.display()))?
+            .dev();
+        sync_cpu_pin(opts.sync_cpu, dev)?
+    } else {
+        None
+    };
     // Before any thread starts (the namespace commit thread, the workers...): every thread
     // inherits the mask, so termination signals reach only the signal thread.
     let signals = block_signals();
@@ -799,18 +812,12 @@ pub fn serve(
     if opts.allow_other {
         config.acl = SessionACL::All;
     }
-    let threads = opts.threads.unwrap_or(8);
     config.n_threads = Some(threads);
     config.clone_fd = true;
     let adapter = FuseAdapter {
         fs: fs.clone(),
         gate: (threads > 1).then(|| crate::readgate::ReadGate::new(threads)),
-        // Pinning follows the gate's turn-taking: with one thread there is none.
-        pin: if threads > 1 {
-            sync_cpu_pin(opts.sync_cpu, st.st_dev)?
-        } else {
-            None
-        },
+        pin,
     };
 
     let mut session = fuser::Session::new(adapter, &mountpoint, &config)

@@ -225,4 +225,8 @@ fn a_sync_cpu_the_daemon_may_not_use_is_refused() {
         "a refused mount left {} mounted",
         mnt.display()
     );
+    assert!(
+        fs::read_dir(&backing).unwrap().next().is_none(),
+        "a refused mount must not have touched the backing dir (no state dir, no recovery)"
+    );
 }
