@@ -795,9 +795,11 @@ pub fn serve(
         // "fuse.lossfs", which is how lossctl recognises our mounts.
         MountOption::CUSTOM("subtype=lossfs".into()),
     ];
-    if opts.default_permissions {
-        config.mount_options.push(MountOption::DefaultPermissions);
-    }
+    // Always: the daemon acts as root, so the kernel's check is all that stands between a
+    // program and what the backing file system would refuse it (options.rs refuses to turn
+    // it off).  With allow_other fuser lets every user's requests through (SessionACL::All)
+    // and checks nothing itself.
+    config.mount_options.push(MountOption::DefaultPermissions);
     for (on, o) in [
         (opts.ro, MountOption::RO),
         (opts.noatime, MountOption::NoAtime),

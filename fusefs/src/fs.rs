@@ -9,6 +9,7 @@
 //! A power cut freezes all operations through `gate` (every operation holds a read lock while
 //! it runs), rolls back, and bumps `epoch`: handles opened in an older epoch answer EIO.
 
+use crate::ascaller::AsCaller;
 use crate::error::{cvt, Context, FsError, FsResult};
 use crate::faults::Faults;
 use crate::inode::{Inode, InodeTable, PathFd, ROOT};
@@ -178,39 +179,9 @@ fn open_proc(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Runs file-creating calls with the caller's fsuid/fsgid, so new files belong to the program
-/// that made them and the backing filesystem checks its permissions.  Per thread on Linux.
-struct AsCaller {
-    switched: bool,
-}
-
-impl AsCaller {
-    fn new(c: Caller) -> AsCaller {
-        // Root's requests need no switch: the thread already has root's fs credentials, and
-        // four syscalls per create add up (a create-heavy program runs as one user).
-        if c.uid == 0 && c.gid == 0 {
-            return AsCaller { switched: false };
-        }
-        // SAFETY: setfsgid/setfsuid only change this thread's filesystem credentials.
-        unsafe {
-            libc::setfsgid(c.gid);
-            libc::setfsuid(c.uid);
-        }
-        AsCaller { switched: true }
-    }
-}
-
-impl Drop for AsCaller {
-    fn drop(&mut self) {
-        if !self.switched {
-            return;
-        }
-        // SAFETY: restores the daemon's own (root) filesystem credentials for this thread.
-        unsafe {
-            libc::setfsuid(0);
-            libc::setfsgid(0);
-        }
-    }
+/// Runs the rest of the scope with the caller's filesystem credentials (see `ascaller`).
+fn as_caller(c: Caller) -> FsResult<AsCaller> {
+    AsCaller::new(c.uid, c.gid, c.pid).ctx("switch to the caller's credentials")
 }
 
 fn timespec(t: SetTime) -> libc::timespec {
@@ -384,7 +355,7 @@ impl LossFs {
         let (p, pfd, c) = self.parent_dir(parent, name)?;
         let creating = self.before_create(&p, &pfd, &c, Kind::Dir)?;
         {
-            let _as = AsCaller::new(who);
+            let _as = as_caller(who)?;
             // SAFETY: valid dir fd and C string.
             cvt(unsafe { libc::mkdirat(pfd.fd().as_raw_fd(), c.as_ptr(), mode) }).ctx("mkdir")?;
         }
@@ -402,7 +373,7 @@ impl LossFs {
         let (p, pfd, c) = self.parent_dir(parent, name)?;
         let creating = self.before_create(&p, &pfd, &c, Kind::Node)?;
         {
-            let _as = AsCaller::new(who);
+            let _as = as_caller(who)?;
             // SAFETY: valid dir fd and C string.
             cvt(unsafe {
                 libc::mknodat(pfd.fd().as_raw_fd(), c.as_ptr(), mode, rdev as libc::dev_t)
@@ -423,7 +394,7 @@ impl LossFs {
         let t = cstr(target)?;
         let creating = self.before_create(&p, &pfd, &c, Kind::Symlink)?;
         {
-            let _as = AsCaller::new(who);
+            let _as = as_caller(who)?;
             // SAFETY: valid C strings and dir fd.
             cvt(unsafe { libc::symlinkat(t.as_ptr(), pfd.fd().as_raw_fd(), c.as_ptr()) })
                 .ctx("symlink")?;
@@ -726,7 +697,7 @@ impl LossFs {
         let bflags = Self::backing_flags(flags);
         let mut creating = self.before_create(&p, &pfd, &c, Kind::File)?;
         let created = {
-            let _as = AsCaller::new(who);
+            let _as = as_caller(who)?;
             openat(pfd.fd(), &c, bflags | libc::O_CREAT | libc::O_EXCL, mode)
         };
         let fd = match created {

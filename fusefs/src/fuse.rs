@@ -228,6 +228,15 @@ impl Filesystem for FuseAdapter {
         // Without this the kernel asks getxattr(security.capability) before every write.
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // The kernel checks permissions for us (default_permissions); without this it
+        // ignores ACLs and reads a file's group bits, which are the ACL's mask, as the owning
+        // group's rights, granting that group what the backing file system refuses it.
+        if config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_err() {
+            tracing::warn!(
+                "the kernel offers no POSIX ACLs to FUSE: permissions of files with ACLs are \
+                 checked from their mode bits alone"
+            );
+        }
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_background(64);
         Ok(())

@@ -12,6 +12,7 @@
 //! [`run`] supervises a program on the mount.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod ascaller;
 pub mod control;
 pub mod cpupin;
 pub mod daemon;

@@ -53,7 +53,7 @@ struct RunCli {
 const OPTIONS_HELP: &str = "\
 Options (-o):
   allow_other           let users other than the mounting one use the mount
-  default_permissions   let the kernel check permissions from the file modes
+  default_permissions   always on (the kernel checks permissions); cannot be turned off
   state_dir=PATH        undo journal directory (default BACKING/.lossfs, hidden from the mount)
   control=PATH          control socket (default /run/lossfs/<escaped mount point>.sock)
   log=LEVEL             error|warn|info|debug|trace (default warn; also env LOSSFS_LOG)

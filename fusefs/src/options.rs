@@ -23,10 +23,12 @@ pub enum Recover {
 /// Which CPU serves a program that fsyncs alone (see `cpupin`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncCpu {
-    /// The CPU that takes the backing disk's completion interrupts, when there is one.
-    #[default]
+    /// The CPU that takes the backing disk's completion interrupts, when there is one,
+    /// followed when the interrupt moves.
     Auto,
-    /// Wherever the scheduler puts it.
+    /// Wherever the scheduler puts it.  The default: the gain of `auto` depends on one
+    /// machine's interrupt layout, and a wrong pin costs more than none.
+    #[default]
     Off,
     /// This CPU.
     Cpu(usize),
@@ -36,7 +38,6 @@ pub enum SyncCpu {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MountOptions {
     pub allow_other: bool,
-    pub default_permissions: bool,
     /// `state_dir=PATH`: where the undo journal lives.
     pub state_dir: Option<PathBuf>,
     /// `control=PATH`: the control socket.
@@ -101,6 +102,18 @@ const IGNORED_FLAGS: [&str; 16] = [
 ];
 const IGNORED_WITH_VALUE: [&str; 3] = ["fsname", "subtype", "comment"];
 
+/// Every lossfs mount lets the kernel check permissions from the file modes: the daemon
+/// acts as root on the backing directory, so without the kernel's check a program could
+/// do there what the backing file system would refuse it.  The option is accepted, as
+/// fstab lines carry it, and changes nothing.
+const ALWAYS_ON: &str = "default_permissions";
+/// Names that would turn the kernel's check off; refused rather than ignored.
+const PERMISSIONS_OFF: [&str; 3] = [
+    "nodefault_permissions",
+    "no_default_permissions",
+    "default_permissions_off",
+];
+
 /// Parses `-o` arguments; each element is one comma separated list.
 pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
     let mut o = MountOptions::default();
@@ -119,9 +132,17 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
             no_value(name, value)?;
             continue;
         }
+        if name == ALWAYS_ON {
+            if let Some(v) = value {
+                return Err(permissions_off(&format!("{name}={v}")));
+            }
+            continue;
+        }
+        if PERMISSIONS_OFF.contains(&name) {
+            return Err(permissions_off(item));
+        }
         let flag = match name {
             "allow_other" => Some(&mut o.allow_other),
-            "default_permissions" => Some(&mut o.default_permissions),
             "ro" => Some(&mut o.ro),
             "noatime" => Some(&mut o.noatime),
             "nosuid" => Some(&mut o.nosuid),
@@ -243,6 +264,14 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
         }
     }
     Ok(o)
+}
+
+fn permissions_off(item: &str) -> String {
+    format!(
+        "mount option {item}: lossfs always mounts with default_permissions (the kernel checks \
+         permissions from the file modes and ACLs; the daemon acts as root and checks none \
+         itself), and it cannot be turned off"
+    )
 }
 
 fn no_value(name: &str, value: Option<&str>) -> Result<(), String> {
@@ -477,7 +506,6 @@ mod tests {
             o,
             MountOptions {
                 allow_other: false,
-                default_permissions: true,
                 state_dir: None,
                 control: Some(PathBuf::from("/run/l.sock")),
                 log: Some("debug".into()),
@@ -507,6 +535,13 @@ mod tests {
             SyncCpu::Off
         );
         assert_eq!(
+            parse_mount_options(&s(&["sync_cpu=auto"]))
+                .unwrap()
+                .sync_cpu,
+            SyncCpu::Auto
+        );
+        assert_eq!(parse_mount_options(&[]).unwrap().sync_cpu, SyncCpu::Off);
+        assert_eq!(
             parse_mount_options(&s(&["sync_cpu=off,sync_cpu=auto"]))
                 .unwrap()
                 .sync_cpu,
@@ -527,6 +562,27 @@ mod tests {
                 .threads,
             Some(64)
         );
+    }
+
+    #[test]
+    fn permission_checks_cannot_be_turned_off() {
+        // Accepted (fstab lines carry it) and the same as leaving it out.
+        assert_eq!(
+            parse_mount_options(&s(&["allow_other,default_permissions"])).unwrap(),
+            parse_mount_options(&s(&["allow_other"])).unwrap()
+        );
+        for off in [
+            "nodefault_permissions",
+            "no_default_permissions",
+            "default_permissions_off",
+            "default_permissions=no",
+        ] {
+            let err = parse_mount_options(&s(&["allow_other", off])).unwrap_err();
+            assert!(
+                err.contains(off) && err.contains("cannot be turned off"),
+                "{off}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -572,6 +628,9 @@ mod tests {
             ("metadata", "metadata"),
             ("commit=-1", "commit=-1"),
             ("commit=soon", "commit=soon"),
+            ("default_permissions=0", "default_permissions=0"),
+            ("nodefault_permissions", "nodefault_permissions"),
+            ("no_default_permissions", "no_default_permissions"),
         ];
         for (opt, named) in cases {
             let err = parse_mount_options(&s(&[opt])).unwrap_err();

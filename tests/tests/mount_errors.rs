@@ -230,3 +230,27 @@ fn a_sync_cpu_the_daemon_may_not_use_is_refused() {
         "a refused mount must not have touched the backing dir (no state dir, no recovery)"
     );
 }
+
+/// Every mount has the kernel check permissions; an option that would turn that off fails
+/// the mount with a message saying so, before anything is mounted.
+#[test]
+fn turning_permission_checks_off_is_refused() {
+    check_preconditions();
+    let s = Scratch(unique_tmp_dir("me"));
+    let (backing, mnt) = (s.0.join("b"), s.0.join("m"));
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    for off in ["nodefault_permissions", "default_permissions=0"] {
+        let opts = format!("allow_other,{off}");
+        let err = expect_failure_with(&s.0, &backing, &mnt, &["-o", &opts], off);
+        assert!(
+            err.contains(off) && err.contains("cannot be turned off"),
+            "the error names the option and says why: {err}"
+        );
+        assert!(
+            !is_mounted(&mnt),
+            "-o {opts} left {} mounted",
+            mnt.display()
+        );
+    }
+}
