@@ -11,7 +11,8 @@
 //! Results are logged at level info (`-o log=info`); an unknown or malformed line (other
 //! LazyFS commands such as its fault injection, non-UTF-8, over 4 KiB) and a failed
 //! command are logged as errors and never reported as done.  The FIFO is created (mode
-//! 0600) if missing; an existing path must be a FIFO.
+//! 0600) if missing; an existing path must be a FIFO that belongs to the daemon's user (or
+//! root) and that no one else may write, since whoever writes to it cuts and syncs the mount.
 
 use crate::control::ControlHandler;
 use std::ffi::CString;
@@ -142,15 +143,50 @@ pub fn start(path: &Path, h: Arc<dyn ControlHandler>) -> Result<(), String> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| format!("lazyfs_fifo={}: open: {e}", path.display()))?;
+    // Checked on what was opened, so a path swapped after the look above changes nothing.
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("lazyfs_fifo={}: fstat: {e}", path.display()))?;
+    check_private(path, &meta, nix::unistd::geteuid().as_raw())?;
     let p: PathBuf = path.to_path_buf();
     std::thread::Builder::new()
         .name("lossfs-lazyfs".into())
         .spawn(move || serve_lines(f, &p, &*h))
         .map_err(|e| format!("lazyfs fifo thread: {e}"))?;
     tracing::info!("lazyfs fifo {} ready", path.display());
+    Ok(())
+}
+
+/// Only the daemon's user and root may write commands: the FIFO must be theirs and not
+/// writable by its group or by others.
+fn check_private(path: &Path, meta: &std::fs::Metadata, euid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.file_type().is_fifo() {
+        return Err(format!(
+            "lazyfs_fifo={}: exists and is not a FIFO",
+            path.display()
+        ));
+    }
+    if meta.uid() != euid && meta.uid() != 0 {
+        return Err(format!(
+            "lazyfs_fifo={}: belongs to uid {}, who could cut and sync this mount through it; \
+             the FIFO must belong to root or uid {euid} (remove it and lossfs creates one, \
+             mode 0600)",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "lazyfs_fifo={}: mode {:04o} lets other users write commands that cut and sync \
+             this mount; make it writable by its owner only (chmod go-w)",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
     Ok(())
 }
 
@@ -244,5 +280,43 @@ mod tests {
         serve_lines(&input[..], Path::new("/fifo"), &h);
         // The command glued to the long line is part of it; the next line runs.
         assert_eq!(*h.calls.lock(), ["sync"]);
+    }
+
+    #[test]
+    fn only_a_fifo_of_the_daemons_user_closed_to_others_is_served() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = crate::testdir::TempDir::new("lazyfs-private");
+        let fifo = t.0.join("cmd.fifo");
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let meta = || std::fs::symlink_metadata(&fifo).unwrap();
+        let chmod =
+            |mode| std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(mode)).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        check_private(&fifo, &meta(), me).unwrap();
+        // Readable by all is fine: reading steals a command, it issues none.
+        chmod(0o644);
+        check_private(&fifo, &meta(), me).unwrap();
+        for mode in [0o620, 0o602, 0o666] {
+            chmod(mode);
+            let e = check_private(&fifo, &meta(), me).unwrap_err();
+            assert!(
+                e.contains("chmod go-w") && e.contains(&format!("{mode:04o}")),
+                "{e}"
+            );
+        }
+        chmod(0o600);
+        // Another user's FIFO, as this daemon would see it if it ran as uid 12345 while the
+        // FIFO belongs to root: fine (root); the reverse is refused.
+        check_private(&fifo, &meta(), 12345).unwrap();
+        std::os::unix::fs::chown(&fifo, Some(65534), None).expect("chown (needs root)");
+        let e = check_private(&fifo, &meta(), me).unwrap_err();
+        assert!(e.contains("belongs to uid 65534"), "{e}");
+        check_private(&fifo, &meta(), 65534).unwrap();
+        let plain = t.0.join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        let e = check_private(&plain, &std::fs::metadata(&plain).unwrap(), me).unwrap_err();
+        assert!(e.contains("not a FIFO"), "{e}");
     }
 }

@@ -1,7 +1,7 @@
 //! Abuse of the control socket: malformed, oversized, half-closed and idle connections
 //! get an error reply or a closed connection, never a crash or a hang.
 
-use lossfs_tests::{num, Mount};
+use lossfs_tests::{lossctl, lossctl_bin, num, output_text, run_bounded, Mount, CMD_TIMEOUT};
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -241,4 +241,45 @@ fn idle_connection_does_not_block_others() {
     std::fs::write(m.path("f"), b"x").unwrap();
     let rep = m.powercut_nokill_json();
     assert_eq!(num(&rep, "lost_bytes"), 1, "{rep}");
+}
+
+/// The fault engine answers only root and the daemon's user, like every other command: a
+/// client of another uid arms nothing, even when the socket's mode lets it connect.
+#[test]
+fn fault_commands_from_another_uid_are_refused() {
+    use std::os::unix::process::CommandExt;
+    let m = Mount::new(&["allow_other"]);
+    let mnt = m.mnt.to_str().expect("utf-8").to_string();
+    let sock = m.control_socket();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for args in [
+        &["arm", "powercut", &mnt, "--op", "fsync"][..],
+        &["fault", "add", &mnt, "--op", "write", "--errno", "EIO"],
+        &["fault", "disk-full", &mnt, "--limit", "0"],
+    ] {
+        let mut c = std::process::Command::new(lossctl_bin());
+        c.args(args).uid(65534).gid(65534);
+        let out = run_bounded(&mut c, CMD_TIMEOUT);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            output_text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("may not control this lossfs"),
+            "{args:?}: {}",
+            output_text(&out)
+        );
+    }
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = lossctl(&["fault", "list", &mnt, "--json"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).expect("fault list JSON");
+    assert!(
+        state["crash_point"].is_null()
+            && state["disk_full"].is_null()
+            && state["faults"].as_array().is_some_and(|f| f.is_empty()),
+        "a refused client changed the fault engine: {state}"
+    );
 }

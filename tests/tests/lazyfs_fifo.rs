@@ -132,3 +132,74 @@ fn lazyfs_fifo_on_a_regular_file_is_refused() {
     assert!(!is_mounted(&mnt), "left a mount behind");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Whoever may write to the FIFO cuts and syncs the mount: the one lossfs creates is
+/// closed to other users, and one that another user made (and could write) is refused.
+#[test]
+fn only_the_daemons_user_may_write_to_the_fifo() {
+    check_preconditions();
+    let dir = unique_tmp_dir("lazyfs-private");
+    let fifo = dir.join("cmd.fifo");
+    let opt = format!("lazyfs_fifo={}", fifo.display());
+    let m = Mount::new(&[&opt]);
+    fs::write(m.path("a"), b"unsynced").expect("write");
+    // User nobody may not open it for writing (the daemon holds it open, so a permitted
+    // open would not block).
+    let out = run_bounded(
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args([
+                "sh",
+                "-c",
+                "echo lazyfs::clear-cache > \"$0\"",
+                fifo.to_str().unwrap(),
+            ]),
+        Duration::from_secs(20),
+    );
+    assert!(
+        !out.status.success(),
+        "nobody wrote to the FIFO: {}",
+        output_text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        output_text(&out)
+    );
+    // Nothing was cut: the unsynced bytes are still there.
+    assert!(
+        num(&m.status_json(), "unsynced_bytes") > 0,
+        "{}",
+        m.daemon_stderr()
+    );
+    drop(m);
+
+    // A FIFO that belongs to nobody: refused, the mount never happens.
+    let theirs = dir.join("theirs.fifo");
+    let out = run_bounded(
+        std::process::Command::new("mkfifo").args(["-m", "600", theirs.to_str().unwrap()]),
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "mkfifo: {}", output_text(&out));
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown the FIFO");
+    let (b, mnt) = (dir.join("b"), dir.join("m"));
+    fs::create_dir(&b).expect("mkdir");
+    fs::create_dir(&mnt).expect("mkdir");
+    let out = run_bounded(
+        std::process::Command::new(lossfs_bin())
+            .arg(&b)
+            .arg(&mnt)
+            .arg("-o")
+            .arg(format!("lazyfs_fifo={}", theirs.display()))
+            .arg("-f"),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to uid 65534"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!is_mounted(&mnt), "left a mount behind");
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -382,3 +382,59 @@ fn a_mount_that_fails_never_starts_program() {
     assert!(!marker.exists(), "PROGRAM ran although the mount failed");
     assert!(!is_mounted(&d.mnt));
 }
+
+/// PROGRAM runs as the user of `lossfs run` and inherits nothing of the daemon's: no
+/// /dev/fuse fd, no control socket, no LazyFS FIFO.  So a PROGRAM that drops to another user
+/// (as servers do) can neither cut nor sync the mount: the socket and the FIFO refuse it.
+#[test]
+fn a_program_that_drops_privileges_cannot_control_the_mount() {
+    let d = RunDir::new("run-drop");
+    let fifo = d.root.join("cmd.fifo");
+    let fds = d.root.join("fds");
+    let out = d.root.join("as-nobody");
+    let script = r#"
+ls -l /proc/$$/fd/ > "$2"
+setpriv --reuid=65534 --regid=65534 --clear-groups -- sh -c '
+  "$0" powercut "$1"; echo "powercut exit $?"
+  "$0" sync "$1"; echo "sync exit $?"
+  echo lazyfs::clear-cache > "$2" && echo "fifo written"
+' "$3" "$1" "$4" > "$5" 2>&1
+exit 0
+"#;
+    let opt = format!("lazyfs_fifo={}", fifo.display());
+    let lossctl = lossctl_bin();
+    let mut child = d.spawn(
+        &["-o", &opt],
+        &[
+            "sh",
+            "-c",
+            script,
+            "sh",
+            d.mnt.to_str().unwrap(),
+            fds.to_str().unwrap(),
+            lossctl.to_str().unwrap(),
+            fifo.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    let st = d.wait_exit(&mut child.0);
+    assert!(st.success(), "{st:?}; stderr:\n{}", d.stderr());
+    let fds = fs::read_to_string(&fds).expect("PROGRAM listed its fds");
+    for leaked in ["/dev/fuse", "socket:", fifo.to_str().unwrap()] {
+        assert!(!fds.contains(leaked), "PROGRAM inherited {leaked}:\n{fds}");
+    }
+    let out = fs::read_to_string(&out).expect("PROGRAM ran the commands as nobody");
+    assert!(
+        out.contains("powercut exit 3") && out.contains("sync exit 3"),
+        "lossctl as nobody was not refused:\n{out}"
+    );
+    assert!(
+        out.contains("Permission denied") && !out.contains("fifo written"),
+        "nobody wrote to the FIFO:\n{out}"
+    );
+    assert!(
+        !d.stderr().contains("power cut"),
+        "a cut happened: {}",
+        d.stderr()
+    );
+}
