@@ -19,6 +19,11 @@
 //! [`MAX_WAIT`] per time slice (a few µs when the CPU is free, ~200 µs behind a busy loop)
 //! nobody is pinned for a back-off that starts at one second and doubles while the CPU
 //! stays busy.
+//!
+//! The CPU can change while the mount lives: with `sync_cpu=auto` a thread of its own
+//! ([`follow`]) looks the completion CPU up again every [`FOLLOW_EVERY`] (interrupts move:
+//! irqbalance, CPU hotplug, an administrator) and [`CpuPin::retarget`]s; a thread pinned to
+//! the old CPU moves with its next pinned request.  The request path only reads an atomic.
 
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
@@ -26,7 +31,8 @@ use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 /// Pinned requests between two looks at the thread's run-queue wait.
@@ -36,14 +42,19 @@ pub const MAX_WAIT: Duration = Duration::from_micros(50);
 /// The first back-off; it doubles, up to [`MAX_BACKOFF`], while the CPU stays busy.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(16);
+/// How often `sync_cpu=auto` looks for the completion CPU again (irqbalance's own period).
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(10);
+
+/// `target` when there is no CPU to pin to.
+const NO_CPU: usize = usize::MAX;
 
 /// The per-thread scheduler statistics file.
 const SCHEDSTAT: &str = "/proc/thread-self/schedstat";
 
 thread_local! {
-    /// Whether this thread is pinned now: affinity is per thread, and only a change costs a
-    /// system call.
-    static PINNED: Cell<bool> = const { Cell::new(false) };
+    /// The CPU this thread is pinned to now, if any: affinity is per thread, and only a
+    /// change costs a system call.
+    static PINNED: Cell<Option<usize>> = const { Cell::new(None) };
     /// This thread's watch on its run-queue wait while pinned.
     static WATCH: RefCell<Option<Watch>> = const { RefCell::new(None) };
 }
@@ -106,8 +117,8 @@ fn read_stat(file: &File) -> io::Result<SchedStat> {
 
 /// The pinning of one mount's FUSE threads.
 pub struct CpuPin {
-    cpu: usize,
-    pinned: CpuSet,
+    /// The CPU to pin to now ([`NO_CPU`]: none, e.g. `auto` found no single one).
+    target: AtomicUsize,
     /// The mask the daemon started with (taskset, cgroup cpusets), restored on unpinning.
     home: CpuSet,
     /// Set after a failed sched_setaffinity (a CPU taken offline): stop trying.
@@ -124,6 +135,15 @@ impl CpuPin {
     /// per-thread scheduler statistics (without them a busy CPU would go unnoticed).  Call
     /// before the FUSE threads start: they inherit the mask read here.
     pub fn new(cpu: usize) -> io::Result<CpuPin> {
+        let pin = CpuPin::without_target()?;
+        pin.check_allowed(cpu)?;
+        pin.target.store(cpu, Ordering::Relaxed);
+        Ok(pin)
+    }
+
+    /// Pinning that starts with no CPU to pin to, until [`CpuPin::retarget`] names one; fails
+    /// as [`CpuPin::new`] does without schedstat.
+    pub fn without_target() -> io::Result<CpuPin> {
         Watch::open().map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -131,20 +151,8 @@ impl CpuPin {
             )
         })?;
         let home = sched_getaffinity(Pid::from_raw(0))?;
-        if !home.is_set(cpu).unwrap_or(false) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "CPU {cpu} is not one lossfs may run on (allowed: {})",
-                    cpu_list(&home)
-                ),
-            ));
-        }
-        let mut pinned = CpuSet::new();
-        pinned.set(cpu)?;
         Ok(CpuPin {
-            cpu,
-            pinned,
+            target: AtomicUsize::new(NO_CPU),
             home,
             broken: AtomicBool::new(false),
             start: Instant::now(),
@@ -153,23 +161,60 @@ impl CpuPin {
         })
     }
 
+    fn check_allowed(&self, cpu: usize) -> io::Result<()> {
+        if !self.home.is_set(cpu).unwrap_or(false) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "CPU {cpu} is not one lossfs may run on (allowed: {})",
+                    cpu_list(&self.home)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The CPU pinned threads go to now.
+    pub fn target(&self) -> Option<usize> {
+        match self.target.load(Ordering::Relaxed) {
+            NO_CPU => None,
+            cpu => Some(cpu),
+        }
+    }
+
+    /// Pins to `cpu` from now on (`None`: nobody); threads pinned elsewhere move with their
+    /// next pinned request.  A CPU the daemon may not run on means nobody, and is the error.
+    pub fn retarget(&self, cpu: Option<usize>) -> io::Result<()> {
+        let checked = cpu.map(|c| self.check_allowed(c)).transpose();
+        let cpu = match checked {
+            Ok(_) => cpu,
+            Err(_) => None,
+        };
+        self.target.store(cpu.unwrap_or(NO_CPU), Ordering::Relaxed);
+        checked.map(|_| ())
+    }
+
     /// Pins the calling thread (`true`) or gives it its old mask back (`false`); does
     /// nothing if it is already so, but a pinned thread now and then checks that its CPU
     /// is not busy.
     pub fn set(&self, pin: bool) {
-        let pin = pin && !self.backing_off();
-        if PINNED.get() == pin {
-            if pin && self.busy() {
+        let want = if pin && !self.backing_off() {
+            self.target()
+        } else {
+            None
+        };
+        if PINNED.get() == want {
+            if want.is_some() && self.busy() {
                 self.back_off();
-                self.move_to(false);
+                self.move_to(None);
             }
             return;
         }
         // Once broken, threads still pinned must yet be able to move back.
-        if pin && self.broken.load(Ordering::Relaxed) {
+        if want.is_some() && self.broken.load(Ordering::Relaxed) {
             return;
         }
-        self.move_to(pin);
+        self.move_to(want);
     }
 
     /// Whether the CPU was found busy lately.
@@ -187,10 +232,11 @@ impl CpuPin {
         );
         let now = self.start.elapsed().as_millis() as u64;
         self.backoff_until_ms.store(now + ms, Ordering::Relaxed);
+        let cpu = PINNED.get().or(self.target());
         tracing::info!(
-            cpu = self.cpu,
+            cpu,
             "CPU {} is busy (the fsync thread waited over {:?} per time slice): not pinning for {ms} ms",
-            self.cpu,
+            cpu.map_or_else(|| "?".to_string(), |c| c.to_string()),
             MAX_WAIT
         );
     }
@@ -217,18 +263,25 @@ impl CpuPin {
         verdict == Some(true)
     }
 
-    fn move_to(&self, pin: bool) {
-        let mask = if pin { &self.pinned } else { &self.home };
-        let mut result = sched_setaffinity(Pid::from_raw(0), mask);
-        if result.is_err() && !pin {
+    /// Pins the calling thread to `cpu`, or gives it the daemon's mask back (`None`).
+    fn move_to(&self, cpu: Option<usize>) {
+        let mut result = match cpu {
+            Some(cpu) => {
+                let mut one = CpuSet::new();
+                one.set(cpu)
+                    .and_then(|()| sched_setaffinity(Pid::from_raw(0), &one))
+            }
+            None => sched_setaffinity(Pid::from_raw(0), &self.home),
+        };
+        if result.is_err() && cpu.is_none() {
             // A cpuset that shrank since the start can refuse the old mask; every CPU (of
             // which the kernel keeps the cpuset's part) still unpins.
             result = sched_setaffinity(Pid::from_raw(0), &every_cpu());
         }
         match result {
             Ok(()) => {
-                PINNED.set(pin);
-                if pin {
+                PINNED.set(cpu);
+                if cpu.is_some() {
                     // Counted from now: the wait before pinning was on other CPUs.
                     WATCH.with_borrow_mut(|w| match w {
                         Some(w) => {
@@ -243,11 +296,49 @@ impl CpuPin {
             }
             Err(e) => {
                 if !self.broken.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(cpu = self.cpu, error = %e, "cannot move the fsync thread; not pinning any more");
+                    tracing::warn!(cpu, error = %e, "cannot move the fsync thread; not pinning any more");
                 }
             }
         }
     }
+}
+
+/// Keeps `pin` on the CPU that `look` finds, looking every `every` from a thread of its own
+/// until `pin` is dropped.  `look` answers the CPU when it changed since its last answer
+/// (`Some(None)`: there is none any more), `None` when nothing changed.  Each change is
+/// logged at level warn, like the first choice: the user asked for `auto` and should see
+/// where it puts the threads without raising the log level, and it changes rarely.
+pub fn follow(
+    pin: Weak<CpuPin>,
+    every: Duration,
+    mut look: impl FnMut() -> Option<Option<usize>> + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("lossfs-sync-cpu".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(pin) = pin.upgrade() else {
+                return;
+            };
+            if let Some(found) = look() {
+                let before = pin.target();
+                match (pin.retarget(found), found) {
+                    (Ok(()), Some(cpu)) => tracing::warn!(
+                        cpu,
+                        "sync_cpu=auto: the backing disk's completion interrupt moved to CPU \
+                         {cpu} (was {}); a program fsyncing alone is now served there",
+                        before.map_or_else(|| "none".to_string(), |c| c.to_string())
+                    ),
+                    (Ok(()), None) => tracing::warn!(
+                        "sync_cpu=auto: the backing disk's completion interrupt no longer goes \
+                         to one CPU; not pinning until it does"
+                    ),
+                    (Err(e), _) => {
+                        tracing::warn!("sync_cpu=auto: {e}; not pinning until that changes")
+                    }
+                }
+            }
+        })
 }
 
 fn every_cpu() -> CpuSet {
@@ -315,6 +406,78 @@ mod tests {
             });
             assert_eq!(allowed(), home, "only the calling thread moves");
         });
+    }
+
+    #[test]
+    fn a_new_target_moves_pinned_threads_with_their_next_pinned_request() {
+        pinned_thread(|pin, cpu, home| {
+            let first = home[0];
+            pin.retarget(Some(first)).unwrap();
+            assert_eq!(allowed(), vec![cpu], "nothing moves before a request");
+            pin.set(true);
+            assert_eq!(allowed(), vec![first]);
+            // No CPU any more: a pinned request runs with the daemon's mask.
+            pin.retarget(None).unwrap();
+            assert_eq!(pin.target(), None);
+            pin.set(true);
+            assert_eq!(allowed(), home);
+            // A CPU the daemon may not use counts as none, and says why.
+            let outside = (0..CpuSet::count()).find(|c| !home.contains(c)).unwrap();
+            pin.retarget(Some(cpu)).unwrap();
+            let e = pin.retarget(Some(outside)).unwrap_err();
+            assert!(e.to_string().contains(&format!("CPU {outside}")), "{e}");
+            assert_eq!(pin.target(), None);
+            pin.set(true);
+            assert_eq!(allowed(), home);
+        });
+        // A pin made without a CPU pins nobody until it gets one.
+        std::thread::spawn(|| {
+            let home = allowed();
+            let pin = CpuPin::without_target().unwrap();
+            pin.set(true);
+            assert_eq!(allowed(), home);
+            pin.retarget(Some(home[0])).unwrap();
+            pin.set(true);
+            assert_eq!(allowed(), vec![home[0]]);
+            pin.set(false);
+            assert_eq!(allowed(), home);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn follow_retargets_from_its_thread_and_ends_with_the_pin() {
+        let home = allowed();
+        let pin = std::sync::Arc::new(CpuPin::without_target().unwrap());
+        let answers = std::sync::Arc::new(parking_lot::Mutex::new(vec![Some(Some(home[0])), None]));
+        let feed = answers.clone();
+        let looker = follow(
+            std::sync::Arc::downgrade(&pin),
+            Duration::from_millis(1),
+            move || {
+                let mut a = feed.lock();
+                if a.is_empty() {
+                    None
+                } else {
+                    a.remove(0)
+                }
+            },
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pin.target().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(pin.target(), Some(home[0]));
+        answers.lock().push(Some(None));
+        while pin.target().is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(pin.target(), None);
+        drop(pin);
+        // The thread notices the pin is gone at its next look.
+        looker.join().unwrap();
     }
 
     #[test]

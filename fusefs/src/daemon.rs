@@ -4,13 +4,14 @@
 //! durable, as a real filesystem does when it is unmounted.
 
 use crate::control::{self, ControlHandler, ControlServer};
-use crate::cpupin::CpuPin;
+use crate::cpupin::{self, CpuPin};
 use crate::faults::spec::{FaultCommand, FaultsStatus};
 use crate::faults::{self, Cutter, Faults};
 use crate::fs::{fstat, Hidden, LossFs};
 use crate::fuse::FuseAdapter;
 use crate::handle::FileHandle;
 use crate::inode::InodeTable;
+use crate::irqcpu;
 use crate::journal::{FileKey, Journal};
 use crate::keep::{KeepMode, KeepRequest, KeepSpec};
 use crate::mountinfo;
@@ -469,35 +470,47 @@ fn block_signals() -> nix::sys::signal::SigSet {
 }
 
 /// Entry of the `lossfs BACKING MOUNTPOINT` command: returns the process exit code.
-/// The pinning `sync_cpu=` asks for on a backing filesystem of device `dev`.  `auto` pins
-/// only where one CPU takes the disk's completion interrupts, and quietly does without
-/// otherwise; a CPU named outright must be usable.
-fn sync_cpu_pin(choice: SyncCpu, dev: u64) -> Result<Option<CpuPin>, String> {
-    let cpu = match choice {
-        SyncCpu::Off => return Ok(None),
-        SyncCpu::Cpu(cpu) => {
-            return CpuPin::new(cpu)
-                .map(Some)
-                .map_err(|e| format!("mount option sync_cpu={cpu}: {e}"));
-        }
-        SyncCpu::Auto => match crate::irqcpu::completion_cpu(dev) {
-            Some(cpu) => cpu,
-            None => {
-                tracing::debug!(
-                    "sync_cpu=auto: no single completion CPU for the backing disk; not pinning"
-                );
-                return Ok(None);
+/// A mount's pinning, and what follows the interrupt for `sync_cpu=auto`.
+type SyncPin = (Arc<CpuPin>, Option<irqcpu::Follow>);
+
+/// The pinning `sync_cpu=` asks for on a backing filesystem of device `dev`, and for
+/// `auto` the look-up that follows the interrupt (started with [`cpupin::follow`] once the
+/// signals are blocked).  A CPU named outright must be usable; `auto` never fails the mount.
+/// What `auto` chose is logged at level warn, the default: it is asked for by name and
+/// decides where threads run, so it must be visible without raising the log level.
+fn sync_cpu_pin(choice: SyncCpu, dev: u64) -> Result<Option<SyncPin>, String> {
+    match choice {
+        SyncCpu::Off => Ok(None),
+        SyncCpu::Cpu(cpu) => CpuPin::new(cpu)
+            .map(|pin| Some((Arc::new(pin), None)))
+            .map_err(|e| format!("mount option sync_cpu={cpu}: {e}")),
+        SyncCpu::Auto => {
+            let pin = match CpuPin::without_target() {
+                Ok(pin) => pin,
+                Err(e) => {
+                    tracing::warn!("sync_cpu=auto: {e}; not pinning");
+                    return Ok(None);
+                }
+            };
+            let follow = irqcpu::Follow::new(dev);
+            let every = cpupin::FOLLOW_EVERY.as_secs();
+            match follow.cpu().map(|cpu| (cpu, pin.retarget(Some(cpu)))) {
+                Some((cpu, Ok(()))) => tracing::warn!(
+                    cpu,
+                    "sync_cpu=auto: a program fsyncing alone is served on CPU {cpu}, which takes \
+                     the backing disk's completion interrupts (looked up again every {every} s)"
+                ),
+                Some((_, Err(e))) => tracing::warn!(
+                    "sync_cpu=auto: {e}; not pinning unless the interrupt moves (looked up \
+                     again every {every} s)"
+                ),
+                None => tracing::warn!(
+                    "sync_cpu=auto: no one CPU takes the backing disk's completion interrupts \
+                     (a multi-queue disk such as NVMe, or no block device); not pinning unless \
+                     that changes (looked up again every {every} s)"
+                ),
             }
-        },
-    };
-    match CpuPin::new(cpu) {
-        Ok(pin) => {
-            tracing::info!(cpu, "a program fsyncing alone is served on CPU {cpu}, which completes the backing disk's I/O (sync_cpu=auto)");
-            Ok(Some(pin))
-        }
-        Err(e) => {
-            tracing::debug!("sync_cpu=auto: {e}; not pinning");
-            Ok(None)
+            Ok(Some((Arc::new(pin), Some(follow))))
         }
     }
 }
@@ -686,11 +699,25 @@ pub fn serve(
             .dev();
         sync_cpu_pin(opts.sync_cpu, dev)?
     } else {
+        if opts.sync_cpu != SyncCpu::Off {
+            tracing::warn!("sync_cpu: threads=1 leaves no thread to pin; not pinning");
+        }
         None
     };
     // Before any thread starts (the namespace commit thread, the workers...): every thread
     // inherits the mask, so termination signals reach only the signal thread.
     let signals = block_signals();
+    let pin = pin.map(|(pin, follow)| {
+        if let Some(mut follow) = follow {
+            let weak = Arc::downgrade(&pin);
+            if let Err(e) = cpupin::follow(weak, cpupin::FOLLOW_EVERY, move || follow.changed()) {
+                tracing::warn!(
+                    "sync_cpu=auto: cannot start the thread that follows the interrupt: {e}"
+                );
+            }
+        }
+        pin
+    });
     // SAFETY: umask only affects this process; files are created with the caller's mode.
     let umask = unsafe { libc::umask(0) };
     let nofile = raise_fd_limit();

@@ -35,7 +35,7 @@ pub struct FuseAdapter {
     /// Turn-taking of the FUSE threads while fsyncs go on; `None` with one thread.
     pub gate: Option<ReadGate>,
     /// Pins the thread serving one program's fsyncs (needs the gate to know when).
-    pub pin: Option<CpuPin>,
+    pub pin: Option<Arc<CpuPin>>,
 }
 
 impl FuseAdapter {

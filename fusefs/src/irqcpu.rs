@@ -7,6 +7,7 @@
 //!
 //! Everything comes from sysfs and procfs; any file that is missing or not as expected
 //! means "no answer" rather than an error, since this only tunes where a thread runs.
+//! [`Follow`] looks again on demand and says when the answer changed (an interrupt moved).
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -24,6 +25,47 @@ const MAX_ENTRIES: usize = 4096;
 /// whose `st_dev` is `dev`, if there is exactly one such CPU.
 pub fn completion_cpu(dev: u64) -> Option<usize> {
     completion_cpu_in(Path::new("/sys"), Path::new("/proc"), dev)
+}
+
+/// The completion CPU of one device, looked up again on demand: `sync_cpu=auto` follows an
+/// interrupt that moves.  A look is a walk of a few sysfs files, for a background thread.
+pub struct Follow {
+    sys: PathBuf,
+    procfs: PathBuf,
+    dev: u64,
+    last: Option<usize>,
+}
+
+impl Follow {
+    /// Follows the device of `st_dev` `dev` in the real /sys and /proc; looks once now.
+    pub fn new(dev: u64) -> Follow {
+        Follow::new_in(Path::new("/sys"), Path::new("/proc"), dev)
+    }
+
+    /// [`Follow::new`] with sysfs at `sys` and procfs at `procfs`.
+    pub fn new_in(sys: &Path, procfs: &Path, dev: u64) -> Follow {
+        Follow {
+            last: completion_cpu_in(sys, procfs, dev),
+            sys: sys.to_path_buf(),
+            procfs: procfs.to_path_buf(),
+            dev,
+        }
+    }
+
+    /// The answer of the last look.
+    pub fn cpu(&self) -> Option<usize> {
+        self.last
+    }
+
+    /// Looks again: `Some(answer)` if it differs from the last one, `None` if not.
+    pub fn changed(&mut self) -> Option<Option<usize>> {
+        let now = completion_cpu_in(&self.sys, &self.procfs, self.dev);
+        if now == self.last {
+            return None;
+        }
+        self.last = now;
+        Some(now)
+    }
 }
 
 /// [`completion_cpu`] with sysfs mounted at `sys` and procfs at `procfs`; reads only under
@@ -359,6 +401,35 @@ mod tests {
         t.link("sys/class/block/dm-0", "../../devices/virtual/block/dm-0");
         t.dir(&format!("{DM}/mq/0"));
         assert_eq!(t.cpu(253, 0), None);
+    }
+
+    #[test]
+    fn follow_sees_the_interrupt_move_and_come_back() {
+        let t = Tree::virtio_vm("follow");
+        let dev = libc::makedev(254, 1);
+        let mut f = Follow::new_in(&t.path("sys"), &t.path("proc"), dev);
+        assert_eq!(f.cpu(), Some(1));
+        assert_eq!(f.changed(), None, "nothing moved");
+        // irqbalance moves the request queue's interrupt to CPU 0.
+        t.file("proc/irq/36/effective_affinity_list", "0\n");
+        assert_eq!(f.changed(), Some(Some(0)));
+        assert_eq!(f.cpu(), Some(0));
+        assert_eq!(f.changed(), None, "reported once");
+        // Spread over two CPUs: no single CPU any more.
+        t.file("proc/irq/36/effective_affinity_list", "0-1\n");
+        assert_eq!(f.changed(), Some(None));
+        assert_eq!(f.changed(), None);
+        // The config interrupt becomes the busiest, on CPU 3.
+        t.file("proc/irq/36/effective_affinity_list", "1\n");
+        t.file("sys/kernel/irq/35/per_cpu_count", "0,9000\n");
+        t.file("proc/irq/35/effective_affinity_list", "3\n");
+        assert_eq!(f.changed(), Some(Some(3)));
+        // A mount made while no CPU could be named finds one later.
+        fs::remove_file(t.path("proc/irq/35/effective_affinity_list")).unwrap();
+        let mut late = Follow::new_in(&t.path("sys"), &t.path("proc"), dev);
+        assert_eq!(late.cpu(), None);
+        t.file("proc/irq/35/effective_affinity_list", "2\n");
+        assert_eq!(late.changed(), Some(Some(2)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `sync_cpu=`: the FUSE thread serving one program's write+fsync loop runs on the chosen
-//! CPU while the loop lasts and gets its CPU mask back afterwards; `sync_cpu=off` pins
-//! nothing; a busy CPU is given up.  (A CPU the daemon may not use: mount_errors.rs.)
+//! CPU while the loop lasts and gets its CPU mask back afterwards; `sync_cpu=off`, the
+//! default, pins nothing; `auto` says at the default log level what it chose, and pins
+//! there; a busy CPU is given up.  (A CPU the daemon may not use: mount_errors.rs.)
 
 use lossfs_tests::Mount;
 use std::fs::{self, File, OpenOptions};
@@ -141,9 +142,18 @@ fn the_thread_serving_an_fsync_loop_is_pinned_and_unpinned_after() {
 
 #[test]
 fn sync_cpu_off_pins_nothing() {
+    off_pins_nothing(&["sync_cpu=off"]);
+}
+
+#[test]
+fn the_default_pins_nothing() {
+    off_pins_nothing(&[]);
+}
+
+fn off_pins_nothing(opts: &[&str]) {
     let cpu = last_cpu().to_string();
     let home = own_mask();
-    let m = Mount::new(&["sync_cpu=off"]);
+    let m = Mount::new(opts);
     let pid = m.daemon_pid().expect("daemon pid");
     let stop = Arc::new(AtomicBool::new(false));
     let writer = fsync_loop(&m, stop.clone());
@@ -156,8 +166,57 @@ fn sync_cpu_off_pins_nothing() {
     assert!(cycles > 0, "the loop made no progress");
     assert!(
         !changed,
-        "sync_cpu=off, yet a thread's mask changed during {cycles} cycles (CPU {cpu}?): {masks:?}"
+        "-o {opts:?}, yet a thread's mask changed during {cycles} cycles (CPU {cpu}?): {masks:?}"
     );
+}
+
+/// `auto` logs its choice at the default level (warn): the CPU that takes the backing
+/// disk's completion interrupts as this machine's sysfs says (looked up here with the same
+/// module), or that there is none; and with a CPU it pins the loop there.
+#[test]
+fn auto_says_what_it_chose_and_pins_there() {
+    let m = Mount::new(&["sync_cpu=auto"]);
+    let dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata(&m.backing).expect("stat"));
+    let expected = lossfs::irqcpu::completion_cpu(dev);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !m.daemon_stderr().contains("sync_cpu=auto:") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let log = m.daemon_stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("sync_cpu=auto:"))
+        .unwrap_or_else(|| panic!("no sync_cpu=auto line at the default log level:\n{log}"));
+    assert!(line.contains("WARN"), "not at level warn: {line}");
+    match expected {
+        Some(cpu) => {
+            assert!(
+                line.contains(&format!("served on CPU {cpu},")),
+                "sysfs names CPU {cpu}: {line}"
+            );
+            assert_ne!(
+                own_mask(),
+                cpu.to_string(),
+                "the test's own mask must be wider than one CPU to see a pinned thread"
+            );
+            let pid = m.daemon_pid().expect("daemon pid");
+            let stop = Arc::new(AtomicBool::new(false));
+            let writer = fsync_loop(&m, stop.clone());
+            let cpu_s = cpu.to_string();
+            let (pinned, masks) =
+                poll_masks(pid, Duration::from_secs(10), |ms| ms.contains(&cpu_s));
+            stop.store(true, Ordering::SeqCst);
+            let cycles = writer.join().expect("writer thread");
+            assert!(
+                pinned,
+                "auto chose CPU {cpu}, yet during {cycles} cycles no thread went there: {masks:?}"
+            );
+        }
+        None => assert!(
+            line.contains("not pinning"),
+            "sysfs names no CPU for device {dev:#x}: {line}"
+        ),
+    }
 }
 
 /// Spins on `cpu` until `stop` (bounded): another program keeping that CPU busy.
