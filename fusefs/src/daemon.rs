@@ -470,6 +470,22 @@ fn block_signals() -> nix::sys::signal::SigSet {
 }
 
 /// Entry of the `lossfs BACKING MOUNTPOINT` command: returns the process exit code.
+/// Whether BACKING is on a noexec mount: the lossfs mount then is too, or a program could
+/// run through it what BACKING refuses to run.  (fuser always mounts nosuid and nodev.)
+fn backing_is_noexec(backing: &std::path::Path) -> bool {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    match statvfs(backing) {
+        Ok(st) => st.flags().contains(FsFlags::ST_NOEXEC),
+        Err(e) => {
+            tracing::warn!(
+                "statvfs {}: {e}; mounting without noexec",
+                backing.display()
+            );
+            false
+        }
+    }
+}
+
 /// A mount's pinning, and what follows the interrupt for `sync_cpu=auto`.
 type SyncPin = (Arc<CpuPin>, Option<irqcpu::Follow>);
 
@@ -832,7 +848,10 @@ pub fn serve(
         (opts.noatime, MountOption::NoAtime),
         (opts.nosuid, MountOption::NoSuid),
         (opts.nodev, MountOption::NoDev),
-        (opts.noexec, MountOption::NoExec),
+        (
+            opts.noexec || backing_is_noexec(&backing),
+            MountOption::NoExec,
+        ),
     ] {
         if on {
             config.mount_options.push(o);

@@ -9,7 +9,7 @@
 //! compares the two answers operation by operation, including the owner, group and mode of
 //! what the user may create.
 
-use lossfs_tests::{run_bounded, Mount, CMD_TIMEOUT};
+use lossfs_tests::{run_bounded, Mount, MountSetup, CMD_TIMEOUT};
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -311,4 +311,39 @@ fn allow_other_alone_refuses_what_the_backing_refuses() {
 #[test]
 fn allow_other_with_default_permissions_refuses_what_the_backing_refuses() {
     every_user(&["allow_other", "default_permissions"]);
+}
+
+/// A BACKING on a noexec file system runs nothing, so neither does its mount (fuser mounts
+/// nosuid and nodev always; noexec is taken from BACKING).
+#[test]
+fn a_noexec_backing_makes_a_noexec_mount() {
+    let m = Mount::new_with(
+        &["allow_other"],
+        MountSetup {
+            prepare_backing: Some(Box::new(|b: &Path| {
+                let out = run_bounded(
+                    Command::new("mount")
+                        .args(["-t", "tmpfs", "-o", "noexec,size=1m,mode=755"])
+                        .arg("lossfs-test")
+                        .arg(b),
+                    CMD_TIMEOUT,
+                );
+                assert!(out.status.success(), "mount tmpfs: {out:?}");
+            })),
+            ..MountSetup::default()
+        },
+    );
+    let script = m.backing.join("run.sh");
+    fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    set_mode(&script, 0o755);
+    let direct = Command::new(&script).status().map_err(|e| e.raw_os_error());
+    let via = Command::new(m.path("run.sh"))
+        .status()
+        .map_err(|e| e.raw_os_error());
+    assert!(direct.is_err(), "BACKING is noexec, yet it ran: {direct:?}");
+    assert_eq!(
+        via.map(|s| s.code()),
+        direct.map(|s| s.code()),
+        "through the mount"
+    );
 }
