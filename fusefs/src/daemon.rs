@@ -349,13 +349,34 @@ pub(crate) fn init_logging(level: Option<&str>) {
         .try_init();
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit before, if it changed.
+/// Raises the soft RLIMIT_NOFILE to the hard limit, and the hard limit first to the kernel's
+/// ceiling (`/proc/sys/fs/nr_open`) where we may (root, and no container limit in the way):
+/// every file a program opens through the mount costs the daemon one fd, so the daemon's
+/// limit must not be what stops a program before its own limit does.  Returns the limit
+/// before, if it changed.
 fn raise_fd_limit() -> Option<libc::rlimit> {
     // SAFETY: an all-zero rlimit is a valid out-buffer.
     let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: valid resource id and writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 && rl.rlim_cur < rl.rlim_max {
-        let before = rl;
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return None;
+    }
+    let before = rl;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
+    if let Some(ceiling) = nr_open.filter(|&c| c > rl.rlim_max) {
+        let raised = libc::rlimit {
+            rlim_cur: ceiling,
+            rlim_max: ceiling,
+        };
+        // SAFETY: valid resource id and rlimit.  EPERM (not root, or a limit we may not
+        // raise) leaves the limit as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Some(before);
+        }
+    }
+    if rl.rlim_cur < rl.rlim_max {
         rl.rlim_cur = rl.rlim_max;
         // SAFETY: valid resource id and rlimit within the hard limit.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } == 0 {
