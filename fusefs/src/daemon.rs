@@ -44,6 +44,8 @@ pub struct MountArgs {
 /// How long a power cut waits for killed processes to die, and for the kernel to hand over
 /// dirty mmap pages.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a power cut waits for the processes it killed to be reaped by their parents.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The state the control socket acts on.
@@ -177,6 +179,7 @@ impl Daemon {
             }
             killed
         };
+        let victims = procscan::victims(&killed);
         if let Err(e) = flush_kernel_dirty_pages(&self.mountpoint) {
             // Go on: the cut itself must happen; late pages will meet EIO handles.
             tracing::warn!("power cut: {e}");
@@ -202,6 +205,14 @@ impl Daemon {
         // After the thaw, from this (non-FUSE) thread: invalidation may make the kernel send
         // us requests, which the workers must be free to answer.
         self.invalidate_all(&touched);
+        // Last, so that the parents reap while the cut runs.  A crash point's cut answers
+        // no caller, so it has nobody to hold back.
+        let unreaped = match control::server::requester_pid() {
+            Some(pid) => {
+                procscan::wait_reaped(&victims, &procscan::spared_parents(Some(pid)), REAP_TIMEOUT)
+            }
+            None => Vec::new(),
+        };
         let report = PowercutReport {
             mountpoint: self.mountpoint.display().to_string(),
             lost_bytes: files.iter().map(|f| f.lost_bytes).sum(),
@@ -213,6 +224,7 @@ impl Daemon {
             keep: spec.mode,
             seed: spec.mode.is_seeded().then_some(spec.seed),
             granularity: (spec.mode == KeepMode::Random).then_some(spec.granularity),
+            unreaped,
         };
         tracing::info!("{}", report.to_text().trim_end());
         Ok(report)
