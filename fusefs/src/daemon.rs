@@ -46,6 +46,8 @@ pub struct MountArgs {
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a power cut waits for the processes it killed to be reaped by their parents.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a mount waits for the lossfs before it on the same state dir to exit.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The state the control socket acts on.
@@ -733,16 +735,12 @@ pub fn serve(
         .clone()
         .unwrap_or_else(|| backing.join(".lossfs"));
     let root = open_dir_path(&backing)?;
-    let root_for_journal = root
-        .try_clone()
-        .map_err(|e| format!("dup backing fd: {e}"))?;
-    let (journal, recovered) = Journal::open(
+    let (journal, recovered) = open_journal_waiting(
         &state_dir,
-        root_for_journal,
+        &root,
         &backing,
         opts.recover == Recover::Rollback,
-    )
-    .map_err(|e| format!("journal in {}: {e}", state_dir.display()))?;
+    )?;
     let journal = Arc::new(journal);
     let ns_root = root
         .try_clone()
@@ -982,6 +980,36 @@ pub fn serve(
         }
     }
     result.map_err(|e| format!("FUSE session: {e}"))
+}
+
+/// Opens the journal, waiting up to [`LOCK_WAIT`] while another lossfs holds the state
+/// dir: the kernel completes an unmount (and `fusermount3 -u` returns) before the daemon
+/// has made its journal clean and let go of the lock, so a mount right after an unmount
+/// would otherwise be refused.
+fn open_journal_waiting(
+    state_dir: &Path,
+    root: &OwnedFd,
+    backing: &Path,
+    rollback: bool,
+) -> Result<(Journal, Option<Vec<crate::report::FileLoss>>), String> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut said = false;
+    loop {
+        let root = root
+            .try_clone()
+            .map_err(|e| format!("dup backing fd: {e}"))?;
+        match Journal::open(state_dir, root, backing, rollback) {
+            Ok(opened) => return Ok(opened),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                if !said {
+                    tracing::warn!("{e}: waiting up to {LOCK_WAIT:?} for it to finish");
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("journal in {}: {e}", state_dir.display())),
+        }
+    }
 }
 
 /// The state dir, if it lives inside BACKING, is hidden from the mount by (parent, name).
