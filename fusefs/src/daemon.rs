@@ -351,16 +351,9 @@ impl Cutter for Daemon {
     }
 }
 
+/// Logging of a process that stays in the foreground (see [`crate::logging`]).
 pub(crate) fn init_logging(level: Option<&str>) {
-    let filter = match level {
-        Some(l) => tracing_subscriber::EnvFilter::new(l),
-        None => tracing_subscriber::EnvFilter::try_from_env("LOSSFS_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=error")),
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init(level, true);
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit, and the hard limit first to the kernel's
@@ -546,7 +539,13 @@ pub fn run(args: MountArgs) -> i32 {
         }
     };
     let foreground = args.foreground || opts.foreground;
-    init_logging(opts.log.as_deref());
+    crate::logging::init(opts.log.as_deref(), foreground && opts.log_file.is_none());
+    if let Some(path) = &opts.log_file {
+        if let Err(e) = crate::logging::to_file(path) {
+            eprintln!("lossfs: mount option log_file: {e}");
+            return 2;
+        }
+    }
     let pipe = if foreground {
         None
     } else {
@@ -568,7 +567,16 @@ pub fn run(args: MountArgs) -> i32 {
             false
         }
     };
-    let ready = |_: Mounted| {
+    let ready = |m: Mounted| {
+        if pipe.lock().is_none() {
+            return;
+        }
+        // Before stderr becomes /dev/null; a failure is still seen on the terminal.
+        if opts.log_file.is_none() {
+            if let Err(e) = crate::logging::to_file(&m.state_dir.join("lossfs.log")) {
+                tracing::warn!("{e}: the daemon's messages are lost from now on");
+            }
+        }
         if report("ok") {
             detach_stdio();
         }
@@ -595,6 +603,8 @@ pub struct Mounted {
     pub umask: libc::mode_t,
     /// The RLIMIT_NOFILE the process had before the daemon raised it, if it did.
     pub nofile: Option<libc::rlimit>,
+    /// The state dir (journal, lock, and the detached daemon's log).
+    pub state_dir: PathBuf,
 }
 
 /// Unmounts a running session: normally, and if the mount is busy, lazily (the session
@@ -959,6 +969,7 @@ pub fn serve(
         unmounter,
         umask,
         nofile,
+        state_dir: state_dir.clone(),
     });
     sd_notify_ready();
     let result = session.run();
