@@ -75,6 +75,40 @@ fn fd_cache_stays_bounded_when_the_kernel_drops_its_caches() {
     }
 }
 
+/// The reported case at the daemon's default limits: after the kernel dropped its caches
+/// between two scans of many files, a program could open only a few thousand files at once
+/// through the mount (the daemon's leaked fds took the rest of its limit).
+#[test]
+fn a_program_opens_thousands_of_files_after_a_cache_drop() {
+    const OPEN: usize = 5000;
+    let m = Mount::new(&[]);
+    let pid = m.daemon_pid().expect("daemon pid");
+    let (soft, _) = nofile_of(pid);
+    let cap = FD_CACHE.min(soft / 2);
+    // Enough files to fill the cache twice over; made on the backing disk directly (fast).
+    let files = 2 * cap + 500;
+    let backing = m.backing_path("many");
+    fs::create_dir(&backing).unwrap();
+    for i in 0..files {
+        fs::write(backing.join(i.to_string()), b"").unwrap();
+    }
+    let dir = m.path("many");
+    stat_all(&dir, files);
+    drop_kernel_caches();
+    stat_all(&dir, files);
+    let mut held = Vec::with_capacity(OPEN);
+    for i in 0..OPEN {
+        match fs::File::open(dir.join(i.to_string())) {
+            Ok(f) => held.push(f),
+            Err(e) => panic!(
+                "open number {} through the mount failed: {e} (the daemon holds {} fds)",
+                i + 1,
+                fds_of(pid)
+            ),
+        }
+    }
+}
+
 #[test]
 fn daemon_raises_its_fd_limit() {
     let m = Mount::new_with(
