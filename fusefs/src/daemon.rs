@@ -996,7 +996,8 @@ pub fn serve(
 /// Opens the journal, waiting up to [`LOCK_WAIT`] while another lossfs holds the state
 /// dir: the kernel completes an unmount (and `fusermount3 -u` returns) before the daemon
 /// has made its journal clean and let go of the lock, so a mount right after an unmount
-/// would otherwise be refused.
+/// would otherwise be refused.  A lossfs still mounted on the same BACKING is no such
+/// case: that refusal comes at once.
 fn open_journal_waiting(
     state_dir: &Path,
     root: &OwnedFd,
@@ -1011,7 +1012,11 @@ fn open_journal_waiting(
             .map_err(|e| format!("dup backing fd: {e}"))?;
         match Journal::open(state_dir, root, backing, rollback) {
             Ok(opened) => return Ok(opened),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && Instant::now() < deadline
+                    && !backing_mounted(backing) =>
+            {
                 if !said {
                     tracing::warn!("{e}: waiting up to {LOCK_WAIT:?} for it to finish");
                     said = true;
@@ -1021,6 +1026,12 @@ fn open_journal_waiting(
             Err(e) => return Err(format!("journal in {}: {e}", state_dir.display())),
         }
     }
+}
+
+/// Whether a lossfs mount of `backing` (its source, as the daemon names it) is up.
+fn backing_mounted(backing: &Path) -> bool {
+    let name = backing.display().to_string();
+    mountinfo::lossfs_mounts().is_ok_and(|ms| ms.iter().any(|m| m.source == name))
 }
 
 /// The state dir, if it lives inside BACKING, is hidden from the mount by (parent, name).
