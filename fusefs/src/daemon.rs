@@ -45,6 +45,10 @@ pub struct MountArgs {
 /// How long a power cut waits for killed processes to die, and for the kernel to hand over
 /// dirty mmap pages.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a power cut waits for the processes it killed to be reaped by their parents.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a mount waits for the lossfs before it on the same state dir to exit.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The state the control socket acts on.
@@ -178,6 +182,7 @@ impl Daemon {
             }
             killed
         };
+        let victims = procscan::victims(&killed);
         if let Err(e) = flush_kernel_dirty_pages(&self.mountpoint) {
             // Go on: the cut itself must happen; late pages will meet EIO handles.
             tracing::warn!("power cut: {e}");
@@ -203,6 +208,14 @@ impl Daemon {
         // After the thaw, from this (non-FUSE) thread: invalidation may make the kernel send
         // us requests, which the workers must be free to answer.
         self.invalidate_all(&touched);
+        // Last, so that the parents reap while the cut runs.  A crash point's cut answers
+        // no caller, so it has nobody to hold back.
+        let unreaped = match control::server::requester_pid() {
+            Some(pid) => {
+                procscan::wait_reaped(&victims, &procscan::spared_parents(Some(pid)), REAP_TIMEOUT)
+            }
+            None => Vec::new(),
+        };
         let report = PowercutReport {
             mountpoint: self.mountpoint.display().to_string(),
             lost_bytes: files.iter().map(|f| f.lost_bytes).sum(),
@@ -214,6 +227,7 @@ impl Daemon {
             keep: spec.mode,
             seed: spec.mode.is_seeded().then_some(spec.seed),
             granularity: (spec.mode == KeepMode::Random).then_some(spec.granularity),
+            unreaped,
         };
         tracing::info!("{}", report.to_text().trim_end());
         Ok(report)
@@ -338,25 +352,39 @@ impl Cutter for Daemon {
     }
 }
 
+/// Logging of a process that stays in the foreground (see [`crate::logging`]).
 pub(crate) fn init_logging(level: Option<&str>) {
-    let filter = match level {
-        Some(l) => tracing_subscriber::EnvFilter::new(l),
-        None => tracing_subscriber::EnvFilter::try_from_env("LOSSFS_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=error")),
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init(level, true);
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit before, if it changed.
+/// Raises the soft RLIMIT_NOFILE to the hard limit, and the hard limit first to the kernel's
+/// ceiling (`/proc/sys/fs/nr_open`) where we may (root, and no container limit in the way):
+/// every file a program opens through the mount costs the daemon one fd, so the daemon's
+/// limit must not be what stops a program before its own limit does.  Returns the limit
+/// before, if it changed.
 fn raise_fd_limit() -> Option<libc::rlimit> {
     // SAFETY: an all-zero rlimit is a valid out-buffer.
     let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: valid resource id and writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 && rl.rlim_cur < rl.rlim_max {
-        let before = rl;
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return None;
+    }
+    let before = rl;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
+    if let Some(ceiling) = nr_open.filter(|&c| c > rl.rlim_max) {
+        let raised = libc::rlimit {
+            rlim_cur: ceiling,
+            rlim_max: ceiling,
+        };
+        // SAFETY: valid resource id and rlimit.  EPERM (not root, or a limit we may not
+        // raise) leaves the limit as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Some(before);
+        }
+    }
+    if rl.rlim_cur < rl.rlim_max {
         rl.rlim_cur = rl.rlim_max;
         // SAFETY: valid resource id and rlimit within the hard limit.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } == 0 {
@@ -540,7 +568,13 @@ pub fn run(args: MountArgs) -> i32 {
         }
     };
     let foreground = args.foreground || opts.foreground;
-    init_logging(opts.log.as_deref());
+    crate::logging::init(opts.log.as_deref(), foreground && opts.log_file.is_none());
+    if let Some(path) = &opts.log_file {
+        if let Err(e) = crate::logging::to_file(path) {
+            eprintln!("lossfs: mount option log_file: {e}");
+            return 2;
+        }
+    }
     let pipe = if foreground {
         None
     } else {
@@ -562,7 +596,16 @@ pub fn run(args: MountArgs) -> i32 {
             false
         }
     };
-    let ready = |_: Mounted| {
+    let ready = |m: Mounted| {
+        if pipe.lock().is_none() {
+            return;
+        }
+        // Before stderr becomes /dev/null; a failure is still seen on the terminal.
+        if opts.log_file.is_none() {
+            if let Err(e) = crate::logging::to_file(&m.state_dir.join("lossfs.log")) {
+                tracing::warn!("{e}: the daemon's messages are lost from now on");
+            }
+        }
         if report("ok") {
             detach_stdio();
         }
@@ -589,6 +632,8 @@ pub struct Mounted {
     pub umask: libc::mode_t,
     /// The RLIMIT_NOFILE the process had before the daemon raised it, if it did.
     pub nofile: Option<libc::rlimit>,
+    /// The state dir (journal, lock, and the detached daemon's log).
+    pub state_dir: PathBuf,
 }
 
 /// Unmounts a running session: normally, and if the mount is busy, lazily (the session
@@ -743,16 +788,12 @@ pub fn serve(
         .clone()
         .unwrap_or_else(|| backing.join(".lossfs"));
     let root = open_dir_path(&backing)?;
-    let root_for_journal = root
-        .try_clone()
-        .map_err(|e| format!("dup backing fd: {e}"))?;
-    let (journal, recovered) = Journal::open(
+    let (journal, recovered) = open_journal_waiting(
         &state_dir,
-        root_for_journal,
+        &root,
         &backing,
         opts.recover == Recover::Rollback,
-    )
-    .map_err(|e| format!("journal in {}: {e}", state_dir.display()))?;
+    )?;
     let journal = Arc::new(journal);
     let ns_root = root
         .try_clone()
@@ -976,6 +1017,7 @@ pub fn serve(
         unmounter,
         umask,
         nofile,
+        state_dir: state_dir.clone(),
     });
     sd_notify_ready();
     let result = session.run();
@@ -997,6 +1039,47 @@ pub fn serve(
         }
     }
     result.map_err(|e| format!("FUSE session: {e}"))
+}
+
+/// Opens the journal, waiting up to [`LOCK_WAIT`] while another lossfs holds the state
+/// dir: the kernel completes an unmount (and `fusermount3 -u` returns) before the daemon
+/// has made its journal clean and let go of the lock, so a mount right after an unmount
+/// would otherwise be refused.  A lossfs still mounted on the same BACKING is no such
+/// case: that refusal comes at once.
+fn open_journal_waiting(
+    state_dir: &Path,
+    root: &OwnedFd,
+    backing: &Path,
+    rollback: bool,
+) -> Result<(Journal, Option<Vec<crate::report::FileLoss>>), String> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut said = false;
+    loop {
+        let root = root
+            .try_clone()
+            .map_err(|e| format!("dup backing fd: {e}"))?;
+        match Journal::open(state_dir, root, backing, rollback) {
+            Ok(opened) => return Ok(opened),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && Instant::now() < deadline
+                    && !backing_mounted(backing) =>
+            {
+                if !said {
+                    tracing::warn!("{e}: waiting up to {LOCK_WAIT:?} for it to finish");
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("journal in {}: {e}", state_dir.display())),
+        }
+    }
+}
+
+/// Whether a lossfs mount of `backing` (its source, as the daemon names it) is up.
+fn backing_mounted(backing: &Path) -> bool {
+    let name = backing.display().to_string();
+    mountinfo::lossfs_mounts().is_ok_and(|ms| ms.iter().any(|m| m.source == name))
 }
 
 /// The state dir, if it lives inside BACKING, is hidden from the mount by (parent, name).

@@ -49,7 +49,32 @@ pub struct Inode {
     /// `st_mode & S_IFMT` of the backing file.
     pub kind: u32,
     lookups: AtomicU64,
-    fd: Mutex<Option<Arc<OwnedFd>>>,
+    fd: Mutex<Option<CachedFd>>,
+}
+
+/// An `O_PATH` fd held by the cache.  It counts itself in the table's count while it lives,
+/// so the count is the number of fds the cache holds whichever way one leaves (eviction,
+/// forget, or the inode dropped by its last user), and nothing can count one twice.
+#[derive(Debug)]
+struct CachedFd {
+    fd: Arc<OwnedFd>,
+    count: Arc<AtomicUsize>,
+}
+
+impl CachedFd {
+    fn new(fd: Arc<OwnedFd>, count: &Arc<AtomicUsize>) -> CachedFd {
+        count.fetch_add(1, Ordering::AcqRel);
+        CachedFd {
+            fd,
+            count: count.clone(),
+        }
+    }
+}
+
+impl Drop for CachedFd {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Inode {
@@ -87,8 +112,12 @@ pub struct InodeTable {
     maps: RwLock<Maps>,
     next_id: AtomicU64,
     backing_root: Arc<OwnedFd>,
+    /// Eviction order: the inodes that cached an fd, oldest first.  An entry whose inode has
+    /// gone or holds no fd any more is skipped when reached, and such entries are swept out
+    /// when they outnumber the live ones.
     cached: Mutex<VecDeque<Weak<Inode>>>,
-    cached_count: AtomicUsize,
+    /// How many [`CachedFd`]s exist, the root's not included.
+    cached_count: Arc<AtomicUsize>,
     /// Most `O_PATH` fds held at once ([`fd_cache_capacity`]).
     capacity: usize,
 }
@@ -96,14 +125,27 @@ pub struct InodeTable {
 impl InodeTable {
     /// `root` is an `O_PATH` fd of the backing root; `root_key` and `root_handle` name it.
     pub fn new(root: OwnedFd, root_key: FileKey, root_handle: FileHandle) -> InodeTable {
+        Self::with_capacity(root, root_key, root_handle, fd_cache_capacity())
+    }
+
+    /// [`InodeTable::new`] with the cache holding at most `capacity` fds.
+    fn with_capacity(
+        root: OwnedFd,
+        root_key: FileKey,
+        root_handle: FileHandle,
+        capacity: usize,
+    ) -> InodeTable {
         let root = Arc::new(root);
+        // The root's fd lives as long as the table and is not counted: the count must never
+        // reach the root, which is never evicted.
+        let uncounted = Arc::new(AtomicUsize::new(1));
         let inode = Arc::new(Inode {
             nodeid: ROOT,
             key: root_key,
             handle: root_handle,
             kind: libc::S_IFDIR,
             lookups: AtomicU64::new(1),
-            fd: Mutex::new(Some(root.clone())),
+            fd: Mutex::new(Some(CachedFd::new(root.clone(), &uncounted))),
         });
         let mut by_id = HashMap::new();
         by_id.insert(ROOT, inode);
@@ -114,8 +156,8 @@ impl InodeTable {
             next_id: AtomicU64::new(ROOT + 1),
             backing_root: root,
             cached: Mutex::new(VecDeque::new()),
-            cached_count: AtomicUsize::new(0),
-            capacity: fd_cache_capacity(),
+            cached_count: Arc::new(AtomicUsize::new(0)),
+            capacity,
         }
     }
 
@@ -147,8 +189,8 @@ impl InodeTable {
 
     /// The `O_PATH` fd of an inode, reopening it by handle if the cache dropped it.
     pub fn path_fd(&self, inode: &Arc<Inode>) -> io::Result<PathFd> {
-        if let Some(fd) = inode.fd.lock().as_ref() {
-            return Ok(PathFd(fd.clone()));
+        if let Some(cached) = inode.fd.lock().as_ref() {
+            return Ok(PathFd(cached.fd.clone()));
         }
         let fd = Arc::new(
             inode
@@ -165,28 +207,32 @@ impl InodeTable {
             if slot.is_some() {
                 return;
             }
-            *slot = Some(fd);
+            *slot = Some(CachedFd::new(fd, &self.cached_count));
         }
         let mut queue = self.cached.lock();
         queue.push_back(Arc::downgrade(inode));
-        if self.cached_count.fetch_add(1, Ordering::Relaxed) + 1 > self.capacity {
-            // FIFO eviction: cheap, and a reopen by handle is one syscall.
-            while let Some(old) = queue.pop_front() {
-                if let Some(old) = old.upgrade() {
-                    if old.nodeid == ROOT {
-                        queue.push_back(Arc::downgrade(&old));
-                        continue;
-                    }
-                    if old.fd.lock().take().is_some() {
-                        self.cached_count.fetch_sub(1, Ordering::Relaxed);
-                        break;
-                    }
-                } else {
-                    self.cached_count.fetch_sub(1, Ordering::Relaxed);
-                    break;
-                }
-            }
+        // FIFO eviction: cheap, and a reopen by handle is one syscall.  Entries of inodes
+        // that went away or were evicted already are passed over.
+        while self.cached_count.load(Ordering::Acquire) > self.capacity {
+            let Some(old) = queue.pop_front() else {
+                break;
+            };
+            let Some(old) = old.upgrade() else {
+                continue;
+            };
+            // Take it out of the slot under the slot's lock, drop it (and its count) after.
+            let evicted = old.fd.lock().take();
+            drop(evicted);
         }
+        // Forgotten inodes leave their entries behind; sweep them before they pile up.
+        if queue.len() > 2 * self.capacity.max(self.cached_count.load(Ordering::Acquire)) {
+            queue.retain(|w| w.upgrade().is_some_and(|i| i.fd.lock().is_some()));
+        }
+    }
+
+    /// How many `O_PATH` fds the cache holds (the root's not counted).
+    pub fn cached_fds(&self) -> usize {
+        self.cached_count.load(Ordering::Acquire)
     }
 
     /// Registers a backing file found by a lookup or a create (its fresh `O_PATH` fd and
@@ -290,9 +336,9 @@ impl InodeTable {
             maps.by_key.remove(&inode.key);
         }
         drop(maps);
-        if inode.fd.lock().take().is_some() {
-            self.cached_count.fetch_sub(1, Ordering::Relaxed);
-        }
+        // The fd is no use to a forgotten inode; a user still holding the inode reopens it.
+        let fd = inode.fd.lock().take();
+        drop(fd);
     }
 }
 
@@ -345,6 +391,89 @@ mod tests {
         assert!(t.get(a.nodeid).is_some(), "one reference left");
         t.forget(a.nodeid, 1);
         assert!(t.get(a.nodeid).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Fds of this process open on a path under `dir`: what the cache really holds.
+    fn open_fds_under(dir: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.starts_with(dir)))
+            .count()
+    }
+
+    #[test]
+    fn fd_cache_stays_bounded_through_lookups_forgets_and_reopens() {
+        const CAP: usize = 16;
+        const FILES: usize = 200;
+        let dir = std::env::temp_dir().join(format!("lossfs-fdcache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let files = dir.join("f");
+        std::fs::create_dir_all(&files).unwrap();
+        for i in 0..FILES {
+            std::fs::write(files.join(i.to_string()), b"x").unwrap();
+        }
+        // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd.
+        let c = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C string; the returned fd is checked and owned below.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+        assert!(fd >= 0);
+        // SAFETY: fd is a new fd we own.
+        let root = unsafe { OwnedFd::from_raw_fd(fd) };
+        let st = fstat(root.as_fd());
+        let key = FileKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        let h = FileHandle::of_fd(root.as_fd()).unwrap();
+        let t = InodeTable::with_capacity(root, key, h, CAP);
+        let lookup_all = |t: &InodeTable| -> Vec<u64> {
+            (0..FILES)
+                .map(|i| {
+                    let fd = open_path(&files.join(i.to_string()));
+                    let st = fstat(fd.as_fd());
+                    t.remember(fd, &st).unwrap().nodeid
+                })
+                .collect()
+        };
+        let check = |t: &InodeTable, when: &str| {
+            let held = open_fds_under(&files);
+            assert!(held <= CAP, "{when}: {held} fds held for a cache of {CAP}");
+            assert_eq!(t.cached_fds(), held, "{when}: the count matches the fds");
+        };
+        // Several rounds, as a kernel dropping its caches between scans causes: every
+        // inode is forgotten, then looked up again as a new one.
+        for round in 0..4 {
+            let ids = lookup_all(&t);
+            check(&t, &format!("round {round} after lookups"));
+            // Touch every inode again: the evicted ones reopen by handle.
+            for id in &ids {
+                let inode = t.get(*id).unwrap();
+                t.path_fd(&inode).unwrap();
+            }
+            check(&t, &format!("round {round} after reopens"));
+            // An inode a user still holds when the kernel forgets it.
+            let held_on = t.get(ids[0]).unwrap();
+            for id in &ids {
+                t.forget(*id, 1);
+            }
+            assert_eq!(t.len(), 1, "only the root is left");
+            check(&t, &format!("round {round} after forgets"));
+            assert!(t.path_fd(&held_on).is_ok());
+            check(
+                &t,
+                &format!("round {round} after a reopen of a forgotten inode"),
+            );
+            drop(held_on);
+            check(&t, &format!("round {round} after its last user let go"));
+        }
+        assert_eq!(t.cached_fds(), 0);
+        assert!(
+            t.cached.lock().len() <= 2 * CAP,
+            "stale eviction entries are swept"
+        );
+        drop(t);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -26,6 +26,7 @@ pub mod irqcpu;
 pub mod journal;
 pub mod keep;
 pub mod lazyfs;
+mod logging;
 pub mod mountinfo;
 pub mod namespace;
 pub mod options;

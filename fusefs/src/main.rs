@@ -57,6 +57,8 @@ Options (-o):
   state_dir=PATH        undo journal directory (default BACKING/.lossfs, hidden from the mount)
   control=PATH          control socket (default /run/lossfs/<escaped mount point>.sock)
   log=LEVEL             error|warn|info|debug|trace (default warn; also env LOSSFS_LOG)
+  log_file=PATH         append the log to PATH (default: stderr; once a daemon without -f
+                        has mounted, STATE_DIR/lossfs.log)
   recover=rollback|keep after the previous daemon was killed: undo its unsynced data
                         (rollback, default: the same as a power cut) or make it durable (keep)
   threads=N             FUSE worker threads (default 8)

@@ -44,6 +44,9 @@ pub struct MountOptions {
     pub control: Option<PathBuf>,
     /// `log=LEVEL`: one of error, warn, info, debug, trace.
     pub log: Option<String>,
+    /// `log_file=PATH`: the daemon's log (default: stderr, and `STATE_DIR/lossfs.log` once a
+    /// daemon without `-f` has detached).
+    pub log_file: Option<PathBuf>,
     /// `recover=rollback|keep`.
     pub recover: Recover,
     /// `threads=N`: FUSE worker threads, 1..=64.
@@ -161,6 +164,7 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
             "state_dir" => o.state_dir = Some(path_value(name, value?)?),
             "control" => o.control = Some(path_value(name, value?)?),
             "lazyfs_fifo" => o.lazyfs_fifo = Some(path_value(name, value?)?),
+            "log_file" => o.log_file = Some(path_value(name, value?)?),
             "log" => {
                 let v = value?;
                 if !LOG_LEVELS.contains(&v) {
@@ -495,7 +499,7 @@ mod tests {
     #[test]
     fn every_option_sets_its_field() {
         let o = parse_mount_options(&s(&[
-            "default_permissions,control=/run/l.sock,log=debug",
+            "default_permissions,control=/run/l.sock,log=debug,log_file=/var/log/l.log",
             "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
             "lazyfs_fifo=/tmp/lazyfs.fifo,read_ahead_kb=4096,metadata=posix,commit=0",
             "writeback=30",
@@ -509,6 +513,7 @@ mod tests {
                 state_dir: None,
                 control: Some(PathBuf::from("/run/l.sock")),
                 log: Some("debug".into()),
+                log_file: Some(PathBuf::from("/var/log/l.log")),
                 recover: Recover::Keep,
                 threads: Some(8),
                 lazyfs_fifo: Some(PathBuf::from("/tmp/lazyfs.fifo")),
@@ -622,6 +627,8 @@ mod tests {
             ("state_dir=", "state_dir"),
             ("state_dir", "state_dir"),
             ("control", "control"),
+            ("log_file", "log_file"),
+            ("log_file=", "log_file"),
             ("allow_other=1", "allow_other"),
             ("nofail=yes", "nofail"),
             ("metadata=ext4", "metadata=ext4"),

@@ -8,7 +8,7 @@
 //! mapping by the device column of `/proc/PID/maps`.  None of these calls reaches the file
 //! system the file lives on.
 
-use crate::report::KilledProcess;
+use crate::report::{KilledProcess, Unreaped};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -64,12 +64,6 @@ pub fn processes_using(target: &MountTarget) -> Vec<KilledProcess> {
         .collect()
 }
 
-/// SIGKILL every process using the mount, rescanning until a scan finds none left alive
-/// (processes can fork meanwhile) or `timeout` passes; waits until each killed pid is gone
-/// or a zombie (state Z in /proc/PID/stat) — a zombie holds no files. Returns all killed.
-///
-/// Err lists the processes still alive at the deadline (typically stuck in an uninterruptible
-/// wait, for example on a FUSE request the daemon has read but not answered).
 /// Sends SIGKILL once to every process using the mount, without waiting for them to die
 /// (a crash point: the process that triggered it cannot die before its request is
 /// answered); returns the pids signalled.
@@ -85,6 +79,13 @@ pub fn signal_users(target: &MountTarget) -> Vec<KilledProcess> {
         .collect()
 }
 
+/// SIGKILL every process using the mount, rescanning until a scan finds none left alive
+/// (processes can fork meanwhile) or `timeout` passes; waits until each killed pid is gone
+/// or a zombie (state Z in /proc/PID/stat): a zombie holds no files, so the cut can go on
+/// (its parent reaps it meanwhile: see [`wait_reaped`]).  Returns all killed.
+///
+/// Err lists the processes still alive at the deadline (typically stuck in an uninterruptible
+/// wait, for example on a FUSE request the daemon has read but not answered).
 pub fn kill_users(target: &MountTarget, timeout: Duration) -> Result<Vec<KilledProcess>, String> {
     let deadline = Instant::now() + timeout;
     let mut killed: BTreeMap<i32, KilledProcess> = BTreeMap::new();
@@ -119,6 +120,84 @@ pub fn kill_users(target: &MountTarget, timeout: Duration) -> Result<Vec<KilledP
         }
         wait_dead(&found, deadline);
     }
+}
+
+/// A killed process, told apart from a later one that reuses its pid by its start time.
+#[derive(Clone, Debug)]
+pub struct Victim {
+    pid: i32,
+    start_time: Option<u64>,
+}
+
+/// The identities of the processes a cut killed, read now: call it as soon as they are
+/// killed (a pid is only reused after its process has been reaped and the pid space wrapped).
+pub fn victims(killed: &[KilledProcess]) -> Vec<Victim> {
+    killed
+        .iter()
+        .filter_map(|k| {
+            let stat = proc_stat(&proc_dir(k.pid))?;
+            Some(Victim {
+                pid: k.pid,
+                start_time: stat.start_time,
+            })
+        })
+        .collect()
+}
+
+/// Waits until every victim is gone, at most `timeout`: reaped by its parent, not merely
+/// dead, because a zombie still owns its pid (`kill(pid, 0)` succeeds, so a program that
+/// guards its data with a pid file refuses to start again while it lasts).  A zombie whose
+/// parent is in `spared_parents` is left as it is: that parent waits for the very cut that
+/// waits here, and reaps it after.  Returns the victims not gone at the deadline.
+pub fn wait_reaped(victims: &[Victim], spared_parents: &[i32], timeout: Duration) -> Vec<Unreaped> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let left: Vec<Unreaped> = victims
+            .iter()
+            .filter_map(|v| not_gone(v, spared_parents))
+            .collect();
+        let now = Instant::now();
+        if left.is_empty() || now >= deadline {
+            return left;
+        }
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// What is left of a victim, or None once it is gone (or a zombie of a spared parent).
+fn not_gone(v: &Victim, spared_parents: &[i32]) -> Option<Unreaped> {
+    let stat = proc_stat(&proc_dir(v.pid))?;
+    if v.start_time.is_some() && stat.start_time != v.start_time {
+        return None;
+    }
+    let zombie = is_dead_state(stat.state);
+    let parent = stat.ppid.unwrap_or(0);
+    if zombie && spared_parents.contains(&parent) {
+        return None;
+    }
+    Some(Unreaped {
+        pid: v.pid,
+        comm: comm_of(v.pid),
+        zombie,
+        parent,
+    })
+}
+
+/// The parents a cut requested by process `requester` must not wait for: the requester
+/// itself and its parent (a harness that runs `lossctl powercut` and waits for it), but
+/// never pid 1, whose job is to reap.
+pub fn spared_parents(requester: Option<i32>) -> Vec<i32> {
+    let Some(pid) = requester.filter(|&p| p > 0) else {
+        return Vec::new();
+    };
+    let mut spared = vec![pid];
+    if let Some(ppid) = proc_stat(&proc_dir(pid)).and_then(|s| s.ppid) {
+        spared.push(ppid);
+    }
+    spared.retain(|&p| p > 1);
+    spared
 }
 
 fn still_alive_message(
@@ -191,6 +270,7 @@ fn comm_of(pid: i32) -> String {
 #[derive(Debug, PartialEq, Eq)]
 struct Stat {
     state: char,
+    ppid: Option<i32>,
     start_time: Option<u64>,
 }
 
@@ -203,9 +283,14 @@ fn parse_stat(text: &str) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?.chars().next()?;
-    // starttime is field 22 of stat; state is field 3, so 19 more fields on.
-    let start_time = fields.nth(18).and_then(|f| f.parse().ok());
-    Some(Stat { state, start_time })
+    let ppid = fields.next().and_then(|f| f.parse().ok());
+    // starttime is field 22 of stat; ppid is field 4, so 18 more fields on.
+    let start_time = fields.nth(17).and_then(|f| f.parse().ok());
+    Some(Stat {
+        state,
+        ppid,
+        start_time,
+    })
 }
 
 fn is_dead_state(state: char) -> bool {
@@ -889,6 +974,7 @@ mod tests {
             parse_stat(line),
             Some(Stat {
                 state: 'Z',
+                ppid: Some(1),
                 start_time: Some(987654)
             })
         );

@@ -116,6 +116,16 @@ pub struct KilledProcess {
     pub reasons: Vec<String>,
 }
 
+/// A process a power cut killed that was not gone when the cut returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreaped {
+    pub pid: i32,
+    pub comm: String,
+    /// Dead but not reaped by its parent (else it did not even die).
+    pub zombie: bool,
+    pub parent: i32,
+}
+
 /// Answer to `powercut`, and what a mount prints after rolling back an unclean journal.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PowercutReport {
@@ -140,6 +150,9 @@ pub struct PowercutReport {
     /// Bytes of unsynced data that survived.
     #[serde(default)]
     pub kept_bytes: u64,
+    /// Killed processes still there when the cut returned (the wait for them is bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreaped: Vec<Unreaped>,
 }
 
 fn ranges_text(ranges: &[ByteRange]) -> String {
@@ -243,6 +256,18 @@ impl PowercutReport {
                 p.reasons.join(",")
             );
         }
+        for p in &self.unreaped {
+            let what = if p.zombie {
+                "a zombie its parent has not reaped"
+            } else {
+                "still alive"
+            };
+            let _ = writeln!(
+                s,
+                "  not gone: pid {} ({}) is {what} (parent pid {})",
+                p.pid, p.comm, p.parent
+            );
+        }
         for f in &self.files {
             let _ = write!(
                 s,
@@ -323,6 +348,29 @@ mod tests {
         assert!(t.contains("1 namespace changes undone"), "{t}");
         assert!(t.contains("undone rename tmp -> data"), "{t}");
         assert!(!t.contains("keep"), "{t}");
+    }
+
+    #[test]
+    fn cut_text_names_killed_processes_not_gone() {
+        let r = PowercutReport {
+            unreaped: vec![Unreaped {
+                pid: 42,
+                comm: "postgres".into(),
+                zombie: true,
+                parent: 7,
+            }],
+            ..Default::default()
+        };
+        let t = r.to_text();
+        assert!(
+            t.contains(
+                "not gone: pid 42 (postgres) is a zombie its parent has not reaped (parent pid 7)"
+            ),
+            "{t}"
+        );
+        assert!(!serde_json::to_string(&PowercutReport::default())
+            .unwrap()
+            .contains("unreaped"));
     }
 
     #[test]

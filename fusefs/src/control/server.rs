@@ -370,6 +370,17 @@ fn read_line(reader: &mut impl BufRead, max: usize) -> io::Result<Line> {
     }
 }
 
+thread_local! {
+    /// The pid of the client whose requests this connection thread serves.
+    static REQUESTER: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
+}
+
+/// The pid of the client whose request the calling thread is handling (from the socket's
+/// peer credentials); None outside a control connection's thread.
+pub fn requester_pid() -> Option<i32> {
+    REQUESTER.get()
+}
+
 fn serve(shared: &Shared, stream: UnixStream) {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     let peer = match getsockopt(&stream, PeerCredentials) {
@@ -383,6 +394,7 @@ fn serve(shared: &Shared, stream: UnixStream) {
         }
     };
     let (uid, pid) = (peer.uid(), peer.pid());
+    REQUESTER.set(Some(pid));
     if uid != 0 && uid != shared.euid {
         tracing::warn!(
             uid,
