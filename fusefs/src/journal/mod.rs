@@ -37,6 +37,8 @@ mod log;
 pub(crate) use self::log::{ctx, open_private};
 mod partial;
 #[cfg(test)]
+mod sparse_tests;
+#[cfg(test)]
 mod tests;
 
 use self::crashstate::{OpRec, PrefixBuilder};

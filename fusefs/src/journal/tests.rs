@@ -11,8 +11,8 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 pub(super) struct Dirs {
     base: PathBuf,
-    data: PathBuf,
-    state: PathBuf,
+    pub(super) data: PathBuf,
+    pub(super) state: PathBuf,
 }
 
 impl Dirs {
@@ -50,7 +50,7 @@ impl Drop for Dirs {
 pub(super) struct TFile {
     pub(super) key: FileKey,
     pub(super) handle: FileHandle,
-    file: File,
+    pub(super) file: File,
 }
 
 impl TFile {
