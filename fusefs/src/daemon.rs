@@ -204,15 +204,13 @@ impl Daemon {
         self.invalidate_all(&touched);
         let report = PowercutReport {
             mountpoint: self.mountpoint.display().to_string(),
-            lost_bytes: files.iter().map(|f| f.lost_bytes).sum(),
-            kept_bytes: files.iter().map(|f| f.kept_bytes).sum(),
-            files,
             killed,
             elapsed_ms: t0.elapsed().as_millis() as u64,
             namespace,
             keep: spec.mode,
             seed: spec.mode.is_seeded().then_some(spec.seed),
             granularity: (spec.mode == KeepMode::Random).then_some(spec.granularity),
+            ..PowercutReport::of_files(files)
         };
         tracing::info!("{}", report.to_text().trim_end());
         Ok(report)
@@ -741,7 +739,6 @@ pub fn serve(
         );
     }
     if let Some(files) = recovered {
-        let lost: u64 = files.iter().map(|f| f.lost_bytes).sum();
         let verb = if opts.recover == Recover::Rollback {
             "rolled back"
         } else {
@@ -749,9 +746,7 @@ pub fn serve(
         };
         let r = PowercutReport {
             mountpoint: mountpoint.display().to_string(),
-            lost_bytes: lost,
-            files,
-            ..Default::default()
+            ..PowercutReport::of_files(files)
         };
         tracing::warn!(
             "found an unclean journal in {} (the previous lossfs was killed): unsynced data {verb}\n{}",

@@ -47,6 +47,7 @@ fn sample_status() -> StatusReport {
         backing: "/b".into(),
         files: vec![FileStatus {
             path: Some("log".into()),
+            inode: None,
             durable_size: 10,
             size: 30,
             unsynced: vec![ByteRange { start: 10, end: 30 }],

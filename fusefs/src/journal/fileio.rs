@@ -227,34 +227,83 @@ pub(crate) fn path_of(fd: BorrowedFd<'_>, root: &Path) -> Option<String> {
     Some(String::from_utf8_lossy(rel.as_os_str().as_bytes()).into_owned())
 }
 
+/// The file has no name left on the backing filesystem: unlinked (by a program, or by the
+/// commit of a namespace change), so nothing of it can be read again after a cut.  (An
+/// unlink a namespace model may still undo keeps the file in the graveyard, with a name.)
+pub(crate) fn is_deleted(fd: BorrowedFd<'_>) -> bool {
+    nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_nlink == 0)
+}
+
+/// The handle names a file that no longer exists.
+pub(crate) fn is_gone(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ESTALE) || e.kind() == io::ErrorKind::NotFound
+}
+
+/// How many bytes of `ranges` `fd` holds no data for: its holes (read as zeros, never
+/// written), and what lies past its end `size` (cut off by a truncate).
+pub(crate) fn hole_bytes(fd: BorrowedFd<'_>, ranges: &RangeSet, size: u64) -> io::Result<u64> {
+    let mut holes = 0;
+    for (start, end) in ranges.iter() {
+        holes += end.saturating_sub(start.max(size));
+        let end = end.min(size);
+        let mut pos = start;
+        while pos < end {
+            match next_data(fd, pos, end)? {
+                Some((data, hole)) => {
+                    holes += data - pos;
+                    pos = hole;
+                }
+                None => {
+                    holes += end - pos;
+                    pos = end;
+                }
+            }
+        }
+    }
+    Ok(holes)
+}
+
 /// What restoring one file found.
 pub(crate) struct Restored {
     pub size_before: u64,
     pub path: Option<String>,
+    /// What the file lost, and how many of those bytes were holes.
+    pub lost: RangeSet,
+    pub lost_holes: u64,
 }
 
 /// Puts file `id` back into its durable state: truncate to the durable size, write every
-/// pre-image back, fdatasync.  Idempotent: the pre-images are the durable bytes, so running
-/// it again after an interruption gives the same file.
+/// pre-image back, fdatasync.  `lost_of` gives, from the size the file has before, the
+/// ranges it loses (for the report).  Idempotent: the pre-images are the durable bytes, so
+/// running it again after an interruption gives the same file.  `None`: the file is
+/// deleted (see [`is_deleted`]; or gone, ESTALE), nothing to restore.
 pub(crate) fn restore(
     root: BorrowedFd<'_>,
     root_path: &Path,
     undo_dir: &Path,
     id: u64,
     f: &LiveFile,
-) -> io::Result<Restored> {
-    let file = f.handle.open(root, libc::O_RDWR).map_err(|e| {
-        // ESTALE (the file was deleted) stays a raw OS error: the replay at mount tells a
-        // file that is gone, which it reports and skips, from a failure, which stops it.
-        if e.raw_os_error() == Some(libc::ESTALE) {
-            e
-        } else {
-            ctx(e, format!("opening file (dev {} ino {})", f.dev, f.ino))
+    lost_of: impl FnOnce(u64) -> RangeSet,
+) -> io::Result<Option<Restored>> {
+    let file = match f.handle.open(root, libc::O_RDWR) {
+        Ok(file) => file,
+        Err(e) if is_gone(&e) => return Ok(None),
+        Err(e) => {
+            return Err(ctx(
+                e,
+                format!("opening file (dev {} ino {})", f.dev, f.ino),
+            ))
         }
-    })?;
+    };
+    if is_deleted(file.as_fd()) {
+        return Ok(None);
+    }
     let path = path_of(file.as_fd(), root_path);
     let name = || path.clone().unwrap_or_else(|| format!("inode {}", f.ino));
     let size_before = size_of(file.as_fd()).map_err(|e| ctx(e, format!("fstat of {}", name())))?;
+    let lost = lost_of(size_before);
+    let lost_holes = hole_bytes(file.as_fd(), &lost, size_before)
+        .map_err(|e| ctx(e, format!("finding the holes of {}", name())))?;
     nix::unistd::ftruncate(&file, f.durable_size as i64).map_err(|e| {
         ctx(
             e.into(),
@@ -284,7 +333,12 @@ pub(crate) fn restore(
         }
     }
     nix::unistd::fdatasync(&file).map_err(|e| ctx(e.into(), format!("fdatasync of {}", name())))?;
-    Ok(Restored { size_before, path })
+    Ok(Some(Restored {
+        size_before,
+        path,
+        lost,
+        lost_holes,
+    }))
 }
 
 /// Converts ranges to report form.

@@ -65,6 +65,9 @@ fn truncating_a_sparse_tib_saves_only_its_data_and_the_cut_brings_it_back() {
 
     let losses = j.rollback_all().unwrap();
     assert_eq!(losses.len(), 1);
+    // Cut off by the truncate: no data of the file was lost.
+    assert_eq!(losses[0].lost_bytes, TIB);
+    assert_eq!(losses[0].lost_hole_bytes, TIB);
     assert_eq!(t.file.metadata().unwrap().len(), TIB);
     assert_eq!(read_at(&t.file, 0, head.len()), head);
     assert_eq!(read_at(&t.file, TIB / 2, mid.len()), mid);
@@ -166,4 +169,26 @@ fn a_sparse_copy_over_stale_bytes_leaves_zeros_and_reports_the_source_end() {
     );
     assert_eq!(dst.metadata().unwrap().len(), far + 3 * MIB);
     assert_eq!(read_at(&dst, far + MIB, data.len()), data);
+}
+
+#[test]
+fn a_cut_tells_lost_data_from_lost_holes() {
+    let d = Dirs::new("sparse-split");
+    let (j, _) = d.open(true);
+    let t = TFile::create(&d, "index", &pattern(4096, 45));
+    // Preallocated by a truncate up to 10 MiB, 820 bytes written into it.
+    t.truncate(&j, 10 * MIB);
+    t.write(&j, 4096, &[7u8; 820]);
+    let losses = j.rollback_all().unwrap();
+    assert_eq!(losses.len(), 1);
+    let l = &losses[0];
+    assert_eq!(l.lost_bytes, 10 * MIB - 4096);
+    // The filesystem allocates whole blocks: the written bytes' block is data.
+    assert!(
+        (820..=8192).contains(&l.lost_data_bytes),
+        "lost data {} of {}",
+        l.lost_data_bytes,
+        l.lost_bytes
+    );
+    assert_eq!(l.lost_data_bytes + l.lost_hole_bytes, l.lost_bytes);
 }
