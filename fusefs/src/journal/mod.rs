@@ -7,7 +7,10 @@
 //! durable size) is copied once per sync epoch into `state_dir/undo/<id>` and a record naming
 //! it is appended to `state_dir/journal` (format: see the private `log` module).  Appends
 //! past the durable size need no pre-image: a rollback truncates them away.  Memory holds
-//! ranges only, never data.
+//! ranges only, never data.  Holes stay holes (the private `fileio` module): a pre-image
+//! costs the saved range's allocated bytes.  A file with no name left (deleted) has
+//! nothing to restore: its state goes at the close of a handle ([`Journal::closed`]), and
+//! status, sync and cuts skip it.
 //!
 //! For partial cuts (`--keep`, computed in the private `crashstate` module) every write,
 //! truncate and fallocate is also recorded in order (op records, batched in the log's
