@@ -36,8 +36,15 @@ pub struct FileStatus {
     pub size: u64,
     /// Byte ranges changed since the file was last durable.
     pub unsynced: Vec<ByteRange>,
-    /// Sum of the lengths of `unsynced`.
+    /// Sum of the lengths of `unsynced`: `unsynced_data_bytes + unsynced_hole_bytes`.
     pub unsynced_bytes: u64,
+    /// Unsynced bytes the file holds as data.
+    #[serde(default)]
+    pub unsynced_data_bytes: u64,
+    /// Unsynced bytes the file holds no data for: holes (growth by a truncate or a
+    /// preallocation never written) and what a truncate cut off.
+    #[serde(default)]
+    pub unsynced_hole_bytes: u64,
 }
 
 /// Answer to `status`.
@@ -211,11 +218,13 @@ fn split_text(data: u64, holes: u64) -> String {
 
 impl StatusReport {
     pub fn to_text(&self) -> String {
+        let holes: u64 = self.files.iter().map(|f| f.unsynced_hole_bytes).sum();
         let mut s = format!(
-            "{} (backing {}): {} unsynced bytes in {} files, {} power cuts so far\n",
+            "{} (backing {}): {} unsynced bytes{} in {} files, {} power cuts so far\n",
             self.mountpoint,
             self.backing,
             self.unsynced_bytes,
+            split_text(self.unsynced_bytes.saturating_sub(holes), holes),
             self.files.len(),
             self.powercuts
         );
@@ -229,9 +238,10 @@ impl StatusReport {
         for f in &self.files {
             let _ = writeln!(
                 s,
-                "  {}: {} unsynced bytes (size {}, durable size {}) in {}",
+                "  {}: {} unsynced bytes{} (size {}, durable size {}) in {}",
                 name(&f.path, f.inode),
                 f.unsynced_bytes,
+                split_text(f.unsynced_data_bytes, f.unsynced_hole_bytes),
                 f.size,
                 f.durable_size,
                 ranges_text(&f.unsynced)
@@ -465,6 +475,38 @@ mod tests {
         assert_eq!(json["deleted_files"], 2);
         assert_eq!(json["lost_hole_bytes"], 10_000);
         assert_eq!(json["files"][0]["lost_data_bytes"], 20);
+    }
+
+    #[test]
+    fn status_text_splits_data_from_holes_and_names_unnamed_files_by_inode() {
+        let r = StatusReport {
+            mountpoint: "/m".into(),
+            backing: "/b".into(),
+            files: vec![FileStatus {
+                path: None,
+                inode: Some(12),
+                durable_size: 0,
+                size: 1000,
+                unsynced: vec![ByteRange {
+                    start: 0,
+                    end: 1000,
+                }],
+                unsynced_bytes: 1000,
+                unsynced_data_bytes: 10,
+                unsynced_hole_bytes: 990,
+            }],
+            unsynced_bytes: 1000,
+            ..Default::default()
+        };
+        let t = r.to_text();
+        assert!(
+            t.contains("1000 unsynced bytes (10 of data, 990 in holes) in 1 files"),
+            "{t}"
+        );
+        assert!(
+            t.contains("(no name found: backing inode 12): 1000 unsynced bytes (10 of data"),
+            "{t}"
+        );
     }
 
     #[test]

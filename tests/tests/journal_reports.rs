@@ -193,6 +193,12 @@ fn files_are_named_after_the_kernel_drops_its_dentries() {
     }
     let st = m.status_json();
     assert!(report_file(&st, "a/b/c").is_some(), "{st}");
+    let idx = report_file(&st, "idx").unwrap_or_else(|| panic!("{st}"));
+    assert_eq!(num(idx, "unsynced_bytes"), 10 * MIB, "{st}");
+    assert!(
+        (3..=8192).contains(&num(idx, "unsynced_data_bytes")),
+        "{st}"
+    );
     let r = m.powercut_nokill_json();
     assert!(report_file(&r, "a/b/c").is_some(), "{r}");
     let idx = report_file(&r, "idx").unwrap_or_else(|| panic!("{r}"));

@@ -52,6 +52,8 @@ fn sample_status() -> StatusReport {
             size: 30,
             unsynced: vec![ByteRange { start: 10, end: 30 }],
             unsynced_bytes: 20,
+            unsynced_data_bytes: 20,
+            unsynced_hole_bytes: 0,
         }],
         unsynced_bytes: 20,
         powercuts: 2,

@@ -47,7 +47,7 @@ mod tests;
 
 use self::crashstate::{OpRec, PrefixBuilder};
 use self::fileio::{
-    byte_ranges, copy_range, is_deleted, is_gone, path_of, restore, size_of, Restored,
+    byte_ranges, copy_range, hole_bytes, is_deleted, is_gone, path_of, restore, size_of, Restored,
 };
 use self::log::{Extent, LiveFile, Log, Record};
 use crate::handle::FileHandle;
@@ -373,20 +373,29 @@ impl Journal {
                 let Some(t) = &st.tracked else { continue };
                 (st.handle.clone(), t.durable_size, t.dirty.clone())
             };
-            let (path, size) = match handle.open(self.root.as_fd(), libc::O_PATH) {
+            // Readable, for its holes (lseek); an O_PATH fd still gives name and size.
+            let fd = handle
+                .open(self.root.as_fd(), libc::O_RDONLY)
+                .or_else(|_| handle.open(self.root.as_fd(), libc::O_PATH));
+            let (fd, path, size) = match fd {
                 Ok(fd) if is_deleted(fd.as_fd()) => continue,
-                Ok(fd) => (
-                    path_of(fd.as_fd(), &self.root_path),
-                    size_of(fd.as_fd()).unwrap_or(durable_size),
-                ),
+                Ok(fd) => {
+                    let path = path_of(fd.as_fd(), &self.root_path);
+                    let size = size_of(fd.as_fd()).unwrap_or(durable_size);
+                    (Some(fd), path, size)
+                }
                 Err(e) if is_gone(&e) => continue,
-                Err(_) => (None, durable_size),
+                Err(_) => (None, None, durable_size),
             };
             // Growth past the durable size is unsynced even where no write landed (a hole
             // left by a write past EOF and a truncate back into it).
             dirty.insert(durable_size, size.max(durable_size));
             let unsynced = byte_ranges(&dirty);
             let unsynced_bytes = unsynced.iter().map(|r| r.len()).sum();
+            let holes = fd
+                .and_then(|fd| hole_bytes(fd.as_fd(), &dirty, size).ok())
+                .unwrap_or(0)
+                .min(unsynced_bytes);
             keys.push(key);
             out.push(FileStatus {
                 path,
@@ -395,6 +404,8 @@ impl Journal {
                 size,
                 unsynced,
                 unsynced_bytes,
+                unsynced_data_bytes: unsynced_bytes - holes,
+                unsynced_hole_bytes: holes,
             });
         }
         self.find_names(
