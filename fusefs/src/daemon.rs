@@ -197,7 +197,10 @@ impl Daemon {
             };
             (files, names)
         });
-        let files = files.map_err(|e| format!("rollback: {e}"))?;
+        let files = self
+            .fs
+            .journal
+            .name_unnamed(files.map_err(|e| format!("rollback: {e}"))?);
         self.powercuts.fetch_add(1, Ordering::Relaxed);
         // After the thaw, from this (non-FUSE) thread: invalidation may make the kernel send
         // us requests, which the workers must be free to answer.
@@ -739,6 +742,7 @@ pub fn serve(
         );
     }
     if let Some(files) = recovered {
+        let files = journal.name_unnamed(files);
         let verb = if opts.recover == Recover::Rollback {
             "rolled back"
         } else {

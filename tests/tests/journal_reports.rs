@@ -166,6 +166,9 @@ fn an_unlink_that_a_cut_undoes_brings_the_file_back_with_its_durable_data() {
     assert_eq!(undo_files(&m), 1);
     let r = m.powercut_nokill_json();
     assert_eq!(num(&r, "deleted_files"), 0, "{r}");
+    // Named where the undo put it back, not by its place in the graveyard.
+    let wal = report_file(&r, "wal").unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(num(wal, "lost_bytes"), 4096, "{r}");
     assert!(
         read_all(&m.path("wal")) == orig,
         "the file came back changed"

@@ -581,14 +581,35 @@ impl Journal {
         log.reset()?;
         crate::pause::point("rollback-after-reset");
         clear_undo_dir(&self.undo_dir);
+        unname_graveyard(&self.root_path, &self.state_dir, &keys, &mut losses);
         self.find_names(
             keys.into_iter()
                 .zip(losses.iter_mut())
-                .filter(|(_, l)| !l.deleted)
+                .filter(|(_, l)| !l.deleted && l.inode.is_none())
                 .map(|(k, l)| (k, &mut l.path, &mut l.inode)),
         );
         losses.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(losses)
+    }
+
+    /// Names the files of a cut or recovery report that have none (`inode` only), by where
+    /// they are now: call after the namespace undo, which brings the files a cut found in
+    /// the graveyard (an unlink not committed) back to their names.
+    pub fn name_unnamed(&self, mut files: Vec<FileLoss>) -> Vec<FileLoss> {
+        let Ok(dev) = nix::sys::stat::fstat(self.root.as_fd()).map(|st| st.st_dev) else {
+            return files;
+        };
+        self.find_names(
+            files
+                .iter_mut()
+                .filter(|l| !l.deleted && l.path.is_none())
+                .filter_map(|l| {
+                    let ino = l.inode?;
+                    Some((FileKey { dev, ino }, &mut l.path, &mut l.inode))
+                }),
+        );
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
     }
 
     /// [`find_names`] in this journal's backing tree.
@@ -693,6 +714,29 @@ fn find_names<'a>(
     }
 }
 
+/// A file a report found in the state dir (the graveyard of a namespace model: unlinked,
+/// not committed) is about to get its name back from the namespace undo: its graveyard
+/// path would mislead, so it keeps only its inode number, for
+/// [`Journal::name_unnamed`] to name once the undo is done.
+fn unname_graveyard(root_path: &Path, state_dir: &Path, keys: &[FileKey], files: &mut [FileLoss]) {
+    let state_dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let Ok(rel) = state_dir.strip_prefix(root_path) else {
+        return;
+    };
+    if rel.as_os_str().is_empty() {
+        return;
+    }
+    for (key, f) in keys.iter().zip(files.iter_mut()) {
+        if f.path
+            .as_deref()
+            .is_some_and(|p| Path::new(p).starts_with(rel))
+        {
+            f.path = None;
+            f.inode = Some(key.ino);
+        }
+    }
+}
+
 /// Replays the live records of a killed daemon's log.
 fn replay(
     root: BorrowedFd<'_>,
@@ -742,12 +786,13 @@ fn replay(
         crate::pause::point("replay-after-file");
     }
     let state_dir = undo_dir.parent().unwrap_or(undo_dir);
+    unname_graveyard(root_path, state_dir, &keys, &mut out);
     find_names(
         root_path,
         state_dir,
         keys.into_iter()
             .zip(out.iter_mut())
-            .filter(|(_, l)| !l.deleted)
+            .filter(|(_, l)| !l.deleted && l.inode.is_none())
             .map(|(k, l)| (k, &mut l.path, &mut l.inode)),
     );
     out.sort_by(|a, b| a.path.cmp(&b.path));
