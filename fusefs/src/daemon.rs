@@ -203,7 +203,10 @@ impl Daemon {
             };
             (files, names)
         });
-        let files = files.map_err(|e| format!("rollback: {e}"))?;
+        let files = self
+            .fs
+            .journal
+            .name_unnamed(files.map_err(|e| format!("rollback: {e}"))?);
         self.powercuts.fetch_add(1, Ordering::Relaxed);
         // After the thaw, from this (non-FUSE) thread: invalidation may make the kernel send
         // us requests, which the workers must be free to answer.
@@ -218,9 +221,6 @@ impl Daemon {
         };
         let report = PowercutReport {
             mountpoint: self.mountpoint.display().to_string(),
-            lost_bytes: files.iter().map(|f| f.lost_bytes).sum(),
-            kept_bytes: files.iter().map(|f| f.kept_bytes).sum(),
-            files,
             killed,
             elapsed_ms: t0.elapsed().as_millis() as u64,
             namespace,
@@ -228,6 +228,7 @@ impl Daemon {
             seed: spec.mode.is_seeded().then_some(spec.seed),
             granularity: (spec.mode == KeepMode::Random).then_some(spec.granularity),
             unreaped,
+            ..PowercutReport::of_files(files)
         };
         tracing::info!("{}", report.to_text().trim_end());
         Ok(report)
@@ -825,7 +826,7 @@ pub fn serve(
         );
     }
     if let Some(files) = recovered {
-        let lost: u64 = files.iter().map(|f| f.lost_bytes).sum();
+        let files = journal.name_unnamed(files);
         let verb = if opts.recover == Recover::Rollback {
             "rolled back"
         } else {
@@ -833,9 +834,7 @@ pub fn serve(
         };
         let r = PowercutReport {
             mountpoint: mountpoint.display().to_string(),
-            lost_bytes: lost,
-            files,
-            ..Default::default()
+            ..PowercutReport::of_files(files)
         };
         tracing::warn!(
             "found an unclean journal in {} (the previous lossfs was killed): unsynced data {verb}\n{}",

@@ -780,7 +780,13 @@ impl LossFs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.write().remove(&fh);
+        let closed = self.files.write().remove(&fh);
+        if let Some(f) = closed {
+            // A deleted file's undo data goes with its handle (not in the middle of a cut).
+            let _gate = self.enter();
+            self.journal
+                .closed(f.inode.key, &f.inode.handle, f.file.as_fd());
+        }
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {

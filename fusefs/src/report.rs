@@ -25,16 +25,26 @@ impl ByteRange {
 /// Unsynced state of one file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStatus {
-    /// Path relative to the mount root, or `None` if the file has no name any more.
+    /// Path relative to the mount root, or `None` if no name of it was found.
     pub path: Option<String>,
+    /// The backing inode number, when no name was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
     /// Size a power cut would leave the file with.
     pub durable_size: u64,
     /// Size now.
     pub size: u64,
     /// Byte ranges changed since the file was last durable.
     pub unsynced: Vec<ByteRange>,
-    /// Sum of the lengths of `unsynced`.
+    /// Sum of the lengths of `unsynced`: `unsynced_data_bytes + unsynced_hole_bytes`.
     pub unsynced_bytes: u64,
+    /// Unsynced bytes the file holds as data.
+    #[serde(default)]
+    pub unsynced_data_bytes: u64,
+    /// Unsynced bytes the file holds no data for: holes (growth by a truncate or a
+    /// preallocation never written) and what a truncate cut off.
+    #[serde(default)]
+    pub unsynced_hole_bytes: u64,
 }
 
 /// Answer to `status`.
@@ -85,14 +95,31 @@ pub struct NamespaceUndo {
 /// What a power cut did to one file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileLoss {
+    /// Path relative to the mount root, or `None` if no name of it was found.
     pub path: Option<String>,
+    /// The backing inode number, when no name was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+    /// The file had no name left (unlinked, and no namespace undo can bring it back): none
+    /// of its data could ever be read again, so there was nothing to restore.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
     /// Size before the cut.
     pub size_before: u64,
     /// Size after the cut (the durable size).
     pub size_after: u64,
     /// Byte ranges whose unsynced content was lost.
     pub lost: Vec<ByteRange>,
+    /// Sum of the lengths of `lost`: `lost_data_bytes + lost_hole_bytes`.
     pub lost_bytes: u64,
+    /// Lost bytes the file held as data before the cut: what programs wrote and lost.
+    #[serde(default)]
+    pub lost_data_bytes: u64,
+    /// Lost bytes the file held no data for before the cut: its holes (growth by a truncate
+    /// or a preallocation never written; they read as zeros) and what a truncate had cut
+    /// off (the cut brings the durable bytes back).
+    #[serde(default)]
+    pub lost_hole_bytes: u64,
     /// Byte ranges whose unsynced content survived (`--keep` other than none).
     #[serde(default)]
     pub kept: Vec<ByteRange>,
@@ -126,12 +153,26 @@ pub struct Unreaped {
     pub parent: i32,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Answer to `powercut`, and what a mount prints after rolling back an unclean journal.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PowercutReport {
     pub mountpoint: String,
+    /// Every file the cut put back (deleted files are only counted, in `deleted_files`).
     pub files: Vec<FileLoss>,
+    /// `lost_data_bytes + lost_hole_bytes`.
     pub lost_bytes: u64,
+    #[serde(default)]
+    pub lost_data_bytes: u64,
+    #[serde(default)]
+    pub lost_hole_bytes: u64,
+    /// Tracked files that had no name left: nothing of them could come back, nothing was
+    /// restored.
+    #[serde(default)]
+    pub deleted_files: u64,
     pub killed: Vec<KilledProcess>,
     /// Wall time the cut took, in milliseconds.
     pub elapsed_ms: u64,
@@ -170,17 +211,33 @@ fn ranges_text(ranges: &[ByteRange]) -> String {
     s
 }
 
-fn name(path: &Option<String>) -> &str {
-    path.as_deref().unwrap_or("(unnamed)")
+/// A file's name in a report: its path, else its backing inode number.
+fn name(path: &Option<String>, inode: Option<u64>) -> String {
+    match (path, inode) {
+        (Some(p), _) => p.clone(),
+        (None, Some(ino)) => format!("(no name found: backing inode {ino})"),
+        (None, None) => "(no name found)".to_string(),
+    }
+}
+
+/// ` (D of data, H in holes)` when some lost bytes were holes.
+fn split_text(data: u64, holes: u64) -> String {
+    if holes == 0 {
+        String::new()
+    } else {
+        format!(" ({data} of data, {holes} in holes)")
+    }
 }
 
 impl StatusReport {
     pub fn to_text(&self) -> String {
+        let holes: u64 = self.files.iter().map(|f| f.unsynced_hole_bytes).sum();
         let mut s = format!(
-            "{} (backing {}): {} unsynced bytes in {} files, {} power cuts so far\n",
+            "{} (backing {}): {} unsynced bytes{} in {} files, {} power cuts so far\n",
             self.mountpoint,
             self.backing,
             self.unsynced_bytes,
+            split_text(self.unsynced_bytes.saturating_sub(holes), holes),
             self.files.len(),
             self.powercuts
         );
@@ -194,9 +251,10 @@ impl StatusReport {
         for f in &self.files {
             let _ = writeln!(
                 s,
-                "  {}: {} unsynced bytes (size {}, durable size {}) in {}",
-                name(&f.path),
+                "  {}: {} unsynced bytes{} (size {}, durable size {}) in {}",
+                name(&f.path, f.inode),
                 f.unsynced_bytes,
+                split_text(f.unsynced_data_bytes, f.unsynced_hole_bytes),
                 f.size,
                 f.durable_size,
                 ranges_text(&f.unsynced)
@@ -228,15 +286,38 @@ impl SyncReport {
 }
 
 impl PowercutReport {
+    /// A report of `files` (as the journal gives them) with their totals: deleted files
+    /// leave the list and are counted in `deleted_files`.
+    pub fn of_files(files: Vec<FileLoss>) -> PowercutReport {
+        let (deleted, files): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| f.deleted);
+        PowercutReport {
+            lost_bytes: files.iter().map(|f| f.lost_bytes).sum(),
+            lost_data_bytes: files.iter().map(|f| f.lost_data_bytes).sum(),
+            lost_hole_bytes: files.iter().map(|f| f.lost_hole_bytes).sum(),
+            kept_bytes: files.iter().map(|f| f.kept_bytes).sum(),
+            deleted_files: deleted.len() as u64,
+            files,
+            ..Default::default()
+        }
+    }
+
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "power cut on {}: {} unsynced bytes lost in {} files, {} processes killed ({} ms)\n",
+            "power cut on {}: {} unsynced bytes lost{} in {} files, {} processes killed ({} ms)\n",
             self.mountpoint,
             self.lost_bytes,
-            self.files.len(),
+            split_text(self.lost_data_bytes, self.lost_hole_bytes),
+            self.files.iter().filter(|f| f.lost_bytes > 0).count(),
             self.killed.len(),
             self.elapsed_ms
         );
+        if self.deleted_files > 0 {
+            let _ = writeln!(
+                s,
+                "  {} deleted files needed no restore (no name left, nothing of them can come back)",
+                self.deleted_files
+            );
+        }
         if self.keep != KeepMode::None {
             let _ = write!(s, "  keep {}", self.keep);
             if let Some(seed) = self.seed {
@@ -268,12 +349,21 @@ impl PowercutReport {
                 p.pid, p.comm, p.parent
             );
         }
-        for f in &self.files {
+        // Files that lost and kept nothing (their changes were undone by later ones) are in
+        // the JSON report only.
+        let changed = self.files.iter().filter(|f| {
+            f.lost_bytes > 0
+                || f.kept_bytes > 0
+                || f.size_before != f.size_after
+                || f.error.is_some()
+        });
+        for f in changed {
             let _ = write!(
                 s,
-                "  {}: lost {} bytes, size {} -> {}",
-                name(&f.path),
+                "  {}: lost {} bytes{}, size {} -> {}",
+                name(&f.path, f.inode),
                 f.lost_bytes,
+                split_text(f.lost_data_bytes, f.lost_hole_bytes),
                 f.size_before,
                 f.size_after
             );
@@ -351,6 +441,100 @@ mod tests {
     }
 
     #[test]
+    fn cut_text_splits_data_from_holes_counts_losers_and_sums_deleted_files_once() {
+        let file = |path: Option<&str>, data: u64, holes: u64| FileLoss {
+            path: path.map(Into::into),
+            inode: path.is_none().then_some(77),
+            size_before: 100 + data + holes,
+            size_after: 100,
+            lost_bytes: data + holes,
+            lost_data_bytes: data,
+            lost_hole_bytes: holes,
+            ..Default::default()
+        };
+        let deleted = FileLoss {
+            deleted: true,
+            inode: Some(5),
+            ..Default::default()
+        };
+        let mut files = vec![
+            file(Some("index"), 20, 10_000),
+            file(None, 800, 0),
+            deleted.clone(),
+            deleted,
+        ];
+        // Tracked, but its changes were undone by later ones: lost nothing.
+        files.push(FileLoss {
+            path: Some("same".into()),
+            size_before: 100,
+            size_after: 100,
+            ..Default::default()
+        });
+        let r = PowercutReport {
+            mountpoint: "/m".into(),
+            ..PowercutReport::of_files(files)
+        };
+        assert_eq!(r.files.len(), 3);
+        assert_eq!(r.deleted_files, 2);
+        assert_eq!(
+            (r.lost_bytes, r.lost_data_bytes, r.lost_hole_bytes),
+            (10_820, 820, 10_000)
+        );
+        let t = r.to_text();
+        assert!(
+            t.contains("10820 unsynced bytes lost (820 of data, 10000 in holes) in 2 files"),
+            "{t}"
+        );
+        assert!(t.contains("2 deleted files needed no restore"), "{t}");
+        assert!(
+            t.contains("index: lost 10020 bytes (20 of data, 10000 in holes), size 10120 -> 100"),
+            "{t}"
+        );
+        assert!(
+            t.contains("(no name found: backing inode 77): lost 800 bytes, size 900 -> 100"),
+            "{t}"
+        );
+        assert!(!t.contains("same"), "{t}");
+        assert!(!t.contains("unnamed") && !t.contains("not restored"), "{t}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["deleted_files"], 2);
+        assert_eq!(json["lost_hole_bytes"], 10_000);
+        assert_eq!(json["files"][0]["lost_data_bytes"], 20);
+    }
+
+    #[test]
+    fn status_text_splits_data_from_holes_and_names_unnamed_files_by_inode() {
+        let r = StatusReport {
+            mountpoint: "/m".into(),
+            backing: "/b".into(),
+            files: vec![FileStatus {
+                path: None,
+                inode: Some(12),
+                durable_size: 0,
+                size: 1000,
+                unsynced: vec![ByteRange {
+                    start: 0,
+                    end: 1000,
+                }],
+                unsynced_bytes: 1000,
+                unsynced_data_bytes: 10,
+                unsynced_hole_bytes: 990,
+            }],
+            unsynced_bytes: 1000,
+            ..Default::default()
+        };
+        let t = r.to_text();
+        assert!(
+            t.contains("1000 unsynced bytes (10 of data, 990 in holes) in 1 files"),
+            "{t}"
+        );
+        assert!(
+            t.contains("(no name found: backing inode 12): 1000 unsynced bytes (10 of data"),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn cut_text_names_killed_processes_not_gone() {
         let r = PowercutReport {
             unreaped: vec![Unreaped {
@@ -394,6 +578,7 @@ mod tests {
                 ops_kept: Some(1),
                 ops_total: Some(2),
                 error: None,
+                ..Default::default()
             }],
             lost_bytes: 4096,
             keep: KeepMode::Random,

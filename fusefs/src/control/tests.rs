@@ -47,10 +47,13 @@ fn sample_status() -> StatusReport {
         backing: "/b".into(),
         files: vec![FileStatus {
             path: Some("log".into()),
+            inode: None,
             durable_size: 10,
             size: 30,
             unsynced: vec![ByteRange { start: 10, end: 30 }],
             unsynced_bytes: 20,
+            unsynced_data_bytes: 20,
+            unsynced_hole_bytes: 0,
         }],
         unsynced_bytes: 20,
         powercuts: 2,

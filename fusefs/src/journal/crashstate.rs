@@ -20,7 +20,7 @@
 //!   later gets the content the first such op found there (its per-op pre-image where it
 //!   overwrote unsynced bytes, the durable content otherwise).
 
-use super::fileio::copy_range;
+use super::fileio::{copy_range, zero_range};
 use super::log::Extent;
 use crate::prng::SplitMix64;
 use crate::rangeset::RangeSet;
@@ -277,22 +277,6 @@ impl PrefixBuilder {
     }
 }
 
-/// Writes `len` zeros at `off`.
-fn write_zeros(file: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(ZEROS.len() as u64) as usize;
-        match nix::sys::uio::pwrite(file, &ZEROS[..n], (off + done) as i64) {
-            Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
-            Ok(w) => done += w as u64,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 /// Puts the file into the plan's state: size first, then every piece.  `durable_pages` are
 /// the file's saved pre-image pages; `undo` its undo file (needed when any are saved).
 pub(crate) fn apply_plan(
@@ -313,7 +297,7 @@ pub(crate) fn apply_plan(
             continue;
         }
         match p.source {
-            Source::Zero => write_zeros(file, p.start, end - p.start)?,
+            Source::Zero => zero_range(file, p.start, end - p.start)?,
             Source::Undo(off) => {
                 let undo = undo.ok_or_else(no_undo)?;
                 copy_range(undo, off, file, p.start, end - p.start)?;

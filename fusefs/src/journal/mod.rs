@@ -7,7 +7,10 @@
 //! durable size) is copied once per sync epoch into `state_dir/undo/<id>` and a record naming
 //! it is appended to `state_dir/journal` (format: see the private `log` module).  Appends
 //! past the durable size need no pre-image: a rollback truncates them away.  Memory holds
-//! ranges only, never data.
+//! ranges only, never data.  Holes stay holes (the private `fileio` module): a pre-image
+//! costs the saved range's allocated bytes.  A file with no name left (deleted) has
+//! nothing to restore: its state goes at the close of a handle ([`Journal::closed`]), and
+//! status, sync and cuts skip it.
 //!
 //! For partial cuts (`--keep`, computed in the private `crashstate` module) every write,
 //! truncate and fallocate is also recorded in order (op records, batched in the log's
@@ -35,12 +38,17 @@ mod fileio;
 mod keep_tests;
 mod log;
 pub(crate) use self::log::{ctx, open_private};
+mod names;
 mod partial;
+#[cfg(test)]
+mod sparse_tests;
 #[cfg(test)]
 mod tests;
 
 use self::crashstate::{OpRec, PrefixBuilder};
-use self::fileio::{byte_ranges, copy_range, path_of, restore, size_of, Restored};
+use self::fileio::{
+    byte_ranges, copy_range, hole_bytes, is_deleted, is_gone, path_of, restore, size_of, Restored,
+};
 use self::log::{Extent, LiveFile, Log, Record};
 use crate::handle::FileHandle;
 use crate::keep::{KeepMode, KeepSpec};
@@ -311,6 +319,25 @@ impl Journal {
         self.acquire(key, slot)
     }
 
+    /// Call when a handle of the file is closed (`file` is its fd, still open): a tracked
+    /// file with no name left (unlinked, and no namespace undo can bring it back) has
+    /// nothing to restore, so its records and undo data go now, not at the next sync or cut.
+    /// Any later change through another handle still open starts a new epoch.  Costs a map
+    /// lookup for an untracked file, an fstat for a tracked one.
+    pub fn closed(&self, key: FileKey, handle: &FileHandle, file: BorrowedFd<'_>) {
+        let tracked = self
+            .files
+            .lock()
+            .get(&key)
+            .is_some_and(|s| s.state.lock().tracked.is_some());
+        if !tracked || !is_deleted(file) {
+            return;
+        }
+        if let Err(e) = self.lock(key, handle).end_epoch(None) {
+            tracing::warn!(ino = key.ino, error = %e, "journal: dropping a deleted file's state");
+        }
+    }
+
     fn acquire(&self, key: FileKey, slot: Arc<Slot>) -> FileGuard<'_> {
         {
             let mut st = slot.state.lock();
@@ -335,35 +362,57 @@ impl Journal {
     }
 
     /// Unsynced state of every tracked file.  Opens each file by handle to find its size and
-    /// path (never done on the write path).
+    /// path (never done on the write path).  Deleted files (no name left: nothing of them
+    /// can come back) are left out.
     pub fn status(&self) -> Vec<FileStatus> {
         let mut out = Vec::new();
-        for (_, slot) in self.slots() {
+        let mut keys = Vec::new();
+        for (key, slot) in self.slots() {
             let (handle, durable_size, mut dirty) = {
                 let st = slot.state.lock();
                 let Some(t) = &st.tracked else { continue };
                 (st.handle.clone(), t.durable_size, t.dirty.clone())
             };
-            let (path, size) = match handle.open(self.root.as_fd(), libc::O_PATH) {
-                Ok(fd) => (
-                    path_of(fd.as_fd(), &self.root_path),
-                    size_of(fd.as_fd()).unwrap_or(durable_size),
-                ),
-                Err(_) => (None, durable_size),
+            // Readable, for its holes (lseek); an O_PATH fd still gives name and size.
+            let fd = handle
+                .open(self.root.as_fd(), libc::O_RDONLY)
+                .or_else(|_| handle.open(self.root.as_fd(), libc::O_PATH));
+            let (fd, path, size) = match fd {
+                Ok(fd) if is_deleted(fd.as_fd()) => continue,
+                Ok(fd) => {
+                    let path = path_of(fd.as_fd(), &self.root_path);
+                    let size = size_of(fd.as_fd()).unwrap_or(durable_size);
+                    (Some(fd), path, size)
+                }
+                Err(e) if is_gone(&e) => continue,
+                Err(_) => (None, None, durable_size),
             };
             // Growth past the durable size is unsynced even where no write landed (a hole
             // left by a write past EOF and a truncate back into it).
             dirty.insert(durable_size, size.max(durable_size));
             let unsynced = byte_ranges(&dirty);
             let unsynced_bytes = unsynced.iter().map(|r| r.len()).sum();
+            let holes = fd
+                .and_then(|fd| hole_bytes(fd.as_fd(), &dirty, size).ok())
+                .unwrap_or(0)
+                .min(unsynced_bytes);
+            keys.push(key);
             out.push(FileStatus {
                 path,
+                inode: None,
                 durable_size,
                 size,
                 unsynced,
                 unsynced_bytes,
+                unsynced_data_bytes: unsynced_bytes - holes,
+                unsynced_hole_bytes: holes,
             });
         }
+        self.find_names(
+            keys.into_iter()
+                .zip(out.iter_mut())
+                .map(|(k, f)| (k, &mut f.path, &mut f.inode)),
+        );
         out.sort_by(|a, b| a.path.cmp(&b.path));
         out
     }
@@ -408,6 +457,8 @@ impl Journal {
                 }
             };
             let synced = match handle.open(self.root.as_fd(), libc::O_RDONLY) {
+                // Nothing of a deleted file can come back: no fsync needed.
+                Ok(fd) if is_deleted(fd.as_fd()) => false,
                 Ok(fd) => match nix::unistd::fsync(&fd) {
                     Ok(()) => true,
                     Err(e) => {
@@ -417,7 +468,7 @@ impl Journal {
                         continue;
                     }
                 },
-                Err(e) if e.raw_os_error() == Some(libc::ESTALE) => false,
+                Err(e) if is_gone(&e) => false,
                 Err(e) => {
                     first_err.get_or_insert(ctx(e, format!("opening inode {} to sync", key.ino)));
                     continue;
@@ -446,10 +497,10 @@ impl Journal {
 
     /// Power cut: puts every tracked file into its crash state as `spec` says (its durable
     /// content and size for `none`; docs/fault-model.md for the others), fdatasyncs them,
-    /// resets the journal; returns per-file losses (and what was kept).  A file that cannot
-    /// be restored (e.g. unlinked and closed: ESTALE) is reported with `error`, not a failure
-    /// of the cut.  The caller guarantees no [`FileGuard`] is alive (it freezes all
-    /// operations first).
+    /// resets the journal; returns per-file losses (and what was kept).  A deleted file (no
+    /// name left) is not restored and comes back with `deleted` set; a file that cannot be
+    /// restored is reported with `error`, not a failure of the cut.  The caller guarantees
+    /// no [`FileGuard`] is alive (it freezes all operations first).
     pub fn cut(&self, spec: &KeepSpec) -> io::Result<Vec<FileLoss>> {
         crate::pause::point("rollback-start");
         let drained: Vec<(Tracked, FileHandle, FileKey)> = {
@@ -491,6 +542,7 @@ impl Journal {
             }
         }
         let mut losses = Vec::new();
+        let mut keys = Vec::new();
         for (t, handle, key) in drained {
             let fallback;
             let live = match log.live().get(&t.id) {
@@ -523,13 +575,49 @@ impl Journal {
                     .unwrap_or_else(|e| not_restored(&t, key, e)),
             };
             losses.push(loss);
+            keys.push(key);
             crate::pause::point("rollback-after-file");
         }
         log.reset()?;
         crate::pause::point("rollback-after-reset");
         clear_undo_dir(&self.undo_dir);
+        unname_graveyard(&self.root_path, &self.state_dir, &keys, &mut losses);
+        self.find_names(
+            keys.into_iter()
+                .zip(losses.iter_mut())
+                .filter(|(_, l)| !l.deleted && l.inode.is_none())
+                .map(|(k, l)| (k, &mut l.path, &mut l.inode)),
+        );
         losses.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(losses)
+    }
+
+    /// Names the files of a cut or recovery report that have none (`inode` only), by where
+    /// they are now: call after the namespace undo, which brings the files a cut found in
+    /// the graveyard (an unlink not committed) back to their names.
+    pub fn name_unnamed(&self, mut files: Vec<FileLoss>) -> Vec<FileLoss> {
+        let Ok(dev) = nix::sys::stat::fstat(self.root.as_fd()).map(|st| st.st_dev) else {
+            return files;
+        };
+        self.find_names(
+            files
+                .iter_mut()
+                .filter(|l| !l.deleted && l.path.is_none())
+                .filter_map(|l| {
+                    let ino = l.inode?;
+                    Some((FileKey { dev, ino }, &mut l.path, &mut l.inode))
+                }),
+        );
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
+    }
+
+    /// [`find_names`] in this journal's backing tree.
+    fn find_names<'a>(
+        &self,
+        files: impl Iterator<Item = (FileKey, &'a mut Option<String>, &'a mut Option<u64>)>,
+    ) {
+        find_names(&self.root_path, &self.state_dir, files)
     }
 
     /// `--keep none` for one file: back to its durable content and size.
@@ -540,44 +628,112 @@ impl Journal {
             &self.undo_dir,
             t.id,
             live,
+            |size_before| lost_of(t, size_before),
         ) {
-            Ok(r) => {
-                let mut lost = t.dirty.clone();
-                lost.truncate(r.size_before.max(t.durable_size));
-                lost.insert(t.durable_size, r.size_before.max(t.durable_size));
-                restored(r, t.durable_size, &lost)
-            }
+            Ok(Some(r)) => restored(r, t.durable_size),
+            Ok(None) => deleted(key),
             Err(e) => not_restored(t, key, e),
         }
     }
 }
 
-/// The report of a file put back into its durable state (`durable_size` bytes), having lost
-/// `lost`.
-fn restored(r: Restored, durable_size: u64, lost: &RangeSet) -> FileLoss {
+/// What a file with state `t` and `size_before` bytes loses when it goes back to its
+/// durable state: its changes within the larger of both sizes, and any growth (even where
+/// no write landed: a hole left by a write past EOF and a truncate back into it).
+fn lost_of(t: &Tracked, size_before: u64) -> RangeSet {
+    let mut lost = t.dirty.clone();
+    lost.truncate(size_before.max(t.durable_size));
+    lost.insert(t.durable_size, size_before.max(t.durable_size));
+    lost
+}
+
+/// The report of a file put back into its durable state (`durable_size` bytes).
+fn restored(r: Restored, durable_size: u64) -> FileLoss {
+    let lost_bytes = r.lost.total_len();
     FileLoss {
         path: r.path,
         size_before: r.size_before,
         size_after: durable_size,
-        lost_bytes: lost.total_len(),
-        lost: byte_ranges(lost),
+        lost_bytes,
+        lost_data_bytes: lost_bytes - r.lost_holes.min(lost_bytes),
+        lost_hole_bytes: r.lost_holes.min(lost_bytes),
+        lost: byte_ranges(&r.lost),
         ..Default::default()
     }
 }
 
-/// The report of a file a cut could not put back (e.g. unlinked and closed: ESTALE): all its
-/// unsynced bytes count as lost, and the error says why.
+/// The report of a deleted file: nothing to restore, nothing lost that anyone could read.
+fn deleted(key: FileKey) -> FileLoss {
+    tracing::debug!(ino = key.ino, "power cut: deleted file, nothing to restore");
+    FileLoss {
+        inode: Some(key.ino),
+        deleted: true,
+        ..Default::default()
+    }
+}
+
+/// The report of a file a cut could not put back: all its unsynced bytes count as lost
+/// (as data: the holes are unknown), and the error says why.
 fn not_restored(t: &Tracked, key: FileKey, e: io::Error) -> FileLoss {
     tracing::warn!(ino = key.ino, error = %e, "power cut: file not restored");
     let mut lost = t.dirty.clone();
     lost.insert(t.durable_size, t.size.max(t.durable_size));
     FileLoss {
+        inode: Some(key.ino),
         size_before: t.durable_size,
         size_after: t.durable_size,
         lost_bytes: lost.total_len(),
+        lost_data_bytes: lost.total_len(),
         lost: byte_ranges(&lost),
         error: Some(e.to_string()),
         ..Default::default()
+    }
+}
+
+/// Fills in the names [`path_of`] did not find (the file's dentry was dropped, so the
+/// handle opened a disconnected one), by one bounded scan of the backing tree (not into
+/// `state_dir`) for all of them; the backing inode number stands for the name of a file not
+/// found.
+fn find_names<'a>(
+    root_path: &Path,
+    state_dir: &Path,
+    files: impl Iterator<Item = (FileKey, &'a mut Option<String>, &'a mut Option<u64>)>,
+) {
+    let mut missing: Vec<_> = files.filter(|(_, path, _)| path.is_none()).collect();
+    if missing.is_empty() {
+        return;
+    }
+    let found = names::scan(
+        root_path,
+        state_dir,
+        missing.iter().map(|(k, _, _)| *k).collect(),
+    );
+    for (key, path, inode) in missing.iter_mut() {
+        **path = found.get(key).cloned();
+        **inode = path.is_none().then_some(key.ino);
+    }
+}
+
+/// A file a report found in the state dir (the graveyard of a namespace model: unlinked,
+/// not committed) is about to get its name back from the namespace undo: its graveyard
+/// path would mislead, so it keeps only its inode number, for
+/// [`Journal::name_unnamed`] to name once the undo is done.
+fn unname_graveyard(root_path: &Path, state_dir: &Path, keys: &[FileKey], files: &mut [FileLoss]) {
+    let state_dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let Ok(rel) = state_dir.strip_prefix(root_path) else {
+        return;
+    };
+    if rel.as_os_str().is_empty() {
+        return;
+    }
+    for (key, f) in keys.iter().zip(files.iter_mut()) {
+        if f.path
+            .as_deref()
+            .is_some_and(|p| Path::new(p).starts_with(rel))
+        {
+            f.path = None;
+            f.inode = Some(key.ino);
+        }
     }
 }
 
@@ -590,29 +746,32 @@ fn replay(
     rollback: bool,
 ) -> io::Result<Vec<FileLoss>> {
     let mut out = Vec::new();
+    let mut keys = Vec::new();
     for (&id, f) in live {
         // An epoch reserved at the file's last fsync and never started (or started by a
         // change that failed) describes a file that is its durable self: nothing to report.
         let untouched = |size: u64| f.reserved && f.extents.is_empty() && size == f.durable_size;
+        let key = FileKey {
+            dev: f.dev,
+            ino: f.ino,
+        };
         let loss = if rollback {
-            match restore(root, root_path, undo_dir, id, f) {
-                Ok(r) if untouched(r.size_before) => None,
-                Ok(r) => {
-                    // Dirty ranges were never logged (that would cost a write per write):
-                    // what was lost is at most the pre-imaged pages and the growth.
-                    let mut lost = RangeSet::new();
-                    for x in &f.extents {
-                        lost.insert(x.start, x.start + x.len);
-                    }
-                    lost.insert(f.durable_size, r.size_before);
-                    Some(restored(r, f.durable_size, &lost))
+            // Dirty ranges were never logged (that would cost a write per write): what was
+            // lost is at most the pre-imaged pages and the growth.
+            let lost_of = |size_before| {
+                let mut lost = RangeSet::new();
+                for x in &f.extents {
+                    lost.insert(x.start, x.start + x.len);
                 }
-                Err(e) if f.reserved && f.extents.is_empty() && is_gone(&e) => {
-                    // Deleted since: none of its bytes can be read back, none is restored.
-                    tracing::debug!(ino = f.ino, error = %e, "journal replay: file is gone");
-                    None
-                }
-                Err(e) if is_gone(&e) => Some(unrestorable(f, e)),
+                lost.insert(f.durable_size, size_before);
+                lost
+            };
+            match restore(root, root_path, undo_dir, id, f, lost_of) {
+                Ok(Some(r)) if untouched(r.size_before) => None,
+                Ok(Some(r)) => Some(restored(r, f.durable_size)),
+                // Deleted since: none of its bytes can be read back, none is restored.
+                Ok(None) if f.reserved && f.extents.is_empty() => None,
+                Ok(None) => Some(deleted(key)),
                 // Anything else (EIO, ENOSPC...) must stop the mount: the records stay and
                 // the next attempt replays them again.
                 Err(e) => return Err(e),
@@ -620,38 +779,39 @@ fn replay(
         } else {
             keep(root, root_path, f)?.filter(|k| !untouched(k.size_before))
         };
-        out.extend(loss);
+        if let Some(loss) = loss {
+            out.push(loss);
+            keys.push(key);
+        }
         crate::pause::point("replay-after-file");
     }
+    let state_dir = undo_dir.parent().unwrap_or(undo_dir);
+    unname_graveyard(root_path, state_dir, &keys, &mut out);
+    find_names(
+        root_path,
+        state_dir,
+        keys.into_iter()
+            .zip(out.iter_mut())
+            .filter(|(_, l)| !l.deleted && l.inode.is_none())
+            .map(|(k, l)| (k, &mut l.path, &mut l.inode)),
+    );
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
-/// The file a record names no longer exists.
-fn is_gone(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ESTALE) || e.kind() == io::ErrorKind::NotFound
-}
-
-fn unrestorable(f: &LiveFile, e: io::Error) -> FileLoss {
-    tracing::warn!(ino = f.ino, error = %e, "journal replay: file not restored");
-    FileLoss {
-        path: None,
-        size_before: f.durable_size,
-        size_after: f.durable_size,
-        lost: Vec::new(),
-        lost_bytes: 0,
-        error: Some(e.to_string()),
-        ..Default::default()
-    }
-}
-
 /// Replay without rollback: the current content becomes durable.
 fn keep(root: BorrowedFd<'_>, root_path: &Path, f: &LiveFile) -> io::Result<Option<FileLoss>> {
+    let gone = || {
+        let key = FileKey {
+            dev: f.dev,
+            ino: f.ino,
+        };
+        Ok((!f.reserved || !f.extents.is_empty()).then(|| deleted(key)))
+    };
     let fd = match f.handle.open(root, libc::O_RDONLY) {
+        Ok(fd) if is_deleted(fd.as_fd()) => return gone(),
         Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ESTALE) => {
-            return Ok((!f.reserved || !f.extents.is_empty()).then(|| unrestorable(f, e)))
-        }
+        Err(e) if is_gone(&e) => return gone(),
         Err(e) => return Err(ctx(e, format!("opening inode {} to sync it", f.ino))),
     };
     let path = path_of(fd.as_fd(), root_path);
@@ -1062,6 +1222,7 @@ impl FileGuard<'_> {
             &self.journal.undo_dir,
             t.id,
             &live,
+            |size_before| lost_of(&t, size_before),
         )
         .and_then(|r| {
             log.append(&Record::Durable { id: t.id })?;
@@ -1073,10 +1234,8 @@ impl FileGuard<'_> {
                 if t.undo_len > 0 {
                     remove_undo(&self.journal.undo_dir, t.id);
                 }
-                let mut lost = t.dirty.clone();
-                lost.truncate(r.size_before.max(t.durable_size));
-                lost.insert(t.durable_size, r.size_before.max(t.durable_size));
-                Ok(lost.total_len())
+                // A deleted file lost nothing anyone can read.
+                Ok(r.map_or(0, |r| r.lost.total_len()))
             }
             Err(e) => {
                 st.tracked = Some(t);

@@ -3,7 +3,7 @@
 //! it and reporting what was kept and lost.
 
 use super::crashstate::{self, CrashPlan, PrefixBuilder};
-use super::fileio::{byte_ranges, path_of, size_of};
+use super::fileio::{byte_ranges, hole_bytes, is_deleted, is_gone, path_of, size_of};
 use super::log::{ctx, LiveFile};
 use super::{FileKey, Journal, Tracked};
 use crate::handle::FileHandle;
@@ -17,7 +17,8 @@ use std::os::fd::AsFd;
 impl Journal {
     /// `--keep all|random|prefix` for one file: computes its crash state, applies it and
     /// fdatasyncs.  The file's draws come from a generator seeded by the cut's seed and the
-    /// file's path, so neither other files nor the order of the cut change them.
+    /// file's path, so neither other files nor the order of the cut change them.  A deleted
+    /// file is left as it is (see [`super::fileio::is_deleted`]).
     pub(super) fn restore_partial(
         &self,
         t: &Tracked,
@@ -26,15 +27,17 @@ impl Journal {
         mode: KeepMode,
         prefix: Option<PrefixBuilder>,
     ) -> io::Result<FileLoss> {
-        let file = live
-            .handle
-            .open(self.root.as_fd(), libc::O_RDWR)
-            .map_err(|e| {
-                ctx(
+        let file = match live.handle.open(self.root.as_fd(), libc::O_RDWR) {
+            Ok(file) if !is_deleted(file.as_fd()) => file,
+            Ok(_) => return Ok(super::deleted(key_of(live))),
+            Err(e) if is_gone(&e) => return Ok(super::deleted(key_of(live))),
+            Err(e) => {
+                return Err(ctx(
                     e,
                     format!("opening file (dev {} ino {})", live.dev, live.ino),
-                )
-            })?;
+                ))
+            }
+        };
         let path = path_of(file.as_fd(), &self.root_path);
         let name = path
             .clone()
@@ -59,6 +62,8 @@ impl Journal {
         } else {
             None
         };
+        let lost_holes = hole_bytes(file.as_fd(), &plan.lost, size)
+            .map_err(|e| ctx(e, format!("finding the holes of {name}")))?;
         crashstate::apply_plan(
             file.as_fd(),
             undo.as_ref().map(|u| u.as_fd()),
@@ -72,12 +77,15 @@ impl Journal {
             size_before: size,
             size_after: plan.size,
             lost_bytes: plan.lost.total_len(),
+            lost_data_bytes: plan.lost.total_len() - lost_holes.min(plan.lost.total_len()),
+            lost_hole_bytes: lost_holes.min(plan.lost.total_len()),
             lost: byte_ranges(&plan.lost),
             kept_bytes: plan.kept.total_len(),
             kept: byte_ranges(&plan.kept),
             ops_kept: plan.ops.map(|(k, _)| k),
             ops_total: plan.ops.map(|(_, n)| n),
             error: None,
+            ..Default::default()
         })
     }
 
@@ -97,5 +105,12 @@ impl Journal {
             .and_then(|fd| path_of(fd.as_fd(), &self.root_path));
         let name = path.unwrap_or_else(|| format!("inode {}", key.ino));
         SplitMix64::for_item(seed, name.as_bytes()).below(t.ops + 1)
+    }
+}
+
+fn key_of(live: &LiveFile) -> FileKey {
+    FileKey {
+        dev: live.dev,
+        ino: live.ino,
     }
 }

@@ -11,8 +11,8 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 pub(super) struct Dirs {
     base: PathBuf,
-    data: PathBuf,
-    state: PathBuf,
+    pub(super) data: PathBuf,
+    pub(super) state: PathBuf,
 }
 
 impl Dirs {
@@ -50,7 +50,7 @@ impl Drop for Dirs {
 pub(super) struct TFile {
     pub(super) key: FileKey,
     pub(super) handle: FileHandle,
-    file: File,
+    pub(super) file: File,
 }
 
 impl TFile {
@@ -678,25 +678,62 @@ fn sync_all_makes_everything_durable() {
 }
 
 #[test]
-fn unlinked_file_is_reported_not_fatal() {
+fn a_deleted_file_is_not_restored_and_only_flagged() {
     let d = Dirs::new("unlink");
     let (j, _) = d.open(true);
     let orig = pattern(8000, 15);
     let a = TFile::create(&d, "a", &orig);
+    // One deleted and closed (gone: ESTALE), one deleted but still open (no name left).
     let gone = TFile::create(&d, "gone", &pattern(100, 16));
+    let open = TFile::create(&d, "open", &pattern(100, 17));
     a.write(&j, 0, &[1u8; 10]);
     gone.write(&j, 0, &[1u8; 10]);
+    open.write(&j, 50, &[1u8; 100]);
     fs::remove_file(d.data.join("gone")).unwrap();
+    fs::remove_file(d.data.join("open")).unwrap();
     drop(gone);
+    let st = j.status();
+    assert_eq!(st.len(), 1, "deleted files are not in the status: {st:?}");
+    assert_eq!(st[0].path.as_deref(), Some("a"));
     let losses = j.rollback_all().unwrap();
     assert_eq!(a.content(), orig);
-    assert_eq!(losses.len(), 2);
-    let bad = losses.iter().find(|l| l.error.is_some()).unwrap();
-    assert_eq!(bad.path, None);
-    assert_eq!(bad.lost, ranges(&[(0, 10)]));
+    assert_eq!(losses.len(), 3);
+    let deleted: Vec<_> = losses.iter().filter(|l| l.deleted).collect();
+    assert_eq!(deleted.len(), 2, "{losses:?}");
+    assert!(deleted
+        .iter()
+        .all(|l| l.error.is_none() && l.lost_bytes == 0 && l.path.is_none()));
+    // The open one was left as it was.
+    assert_eq!(open.content().len(), 150);
     assert!(losses
         .iter()
-        .any(|l| l.path.as_deref() == Some("a") && l.error.is_none()));
+        .any(|l| l.path.as_deref() == Some("a") && l.error.is_none() && l.lost_bytes == 10));
+}
+
+#[test]
+fn closing_a_deleted_file_drops_its_records_and_undo_data() {
+    let d = Dirs::new("closed");
+    let (j, _) = d.open(true);
+    let kept = TFile::create(&d, "kept", &pattern(8192, 18));
+    let del = TFile::create(&d, "del", &pattern(8192, 19));
+    kept.write(&j, 0, &[1u8; 10]);
+    del.write(&j, 0, &[1u8; 10]);
+    let undo_files = || fs::read_dir(d.state.join("undo")).unwrap().count();
+    assert_eq!(undo_files(), 2);
+    // Closing a file that still has a name keeps everything.
+    j.closed(kept.key, &kept.handle, kept.file.as_fd());
+    assert_eq!(j.tracked_files(), 2);
+    fs::remove_file(d.data.join("del")).unwrap();
+    j.closed(del.key, &del.handle, del.file.as_fd());
+    assert_eq!(j.tracked_files(), 1);
+    assert_eq!(undo_files(), 1);
+    // A killed daemon's replay has nothing of it either.
+    drop(del);
+    drop(j);
+    let (_j, report) = d.open(true);
+    let report = report.unwrap();
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert_eq!(report[0].path.as_deref(), Some("kept"));
 }
 
 #[test]
