@@ -1,7 +1,8 @@
 //! Byte moving and file inspection for the journal: copying ranges between a backing file
 //! and its undo file, restoring one file from its log records, and naming a file for reports.
 
-use super::log::{ctx, LiveFile};
+use super::log::LiveFile;
+use crate::error::Context as _;
 use crate::rangeset::RangeSet;
 use crate::report::ByteRange;
 use nix::errno::Errno;
@@ -120,47 +121,36 @@ pub(crate) fn restore(
     id: u64,
     f: &LiveFile,
 ) -> io::Result<Restored> {
-    let file = f.handle.open(root, libc::O_RDWR).map_err(|e| {
-        // ESTALE (the file was deleted) stays a raw OS error: the replay at mount tells a
-        // file that is gone, which it reports and skips, from a failure, which stops it.
-        if e.raw_os_error() == Some(libc::ESTALE) {
-            e
-        } else {
-            ctx(e, format!("opening file (dev {} ino {})", f.dev, f.ino))
-        }
-    })?;
+    // The errno stays readable through the context: the replay at mount tells a file that
+    // is gone (ESTALE), which it reports and skips, from a failure, which stops it.
+    let file = f
+        .handle
+        .open(root, libc::O_RDWR)
+        .ctx_ino("opening file to restore", f.ino)?;
     let path = path_of(file.as_fd(), root_path);
     let name = || path.clone().unwrap_or_else(|| format!("inode {}", f.ino));
-    let size_before = size_of(file.as_fd()).map_err(|e| ctx(e, format!("fstat of {}", name())))?;
-    nix::unistd::ftruncate(&file, f.durable_size as i64).map_err(|e| {
-        ctx(
-            e.into(),
-            format!("truncating {} to {}", name(), f.durable_size),
-        )
-    })?;
+    let size_before = size_of(file.as_fd()).with_ctx(|| format!("fstat of {}", name()))?;
+    nix::unistd::ftruncate(&file, f.durable_size as i64)
+        .with_ctx(|| format!("truncating {} to {}", name(), f.durable_size))?;
     crate::pause::point("restore-after-truncate");
     if !f.extents.is_empty() {
         let undo_path = undo_dir.join(id.to_string());
-        let undo = std::fs::File::open(&undo_path)
-            .map_err(|e| ctx(e, format!("opening undo data {}", undo_path.display())))?;
+        let undo = std::fs::File::open(&undo_path).ctx_path("opening undo data", &undo_path)?;
         for x in &f.extents {
             // Pre-images never reach past the durable size; clip anyway so a damaged log
             // cannot grow the file.
             let len = x.len.min(f.durable_size.saturating_sub(x.start));
-            copy_range(undo.as_fd(), x.undo_off, file.as_fd(), x.start, len).map_err(|e| {
-                ctx(
-                    e,
-                    format!(
-                        "restoring bytes {}..{} of {}",
-                        x.start,
-                        x.start + len,
-                        name()
-                    ),
+            copy_range(undo.as_fd(), x.undo_off, file.as_fd(), x.start, len).with_ctx(|| {
+                format!(
+                    "restoring bytes {}..{} of {}",
+                    x.start,
+                    x.start + len,
+                    name()
                 )
             })?;
         }
     }
-    nix::unistd::fdatasync(&file).map_err(|e| ctx(e.into(), format!("fdatasync of {}", name())))?;
+    nix::unistd::fdatasync(&file).with_ctx(|| format!("fdatasync of {}", name()))?;
     Ok(Restored { size_before, path })
 }
 

@@ -4,8 +4,9 @@
 
 use super::crashstate::{self, CrashPlan, PrefixBuilder};
 use super::fileio::{byte_ranges, path_of, size_of};
-use super::log::{ctx, LiveFile};
+use super::log::LiveFile;
 use super::{FileKey, Journal, Tracked};
+use crate::error::Context as _;
 use crate::handle::FileHandle;
 use crate::keep::{KeepMode, KeepSpec};
 use crate::prng::SplitMix64;
@@ -29,17 +30,12 @@ impl Journal {
         let file = live
             .handle
             .open(self.root.as_fd(), libc::O_RDWR)
-            .map_err(|e| {
-                ctx(
-                    e,
-                    format!("opening file (dev {} ino {})", live.dev, live.ino),
-                )
-            })?;
+            .ctx_ino("opening file to restore", live.ino)?;
         let path = path_of(file.as_fd(), &self.root_path);
         let name = path
             .clone()
             .unwrap_or_else(|| format!("inode {}", live.ino));
-        let size = size_of(file.as_fd()).map_err(|e| ctx(e, format!("fstat of {name}")))?;
+        let size = size_of(file.as_fd()).with_ctx(|| format!("fstat of {name}"))?;
         let d = t.durable_size;
         let plan = match (mode, prefix) {
             (KeepMode::Random, _) => {
@@ -55,7 +51,7 @@ impl Journal {
         };
         let undo = if t.undo_len > 0 {
             let p = self.undo_dir.join(t.id.to_string());
-            Some(File::open(&p).map_err(|e| ctx(e, format!("opening undo data {}", p.display())))?)
+            Some(File::open(&p).ctx_path("opening undo data", &p)?)
         } else {
             None
         };
@@ -65,8 +61,8 @@ impl Journal {
             &live.extents,
             &plan,
         )
-        .map_err(|e| ctx(e, format!("restoring {name}")))?;
-        nix::unistd::fdatasync(&file).map_err(|e| ctx(e.into(), format!("fdatasync of {name}")))?;
+        .with_ctx(|| format!("restoring {name}"))?;
+        nix::unistd::fdatasync(&file).with_ctx(|| format!("fdatasync of {name}"))?;
         Ok(FileLoss {
             path,
             size_before: size,
