@@ -25,6 +25,8 @@ pub struct FsError {
     /// The error this one comes from, with its own context if it had any.
     source: Option<io::Error>,
     level: Level,
+    /// A message written for people ([`FsError::msg`]): shown without the errno's text.
+    complete: bool,
 }
 
 /// Errors a program provokes on its own (no such file, exists, not empty...) are normal
@@ -92,13 +94,16 @@ impl FsError {
             path: None,
             source: None,
             level: level_of(errno),
+            complete: false,
         }
     }
 
-    /// [`FsError::new`] with a message built at run time (failure paths only).
+    /// An error whose message, built at run time, says all a person needs (a refused
+    /// control request, a timeout): shown without the errno's text.
     pub fn msg(errno: i32, what: impl Into<String>) -> FsError {
         FsError {
             what: Cow::Owned(what.into()),
+            complete: true,
             ..FsError::new(errno, "")
         }
     }
@@ -147,6 +152,7 @@ impl FsError {
             path: None,
             source: Some(self.into()),
             level,
+            complete: false,
         }
     }
 }
@@ -163,11 +169,11 @@ impl fmt::Display for FsError {
             write!(f, "{}(inode {ino})", if said { " " } else { "" })?;
             said = true;
         }
-        if said {
-            f.write_str(": ")?;
-        }
         match &self.source {
+            Some(s) if said => write!(f, ": {s}"),
             Some(s) => write!(f, "{s}"),
+            None if self.complete => Ok(()),
+            None if said => write!(f, ": {}", io::Error::from_raw_os_error(self.errno)),
             None => write!(f, "{}", io::Error::from_raw_os_error(self.errno)),
         }
     }
@@ -211,6 +217,21 @@ impl From<FsError> for io::Error {
         io::Error::new(kind, e)
     }
 }
+
+/// `tracing::event!` at a level known only at run time (the macro wants a constant), such
+/// as [`FsError::level`].
+macro_rules! event_at {
+    ($level:expr, $($rest:tt)+) => {
+        match $level {
+            ::tracing::Level::ERROR => ::tracing::event!(::tracing::Level::ERROR, $($rest)+),
+            ::tracing::Level::WARN => ::tracing::event!(::tracing::Level::WARN, $($rest)+),
+            ::tracing::Level::INFO => ::tracing::event!(::tracing::Level::INFO, $($rest)+),
+            ::tracing::Level::DEBUG => ::tracing::event!(::tracing::Level::DEBUG, $($rest)+),
+            _ => ::tracing::event!(::tracing::Level::TRACE, $($rest)+),
+        }
+    };
+}
+pub(crate) use event_at;
 
 /// Attaches what was being done to a failed result, keeping its errno.  The context is
 /// built only when there is an error, so the success path pays nothing.
@@ -325,7 +346,12 @@ mod tests {
                 io::Error::from_raw_os_error(libc::EINVAL)
             )
         );
-        let e = FsError::msg(libc::ENOENT, "no such rule").ino(3);
+        let e = FsError::new(libc::ENOENT, "no such rule").ino(3);
         assert!(e.to_string().starts_with("no such rule (inode 3): "), "{e}");
+        let e = FsError::msg(libc::EINVAL, "--keep random needs --seed");
+        assert_eq!(e.to_string(), "--keep random needs --seed");
+        let e = e.context("powercut");
+        assert_eq!(e.to_string(), "powercut: --keep random needs --seed");
+        assert_eq!(e.errno, libc::EINVAL);
     }
 }

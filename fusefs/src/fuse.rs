@@ -7,7 +7,7 @@
 //! the error's level (DEBUG for the errors programs provoke themselves, such as ENOENT).
 
 use crate::cpupin::CpuPin;
-use crate::error::{FsError, FsResult};
+use crate::error::{event_at, FsError, FsResult};
 use crate::faults::hook::{guarded, guarded_sync, Call, Target};
 use crate::faults::spec::Op;
 use crate::fs::{Caller, DirPlusSink, DirSink, LossFs, SetAttr, SetTime};
@@ -25,7 +25,6 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tracing::Level;
 
 /// How long the kernel may cache attributes and names.  Every change goes through this
 /// daemon (and a power cut invalidates the caches explicitly), so the cache is never stale
@@ -58,35 +57,21 @@ impl Scope<'_, '_> {
     /// The errno to answer `e` with, after logging the failure at the error's level with
     /// the request's operation, inode (or parent and name) and handle.
     fn fail(&self, e: &FsError) -> Errno {
-        let (ino, name) = match self.call.target {
-            Target::None => (None, None),
-            Target::Node(ino) | Target::Data { ino, .. } => (Some(ino), None),
-            Target::Name(parent, name) | Target::Rename { parent, name, .. } => {
-                (Some(parent), Some(name))
-            }
+        let name = match self.call.target {
+            Target::Name(_, name) | Target::Rename { name, .. } => Some(name),
+            _ => None,
         };
-        macro_rules! log_at {
-            ($level:expr) => {
-                tracing::event!(
-                    $level,
-                    req = self.req,
-                    op = self.call.op.name(),
-                    ino,
-                    name = name.map(tracing::field::debug),
-                    fh = self.fh,
-                    pid = self.call.pid,
-                    errno = e.errno,
-                    "request failed: {e}"
-                )
-            };
-        }
-        match e.level() {
-            Level::ERROR => log_at!(Level::ERROR),
-            Level::WARN => log_at!(Level::WARN),
-            Level::INFO => log_at!(Level::INFO),
-            Level::DEBUG => log_at!(Level::DEBUG),
-            _ => log_at!(Level::TRACE),
-        }
+        event_at!(
+            e.level(),
+            req = self.req,
+            op = self.call.op.name(),
+            ino = target_ino(&self.call.target),
+            name = name.map(tracing::field::debug),
+            fh = self.fh,
+            pid = self.call.pid,
+            errno = e.errno,
+            "request failed: {e}"
+        );
         Errno::from_i32(e.errno)
     }
 }

@@ -3,7 +3,7 @@
 
 use super::protocol::{error_line, ok_line, parse_request, Request, MAX_LINE};
 use super::ControlHandler;
-use crate::error::Context as _;
+use crate::error::{event_at, Context as _, FsError, FsResult};
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -449,8 +449,20 @@ fn serve(shared: &Shared, stream: UnixStream) {
     }
 }
 
-fn encode<T: Serialize>(cmd: &str, result: Result<T, String>) -> Result<serde_json::Value, String> {
-    serde_json::to_value(result?).map_err(|e| format!("encoding the {cmd} report: {e}"))
+fn encode<T: Serialize>(cmd: &'static str, result: FsResult<T>) -> FsResult<serde_json::Value> {
+    let report = result.inspect_err(|e| log_failure(cmd, e))?;
+    serde_json::to_value(report)
+        .map_err(|e| FsError::msg(libc::EIO, format!("encoding the {cmd} report: {e}")))
+}
+
+/// Logs a failed control request at the error's level, with its errno.
+fn log_failure(cmd: &str, e: &FsError) {
+    event_at!(
+        e.level(),
+        cmd,
+        errno = e.errno,
+        "control request failed: {e}"
+    );
 }
 
 fn dispatch(shared: &Shared, req: Request) -> String {
@@ -466,7 +478,7 @@ fn dispatch(shared: &Shared, req: Request) -> String {
     }));
     match outcome {
         Ok(Ok(v)) => ok_line(v),
-        Ok(Err(e)) => error_line(&e),
+        Ok(Err(e)) => error_line(&e.to_string()),
         Err(_) => {
             tracing::error!(?req, "control handler panicked");
             error_line("internal error: the lossfs control handler panicked (see the daemon log)")
