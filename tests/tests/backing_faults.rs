@@ -213,6 +213,14 @@ fn a_full_state_dir_gives_enospc_and_loses_nothing() {
         stderr.contains("request failed") && stderr.contains("No space left on device"),
         "the failed write is not logged with its errno:\n{stderr}"
     );
+    // Creating "log" began with a lookup that found nothing: normal traffic, logged at
+    // debug level only, so not at the default level.
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.contains("request failed") && l.contains("No such file or directory")),
+        "an ENOENT is logged at the default level:\n{stderr}"
+    );
     // Overwrites, of unsynced and of durable bytes, need a pre-image that cannot be saved.
     let e = f.write_at(&[0xee; 100], 0).unwrap_err();
     assert_eq!(
