@@ -317,10 +317,9 @@ impl Cutter for Daemon {
         self.cuts.lock().started += 1;
     }
 
-    fn powercut_begun(&self) -> Result<PowercutReport, String> {
+    fn powercut_begun(&self) -> FsResult<PowercutReport> {
         // A crash point cuts like a plain `lossctl powercut`: every unsynced byte is lost.
         self.begun_cut(false, &KeepSpec::none())
-            .map_err(|e| e.to_string())
     }
 
     fn abandon_begun_cut(&self) {
