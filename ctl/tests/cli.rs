@@ -2,6 +2,7 @@
 //! command against a fake daemon's control socket (through `--socket`).
 
 use lossfs::control::{ControlHandler, ControlServer};
+use lossfs::error::{FsError, FsResult};
 use lossfs::report::{FileLoss, PowercutReport, StatusReport, SyncReport};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -73,7 +74,7 @@ struct Fake {
 }
 
 impl ControlHandler for Fake {
-    fn status(&self) -> Result<StatusReport, String> {
+    fn status(&self) -> FsResult<StatusReport> {
         Ok(StatusReport {
             mountpoint: "/fake".into(),
             backing: "/fake-backing".into(),
@@ -81,10 +82,11 @@ impl ControlHandler for Fake {
             ..Default::default()
         })
     }
-    fn sync(&self) -> Result<SyncReport, String> {
-        Err("fsync of data/log failed: Input/output error".into())
+    fn sync(&self) -> FsResult<SyncReport> {
+        // EIO: errno 5 on Linux.
+        Err(FsError::new(5, "fsync of data/log failed"))
     }
-    fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String> {
+    fn powercut(&self, no_kill: bool) -> FsResult<PowercutReport> {
         self.powercuts.fetch_add(1, Ordering::SeqCst);
         if no_kill {
             self.no_kill_seen.fetch_add(1, Ordering::SeqCst);
@@ -138,7 +140,7 @@ fn commands_against_a_fake_daemon() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         text(&out.stderr),
-        format!("lossctl: {s}: fsync of data/log failed: Input/output error\n")
+        format!("lossctl: {s}: fsync of data/log failed: Input/output error (os error 5)\n")
     );
 
     let out = lossctl(&["--socket", s, "powercut", "--no-kill"]);

@@ -5,6 +5,7 @@
 
 use crate::control::{self, ControlHandler, ControlServer};
 use crate::cpupin::{self, CpuPin};
+use crate::error::{Context as _, FsError, FsResult};
 use crate::faults::spec::{FaultCommand, FaultsStatus};
 use crate::faults::{self, Cutter, Faults};
 use crate::fs::{fstat, Hidden, LossFs};
@@ -86,10 +87,15 @@ fn err(what: impl std::fmt::Display) -> String {
     what.to_string()
 }
 
+/// A control request the daemon refuses as given (bad keep spec, bad fault rule).
+fn invalid(message: String) -> FsError {
+    FsError::msg(libc::EINVAL, message)
+}
+
 /// Asks the kernel to write back every dirty page it holds for the mount (shared mmap
 /// writes live there), so they reach the journal now rather than after a cut.  Bounded: a
 /// wedged writeback must not hang the control socket.
-fn flush_kernel_dirty_pages(mountpoint: &Path) -> Result<(), String> {
+fn flush_kernel_dirty_pages(mountpoint: &Path) -> FsResult<()> {
     let mp = mountpoint.to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -105,15 +111,14 @@ fn flush_kernel_dirty_pages(mountpoint: &Path) -> Result<(), String> {
             });
             let _ = tx.send(r);
         })
-        .map_err(|e| format!("cannot start the writeback thread: {e}"))?;
+        .ctx("starting the writeback thread")?;
     match rx.recv_timeout(FLUSH_TIMEOUT) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("syncfs {}: {e}", mountpoint.display())),
-        Err(_) => Err(format!(
-            "syncfs {} did not finish within {:?}",
-            mountpoint.display(),
-            FLUSH_TIMEOUT
-        )),
+        Ok(r) => r.ctx_path("syncfs", mountpoint),
+        Err(_) => Err(FsError::msg(
+            libc::ETIMEDOUT,
+            format!("syncfs did not finish within {FLUSH_TIMEOUT:?}"),
+        )
+        .path(mountpoint)),
     }
 }
 
@@ -137,10 +142,12 @@ impl Daemon {
         true
     }
 
-    fn target(&self) -> Result<MountTarget, String> {
+    fn target(&self) -> FsResult<MountTarget> {
         let e = mountinfo::mount_at(&self.mountpoint)
-            .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?
-            .ok_or_else(|| format!("{} is not mounted any more", self.mountpoint.display()))?;
+            .ctx("reading /proc/self/mountinfo")?
+            .ok_or_else(|| {
+                FsError::new(libc::ENOTCONN, "not mounted any more").path(&self.mountpoint)
+            })?;
         Ok(MountTarget {
             mount_id: e.mount_id,
             major: e.major,
@@ -151,7 +158,7 @@ impl Daemon {
 
     /// The power cut sequence, once counted as begun (`cuts.started`); counts it ended
     /// however it goes.
-    fn begun_cut(&self, no_kill: bool, spec: &KeepSpec) -> Result<PowercutReport, String> {
+    fn begun_cut(&self, no_kill: bool, spec: &KeepSpec) -> FsResult<PowercutReport> {
         let _ended = CutGuard(self);
         let _one_at_a_time = self.ops.lock();
         let t0 = Instant::now();
@@ -165,7 +172,8 @@ impl Daemon {
             // cannot die while one of its requests is delayed).
             let signalled = procscan::signal_users(&target);
             self.fs.faults.abort_delays();
-            let mut killed = procscan::kill_users(&target, KILL_TIMEOUT)?;
+            let mut killed = procscan::kill_users(&target, KILL_TIMEOUT)
+                .map_err(|m| FsError::msg(libc::EBUSY, m))?;
             // The first scan saw them alive; a dying process may already have lost its
             // mappings by the time the next scan looks, so keep the reasons of both.
             for k in signalled {
@@ -203,10 +211,7 @@ impl Daemon {
             };
             (files, names)
         });
-        let files = self
-            .fs
-            .journal
-            .name_unnamed(files.map_err(|e| format!("rollback: {e}"))?);
+        let files = self.fs.journal.name_unnamed(files.ctx("rollback")?);
         self.powercuts.fetch_add(1, Ordering::Relaxed);
         // After the thaw, from this (non-FUSE) thread: invalidation may make the kernel send
         // us requests, which the workers must be free to answer.
@@ -252,7 +257,7 @@ impl Daemon {
 }
 
 impl ControlHandler for Daemon {
-    fn status(&self) -> Result<StatusReport, String> {
+    fn status(&self) -> FsResult<StatusReport> {
         let files = self.fs.journal.status();
         Ok(StatusReport {
             mountpoint: self.mountpoint.display().to_string(),
@@ -272,42 +277,37 @@ impl ControlHandler for Daemon {
         })
     }
 
-    fn sync(&self) -> Result<SyncReport, String> {
+    fn sync(&self) -> FsResult<SyncReport> {
         let _one_at_a_time = self.ops.lock();
         flush_kernel_dirty_pages(&self.mountpoint)?;
-        let mut report = self
-            .fs
-            .journal
-            .sync_all()
-            .map_err(|e| format!("sync: {e}"))?;
+        let mut report = self.fs.journal.sync_all().ctx("sync")?;
         if let Some(ns) = &self.fs.ns {
-            report.namespace_committed =
-                ns.commit_all()
-                    .map_err(|e| format!("sync: namespace commit: {e}"))? as u64;
+            report.namespace_committed = ns.commit_all().ctx("sync: namespace commit")? as u64;
         }
         Ok(report)
     }
 
-    fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String> {
+    fn powercut(&self, no_kill: bool) -> FsResult<PowercutReport> {
         self.powercut_keep(no_kill, KeepRequest::default())
     }
 
-    fn powercut_keep(&self, no_kill: bool, keep: KeepRequest) -> Result<PowercutReport, String> {
-        let spec = keep.resolve()?;
+    fn powercut_keep(&self, no_kill: bool, keep: KeepRequest) -> FsResult<PowercutReport> {
+        let spec = keep.resolve().map_err(invalid)?;
         self.cuts.lock().started += 1;
         self.begun_cut(no_kill, &spec)
     }
 
-    fn faults(&self, cmd: FaultCommand) -> Result<FaultsStatus, String> {
+    fn faults(&self, cmd: FaultCommand) -> FsResult<FaultsStatus> {
         let f = &self.fs.faults;
         match cmd {
-            FaultCommand::Arm(spec) => f.arm(spec),
+            FaultCommand::Arm(spec) => f.arm(spec).map_err(invalid),
             FaultCommand::Disarm => Ok(f.disarm()),
-            FaultCommand::Add(spec) => f.add(spec),
+            FaultCommand::Add(spec) => f.add(spec).map_err(invalid),
             FaultCommand::List => Ok(f.status()),
-            FaultCommand::Clear(id) => f.clear(id),
+            FaultCommand::Clear(id) => f.clear(id).map_err(invalid),
             FaultCommand::DiskFull(Some(limit)) => {
-                let used = faults::hook::measure_disk(&self.fs)?;
+                let used =
+                    faults::hook::measure_disk(&self.fs).map_err(|m| FsError::msg(libc::EIO, m))?;
                 Ok(f.set_disk_full(Some((limit, used))))
             }
             FaultCommand::DiskFull(None) => Ok(f.set_disk_full(None)),
@@ -330,7 +330,7 @@ impl Cutter for Daemon {
         self.cuts.lock().started += 1;
     }
 
-    fn powercut_begun(&self) -> Result<PowercutReport, String> {
+    fn powercut_begun(&self) -> FsResult<PowercutReport> {
         // A crash point cuts like a plain `lossctl powercut`: every unsynced byte is lost.
         self.begun_cut(false, &KeepSpec::none())
     }

@@ -272,28 +272,27 @@ impl LossFs {
     }
 
     fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        let f = self
-            .files
-            .read()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::new(libc::EIO, "handle from before a power cut"))?;
+        let f = self.files.read().get(&fh).cloned().ok_or(
+            FsError::new(libc::EIO, "handle from before a power cut")
+                .at_level(tracing::Level::INFO),
+        )?;
         if f.epoch != self.epoch.load(Ordering::Acquire) {
-            return Err(FsError::new(libc::EIO, "handle from before a power cut"));
+            return Err(FsError::new(libc::EIO, "handle from before a power cut")
+                .at_level(tracing::Level::INFO));
         }
         Ok(f)
     }
 
     fn dir(&self, fh: u64) -> FsResult<Arc<OpenDir>> {
-        let d = self.dirs.read().get(&fh).cloned().ok_or(FsError::new(
-            libc::EIO,
-            "directory handle from before a power cut",
-        ))?;
+        let d = self.dirs.read().get(&fh).cloned().ok_or(
+            FsError::new(libc::EIO, "directory handle from before a power cut")
+                .at_level(tracing::Level::INFO),
+        )?;
         if d.epoch != self.epoch.load(Ordering::Acquire) {
-            return Err(FsError::new(
-                libc::EIO,
-                "directory handle from before a power cut",
-            ));
+            return Err(
+                FsError::new(libc::EIO, "directory handle from before a power cut")
+                    .at_level(tracing::Level::INFO),
+            );
         }
         Ok(d)
     }

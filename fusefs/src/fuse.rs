@@ -1,8 +1,13 @@
 //! The `fuser::Filesystem` adapter: decode a request, call [`LossFs`] through the fault
 //! hook ([`guarded`], which holds the power-cut gate), reply.  No semantics live here.
+//!
+//! Each request is served inside a DEBUG span (request id, op, inode, handle, pid), so every
+//! event logged on its behalf names it when debug logging is on; when it is off the span
+//! costs a level check.  A failed request is logged on its own line with the same fields, at
+//! the error's level (DEBUG for the errors programs provoke themselves, such as ENOENT).
 
 use crate::cpupin::CpuPin;
-use crate::error::{FsError, FsResult};
+use crate::error::{event_at, FsError, FsResult};
 use crate::faults::hook::{guarded, guarded_sync, Call, Target};
 use crate::faults::spec::Op;
 use crate::fs::{Caller, DirPlusSink, DirSink, LossFs, SetAttr, SetTime};
@@ -38,10 +43,57 @@ pub struct FuseAdapter {
     pub pin: Option<Arc<CpuPin>>,
 }
 
+/// One request being served, until its handler returns (i.e. after the reply): its pass
+/// through the read gate, its entered log span, and what its failure is logged with.
+struct Scope<'g, 'a> {
+    _turn: Option<Turn<'g>>,
+    _span: tracing::span::EnteredSpan,
+    call: Call<'a>,
+    req: u64,
+    fh: Option<u64>,
+}
+
+impl Scope<'_, '_> {
+    /// The errno to answer `e` with, after logging the failure at the error's level with
+    /// the request's operation, inode (or parent and name) and handle.
+    fn fail(&self, e: &FsError) -> Errno {
+        let name = match self.call.target {
+            Target::Name(_, name) | Target::Rename { name, .. } => Some(name),
+            _ => None,
+        };
+        event_at!(
+            e.level(),
+            req = self.req,
+            op = self.call.op.name(),
+            ino = target_ino(&self.call.target),
+            name = name.map(tracing::field::debug),
+            fh = self.fh,
+            pid = self.call.pid,
+            errno = e.errno,
+            "request failed: {e}"
+        );
+        Errno::from_i32(e.errno)
+    }
+}
+
 impl FuseAdapter {
-    /// The fault engine's view of a request, and its pass through the read gate (held
-    /// until the handler returns, i.e. after the reply).
-    fn call<'a>(&self, op: Op, req: &Request, target: Target<'a>) -> (Call<'a>, Option<Turn<'_>>) {
+    /// The fault engine's view of a request, and the scope it is served in (see [`Scope`]).
+    fn call<'a>(
+        &self,
+        op: Op,
+        req: &Request,
+        target: Target<'a>,
+        fh: Option<u64>,
+    ) -> (Call<'a>, Scope<'_, 'a>) {
+        let span = tracing::debug_span!(
+            "request",
+            req = req.unique().0,
+            op = op.name(),
+            ino = target_ino(&target),
+            fh,
+            pid = req.pid()
+        )
+        .entered();
         let kind = match op {
             Op::Fsync | Op::Fdatasync | Op::Fsyncdir => Kind::Sync,
             _ => Kind::Other,
@@ -50,14 +102,28 @@ impl FuseAdapter {
         if let (Some(pin), Some(turn)) = (&self.pin, &turn) {
             pin.set(turn.solo());
         }
-        (
-            Call {
-                op,
-                pid: req.pid(),
-                target,
-            },
-            turn,
-        )
+        let call = Call {
+            op,
+            pid: req.pid(),
+            target,
+        };
+        let scope = Scope {
+            _turn: turn,
+            _span: span,
+            call,
+            req: req.unique().0,
+            fh,
+        };
+        (call, scope)
+    }
+}
+
+/// The inode a request is about (the parent directory for name operations).
+fn target_ino(t: &Target<'_>) -> Option<u64> {
+    match *t {
+        Target::None => None,
+        Target::Node(ino) | Target::Data { ino, .. } => Some(ino),
+        Target::Name(parent, _) | Target::Rename { parent, .. } => Some(parent),
     }
 }
 
@@ -67,15 +133,6 @@ fn caller(req: &Request) -> Caller {
         gid: req.gid(),
         pid: req.pid(),
     }
-}
-
-fn errno(e: &FsError) -> Errno {
-    if e.is_expected() {
-        tracing::debug!("{e}");
-    } else {
-        tracing::warn!("{e}");
-    }
-    Errno::from_i32(e.errno)
 }
 
 fn time(sec: i64, nsec: i64) -> SystemTime {
@@ -159,25 +216,25 @@ fn set_time(t: Option<TimeOrNow>) -> SetTime {
     }
 }
 
-fn entry(reply: ReplyEntry, r: FsResult<(Arc<Inode>, libc::stat)>) {
+fn entry(s: &Scope<'_, '_>, reply: ReplyEntry, r: FsResult<(Arc<Inode>, libc::stat)>) {
     match r {
         Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(0)),
-        Err(e) => reply.error(errno(&e)),
+        Err(e) => reply.error(s.fail(&e)),
     }
 }
 
-fn empty(reply: ReplyEmpty, r: FsResult<()>) {
+fn empty(s: &Scope<'_, '_>, reply: ReplyEmpty, r: FsResult<()>) {
     match r {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(&e)),
+        Err(e) => reply.error(s.fail(&e)),
     }
 }
 
-fn xattr_reply(reply: ReplyXattr, size: u32, r: FsResult<Vec<u8>>) {
+fn xattr_reply(s: &Scope<'_, '_>, reply: ReplyXattr, size: u32, r: FsResult<Vec<u8>>) {
     match r {
         Ok(v) if size == 0 => reply.size(v.len() as u32),
         Ok(v) => reply.data(&v),
-        Err(e) => reply.error(errno(&e)),
+        Err(e) => reply.error(s.fail(&e)),
     }
 }
 
@@ -243,8 +300,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (c, _turn) = self.call(Op::Lookup, req, Target::Name(parent.0, name));
+        let (c, s) = self.call(Op::Lookup, req, Target::Name(parent.0, name), None);
         entry(
+            &s,
             reply,
             guarded(&self.fs, c, || self.fs.lookup(parent.0, name)),
         );
@@ -254,11 +312,11 @@ impl Filesystem for FuseAdapter {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let (c, _turn) = self.call(Op::Getattr, req, Target::Node(ino.0));
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (c, s) = self.call(Op::Getattr, req, Target::Node(ino.0), fh.map(|f| f.0));
         match guarded(&self.fs, c, || self.fs.getattr(ino.0)) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(s.fail(&e)),
         }
     }
 
@@ -285,7 +343,7 @@ impl Filesystem for FuseAdapter {
         } else {
             Op::Setattr
         };
-        let (c, _turn) = self.call(op, req, Target::Node(ino.0));
+        let (c, s) = self.call(op, req, Target::Node(ino.0), fh.map(|f| f.0));
         let a = SetAttr {
             mode,
             uid,
@@ -297,15 +355,15 @@ impl Filesystem for FuseAdapter {
         };
         match guarded(&self.fs, c, || self.fs.setattr(ino.0, fh.map(|f| f.0), a)) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(s.fail(&e)),
         }
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        let (c, _turn) = self.call(Op::Readlink, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Readlink, req, Target::Node(ino.0), None);
         match guarded(&self.fs, c, || self.fs.readlink(ino.0)) {
             Ok(v) => reply.data(&v),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(s.fail(&e)),
         }
     }
 
@@ -319,8 +377,9 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (c, _turn) = self.call(Op::Mknod, req, Target::Name(parent.0, name));
+        let (c, s) = self.call(Op::Mknod, req, Target::Name(parent.0, name), None);
         entry(
+            &s,
             reply,
             guarded(&self.fs, c, || {
                 self.fs.mknod(parent.0, name, mode, rdev, caller(req))
@@ -337,8 +396,9 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let (c, _turn) = self.call(Op::Mkdir, req, Target::Name(parent.0, name));
+        let (c, s) = self.call(Op::Mkdir, req, Target::Name(parent.0, name), None);
         entry(
+            &s,
             reply,
             guarded(&self.fs, c, || {
                 self.fs.mkdir(parent.0, name, mode, caller(req))
@@ -347,16 +407,18 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (c, _turn) = self.call(Op::Unlink, req, Target::Name(parent.0, name));
+        let (c, s) = self.call(Op::Unlink, req, Target::Name(parent.0, name), None);
         empty(
+            &s,
             reply,
             guarded(&self.fs, c, || self.fs.unlink(parent.0, name)),
         );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (c, _turn) = self.call(Op::Rmdir, req, Target::Name(parent.0, name));
+        let (c, s) = self.call(Op::Rmdir, req, Target::Name(parent.0, name), None);
         empty(
+            &s,
             reply,
             guarded(&self.fs, c, || self.fs.rmdir(parent.0, name)),
         );
@@ -370,8 +432,9 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (c, _turn) = self.call(Op::Symlink, req, Target::Name(parent.0, link_name));
+        let (c, s) = self.call(Op::Symlink, req, Target::Name(parent.0, link_name), None);
         entry(
+            &s,
             reply,
             guarded(&self.fs, c, || {
                 self.fs
@@ -390,7 +453,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (c, _turn) = self.call(
+        let (c, s) = self.call(
             Op::Rename,
             req,
             Target::Rename {
@@ -400,8 +463,10 @@ impl Filesystem for FuseAdapter {
                 newname,
                 flags: flags.bits(),
             },
+            None,
         );
         empty(
+            &s,
             reply,
             guarded(&self.fs, c, || {
                 self.fs
@@ -418,18 +483,19 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (c, _turn) = self.call(Op::Link, req, Target::Name(newparent.0, newname));
+        let (c, s) = self.call(Op::Link, req, Target::Name(newparent.0, newname), None);
         entry(
+            &s,
             reply,
             guarded(&self.fs, c, || self.fs.link(ino.0, newparent.0, newname)),
         );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let (c, _turn) = self.call(Op::Open, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Open, req, Target::Node(ino.0), None);
         match guarded(&self.fs, c, || self.fs.open(ino.0, flags.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(s.fail(&e)),
         }
     }
 
@@ -444,12 +510,12 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let (c, _turn) = self.call(Op::Read, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Read, req, Target::Node(ino.0), Some(fh.0));
         READ_BUF.with(|b| {
             let mut buf = b.borrow_mut();
             match guarded(&self.fs, c, || self.fs.read(fh.0, offset, size, &mut buf)) {
                 Ok(data) => reply.data(data),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(s.fail(&e)),
             }
         });
     }
@@ -473,10 +539,10 @@ impl Filesystem for FuseAdapter {
             len: data.len() as u64,
             frees: false,
         };
-        let (c, _turn) = self.call(Op::Write, req, target);
+        let (c, s) = self.call(Op::Write, req, target, Some(fh.0));
         match guarded(&self.fs, c, || self.fs.write(fh.0, offset, data, kill)) {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(s.fail(&e)),
         }
     }
 
@@ -488,8 +554,8 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let (c, _turn) = self.call(Op::Flush, req, Target::Node(ino.0));
-        empty(reply, guarded(&self.fs, c, || self.fs.flush(fh.0)));
+        let (c, s) = self.call(Op::Flush, req, Target::Node(ino.0), Some(fh.0));
+        empty(&s, reply, guarded(&self.fs, c, || self.fs.flush(fh.0)));
     }
 
     fn release(
@@ -515,18 +581,19 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let op = if datasync { Op::Fdatasync } else { Op::Fsync };
-        let (c, _turn) = self.call(op, req, Target::Node(ino.0));
+        let (c, s) = self.call(op, req, Target::Node(ino.0), Some(fh.0));
         empty(
+            &s,
             reply,
             guarded_sync(&self.fs, c, || self.fs.fsync(fh.0, datasync)),
         );
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let (c, _turn) = self.call(Op::Opendir, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Opendir, req, Target::Node(ino.0), None);
         match guarded(&self.fs, c, || self.fs.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(s.fail(&e)),
         }
     }
 
@@ -538,13 +605,13 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (c, _turn) = self.call(Op::Readdir, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Readdir, req, Target::Node(ino.0), Some(fh.0));
         let r = guarded(&self.fs, c, || {
             self.fs.readdir(fh.0, offset as i64, &mut Plain(&mut reply))
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(s.fail(&e)),
         }
     }
 
@@ -556,14 +623,14 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (c, _turn) = self.call(Op::Readdir, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Readdir, req, Target::Node(ino.0), Some(fh.0));
         let r = guarded(&self.fs, c, || {
             self.fs
                 .readdirplus(fh.0, offset as i64, &mut Plus(&mut reply))
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(s.fail(&e)),
         }
     }
 
@@ -587,27 +654,28 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let (c, _turn) = self.call(Op::Fsyncdir, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Fsyncdir, req, Target::Node(ino.0), Some(fh.0));
         empty(
+            &s,
             reply,
             guarded_sync(&self.fs, c, || self.fs.fsyncdir(fh.0, datasync)),
         );
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let (c, _turn) = self.call(Op::Statfs, req, Target::None);
+        let (c, s) = self.call(Op::Statfs, req, Target::None, None);
         match guarded(&self.fs, c, || self.fs.statfs()) {
-            Ok(s) => reply.statfs(
-                s.f_blocks,
-                s.f_bfree,
-                s.f_bavail,
-                s.f_files,
-                s.f_ffree,
-                s.f_bsize as u32,
-                s.f_namemax as u32,
-                s.f_frsize as u32,
+            Ok(st) => reply.statfs(
+                st.f_blocks,
+                st.f_bfree,
+                st.f_bavail,
+                st.f_files,
+                st.f_ffree,
+                st.f_bsize as u32,
+                st.f_namemax as u32,
+                st.f_frsize as u32,
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(s.fail(&e)),
         }
     }
 
@@ -621,36 +689,39 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let (c, _turn) = self.call(Op::Setxattr, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Setxattr, req, Target::Node(ino.0), None);
         empty(
+            &s,
             reply,
             guarded(&self.fs, c, || self.fs.setxattr(ino.0, name, value, flags)),
         );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let (c, _turn) = self.call(Op::Getxattr, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Getxattr, req, Target::Node(ino.0), None);
         let r = guarded(&self.fs, c, || self.fs.getxattr(ino.0, name, size));
-        xattr_reply(reply, size, r);
+        xattr_reply(&s, reply, size, r);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let (c, _turn) = self.call(Op::Listxattr, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Listxattr, req, Target::Node(ino.0), None);
         let r = guarded(&self.fs, c, || self.fs.listxattr(ino.0, size));
-        xattr_reply(reply, size, r);
+        xattr_reply(&s, reply, size, r);
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (c, _turn) = self.call(Op::Removexattr, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Removexattr, req, Target::Node(ino.0), None);
         empty(
+            &s,
             reply,
             guarded(&self.fs, c, || self.fs.removexattr(ino.0, name)),
         );
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let (c, _turn) = self.call(Op::Access, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Access, req, Target::Node(ino.0), None);
         empty(
+            &s,
             reply,
             guarded(&self.fs, c, || {
                 self.fs.access(ino.0, mask.bits(), caller(req))
@@ -668,7 +739,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (c, _turn) = self.call(Op::Create, req, Target::Name(parent.0, name));
+        let (c, s) = self.call(Op::Create, req, Target::Name(parent.0, name), None);
         match guarded(&self.fs, c, || {
             self.fs.create(parent.0, name, mode, flags, caller(req))
         }) {
@@ -679,7 +750,7 @@ impl Filesystem for FuseAdapter {
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(s.fail(&e)),
         }
     }
 
@@ -699,8 +770,9 @@ impl Filesystem for FuseAdapter {
             len: length,
             frees: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
         };
-        let (c, _turn) = self.call(Op::Fallocate, req, target);
+        let (c, s) = self.call(Op::Fallocate, req, target, Some(fh.0));
         empty(
+            &s,
             reply,
             guarded(&self.fs, c, || {
                 self.fs.fallocate(fh.0, offset, length, mode)
@@ -717,10 +789,10 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let (c, _turn) = self.call(Op::Lseek, req, Target::Node(ino.0));
+        let (c, s) = self.call(Op::Lseek, req, Target::Node(ino.0), Some(fh.0));
         match guarded(&self.fs, c, || self.fs.lseek(fh.0, offset, whence)) {
             Ok(o) => reply.offset(o),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(s.fail(&e)),
         }
     }
 
@@ -743,7 +815,7 @@ impl Filesystem for FuseAdapter {
             len,
             frees: false,
         };
-        let (c, _turn) = self.call(Op::CopyFileRange, req, target);
+        let (c, s) = self.call(Op::CopyFileRange, req, target, Some(fh_out.0));
         let r = guarded(&self.fs, c, || {
             self.fs.copy_file_range(
                 fh_in.0,
@@ -756,7 +828,7 @@ impl Filesystem for FuseAdapter {
         });
         match r {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(s.fail(&e)),
         }
     }
 }

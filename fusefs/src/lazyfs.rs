@@ -49,7 +49,7 @@ pub fn parse(line: &[u8]) -> Result<Command, String> {
 
 /// Carries out one command; `Ok` is the message to log as done.
 pub fn execute(cmd: Command, h: &dyn ControlHandler) -> Result<String, String> {
-    match cmd {
+    let done = match cmd {
         Command::ClearCache => h.powercut(true).map(|r| {
             format!(
                 "clear-cache done (power cut, no kill): {}",
@@ -69,7 +69,8 @@ pub fn execute(cmd: Command, h: &dyn ControlHandler) -> Result<String, String> {
         Command::UnsyncedDataReport => h
             .status()
             .map(|s| format!("unsynced-data-report: {}", s.to_text().trim_end())),
-    }
+    };
+    done.map_err(|e| e.to_string())
 }
 
 /// Handles every line of `input` until EOF, logging each result.
@@ -193,6 +194,7 @@ fn check_private(path: &Path, meta: &std::fs::Metadata, euid: u32) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{FsError, FsResult};
     use crate::report::{PowercutReport, StatusReport, SyncReport};
     use parking_lot::Mutex;
 
@@ -203,21 +205,21 @@ mod tests {
     }
 
     impl ControlHandler for Fake {
-        fn status(&self) -> Result<StatusReport, String> {
+        fn status(&self) -> FsResult<StatusReport> {
             self.calls.lock().push("status".into());
             Ok(StatusReport {
                 unsynced_bytes: 42,
                 ..Default::default()
             })
         }
-        fn sync(&self) -> Result<SyncReport, String> {
+        fn sync(&self) -> FsResult<SyncReport> {
             self.calls.lock().push("sync".into());
             if self.fail {
-                return Err("disk on fire".into());
+                return Err(FsError::new(libc::EIO, "disk on fire"));
             }
             Ok(SyncReport::default())
         }
-        fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String> {
+        fn powercut(&self, no_kill: bool) -> FsResult<PowercutReport> {
             self.calls
                 .lock()
                 .push(format!("powercut no_kill={no_kill}"));

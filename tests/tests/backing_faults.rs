@@ -144,6 +144,127 @@ fn a_full_backing_disk_refuses_and_a_cut_restores_the_durable_state() {
     assert_eq!(num(&st, "unsynced_bytes"), 4096, "{st}");
 }
 
+/// Unmounts (lazily) a file system a test mounted, even when the test fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = run_bounded(
+            Command::new("umount").arg("-l").arg(&self.0),
+            Duration::from_secs(10),
+        );
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The disk of the state dir full (BACKING has room): a write whose journal records cannot
+/// be written gets ENOSPC, the errno the OS gave the journal, not EIO; so do overwrites of
+/// durable and of unsynced bytes, whose pre-images cannot be saved.  Every byte the program
+/// was told was written is there, and a power cut gives back exactly the durable state.
+#[test]
+fn a_full_state_dir_gives_enospc_and_loses_nothing() {
+    let state = lossfs_tests::unique_tmp_dir("full_state");
+    sh(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=1m,mode=700",
+        "lossfs-test",
+        state.to_str().unwrap(),
+    ]);
+    let _unmount = Unmount(state.clone());
+    let state_opt = format!("state_dir={}", state.join("s").display());
+    let mut m = Mount::new(&[&state_opt]);
+    let durable = pattern(3, 0, 64 << 10);
+    fs::write(m.path("durable"), &durable).unwrap();
+    fsync_path(&m.path("durable"));
+    // An unsynced file whose epoch is open before the disk fills.
+    let mut f = File::create(m.path("log")).unwrap();
+    f.write_all(&pattern(4, 0, 4096)).unwrap();
+    let mut acked = 4096u64;
+
+    let mut filler = File::create(state.join("filler")).unwrap();
+    let (_, e) = fill(&mut filler, 4096);
+    assert_eq!(errno_of(&e), libc::ENOSPC, "filling the state dir: {e}");
+    let (_, e) = fill(&mut filler, 1);
+    assert_eq!(errno_of(&e), libc::ENOSPC, "{e}");
+
+    // Small appends need no pre-image: they go on until the journal must write out its
+    // buffered operation records, and that write fails.
+    let e = loop {
+        let piece = pattern(4, acked, 100);
+        match f.write(&piece) {
+            Ok(n) => {
+                assert_eq!(n, piece.len(), "short append");
+                acked += n as u64;
+            }
+            Err(e) => break e,
+        }
+        assert!(acked < 64 << 20, "no error after {acked} bytes of appends");
+    };
+    assert_eq!(
+        errno_of(&e),
+        libc::ENOSPC,
+        "append with the journal's disk full: {e}"
+    );
+    let stderr = m.daemon_stderr();
+    assert!(
+        stderr.contains("request failed") && stderr.contains("No space left on device"),
+        "the failed write is not logged with its errno:\n{stderr}"
+    );
+    // Creating "log" began with a lookup that found nothing: normal traffic, logged at
+    // debug level only, so not at the default level.
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.contains("request failed") && l.contains("No such file or directory")),
+        "an ENOENT is logged at the default level:\n{stderr}"
+    );
+    // Overwrites, of unsynced and of durable bytes, need a pre-image that cannot be saved.
+    let e = f.write_at(&[0xee; 100], 0).unwrap_err();
+    assert_eq!(
+        errno_of(&e),
+        libc::ENOSPC,
+        "overwrite of unsynced bytes: {e}"
+    );
+    drop(f);
+    let g = OpenOptions::new()
+        .write(true)
+        .open(m.path("durable"))
+        .unwrap();
+    let e = g.write_at(&[0xff; 4096], 8192).unwrap_err();
+    assert_eq!(
+        errno_of(&e),
+        libc::ENOSPC,
+        "overwrite of durable bytes: {e}"
+    );
+    drop(g);
+
+    // Nothing acknowledged is missing, nothing refused was applied.
+    assert!(read_all(&m.path("log")) == pattern(4, 0, acked as usize));
+    assert!(read_all(&m.path("durable")) == durable);
+    let st = m.status_json();
+    assert_eq!(num(&st, "unsynced_bytes"), acked, "{st}");
+    // The cut needs no room on the state dir's disk.
+    let r = m.powercut_nokill_json();
+    assert_eq!(num(&r, "lost_bytes"), acked, "{r}");
+    assert_eq!(fs::metadata(m.path("log")).unwrap().len(), 0);
+    assert!(read_all(&m.path("durable")) == durable);
+
+    // With room again, the refused overwrite works.
+    drop(filler);
+    fs::remove_file(state.join("filler")).unwrap();
+    let g = OpenOptions::new()
+        .write(true)
+        .open(m.path("durable"))
+        .unwrap();
+    g.write_at(&[0xff; 4096], 8192).unwrap();
+    drop(g);
+    assert!(m.daemon_alive(), "daemon died:\n{}", m.daemon_stderr());
+    assert!(unmount_cleanly(&mut m).success(), "{}", m.daemon_stderr());
+}
+
 /// Removes the immutable/append-only flags again even when the test fails, so the
 /// directory can be deleted.
 struct Unchattr(Vec<PathBuf>);

@@ -13,37 +13,41 @@ pub use protocol::{
 };
 pub use server::{ControlServer, ServerOptions};
 
+use crate::error::{FsError, FsResult};
 use crate::faults::spec::{FaultCommand, FaultsStatus};
 use crate::report::{PowercutReport, StatusReport, SyncReport};
 
 /// What the daemon does for each control request.  Calls are serialized by the server: at
-/// most one runs at a time, whatever the number of clients.  An `Err` is sent to the client
-/// verbatim as the error message, so it should name what failed.
+/// most one runs at a time, whatever the number of clients.  An `Err` is logged with its
+/// errno and sent to the client as the error message, so it should name what failed.
 pub trait ControlHandler: Send + Sync + 'static {
-    fn status(&self) -> Result<StatusReport, String>;
-    fn sync(&self) -> Result<SyncReport, String>;
-    fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String>;
+    fn status(&self) -> FsResult<StatusReport>;
+    fn sync(&self) -> FsResult<SyncReport>;
+    fn powercut(&self, no_kill: bool) -> FsResult<PowercutReport>;
     /// A power cut that keeps part of the unsynced data (`lossctl powercut --keep`).
     /// Handlers that only know plain cuts refuse anything else.
     fn powercut_keep(
         &self,
         no_kill: bool,
         keep: crate::keep::KeepRequest,
-    ) -> Result<PowercutReport, String> {
+    ) -> FsResult<PowercutReport> {
         if keep.is_default() {
             self.powercut(no_kill)
         } else {
-            Err(format!(
-                "this server cannot keep {} at a power cut",
-                keep.mode
+            Err(FsError::msg(
+                libc::EOPNOTSUPP,
+                format!("this server cannot keep {} at a power cut", keep.mode),
             ))
         }
     }
 
     /// Crash points, fault rules and disk-full mode; answers the engine's state after.
-    fn faults(&self, cmd: FaultCommand) -> Result<FaultsStatus, String> {
+    fn faults(&self, cmd: FaultCommand) -> FsResult<FaultsStatus> {
         let _ = cmd;
-        Err("this lossfs does not inject faults".into())
+        Err(FsError::new(
+            libc::EOPNOTSUPP,
+            "this lossfs does not inject faults",
+        ))
     }
 }
 

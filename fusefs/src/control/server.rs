@@ -3,6 +3,7 @@
 
 use super::protocol::{error_line, ok_line, parse_request, Request, MAX_LINE};
 use super::ControlHandler;
+use crate::error::{event_at, Context as _, FsError, FsResult};
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -68,10 +69,6 @@ pub struct ControlServer {
     shared: Arc<Shared>,
 }
 
-fn ctx(e: io::Error, what: String) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
-}
-
 /// Whether something listens on the socket file at `path`.  The connect is non-blocking so a
 /// listener with a full backlog counts as alive instead of hanging us.
 fn socket_is_live(path: &Path) -> io::Result<bool> {
@@ -83,16 +80,14 @@ fn socket_is_live(path: &Path) -> io::Result<bool> {
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(|e| ctx(e.into(), "creating a probe socket".into()))?;
-    let addr = UnixAddr::new(path)
-        .map_err(|e| ctx(e.into(), format!("socket address {}", path.display())))?;
+    .ctx("creating a probe socket")?;
+    let addr = UnixAddr::new(path).ctx_path("socket address", path)?;
     match connect(fd.as_raw_fd(), &addr) {
         Ok(()) | Err(Errno::EAGAIN) | Err(Errno::EINPROGRESS) => Ok(true),
         Err(Errno::ECONNREFUSED) => Ok(false),
-        Err(e) => Err(ctx(
-            e.into(),
-            format!("probing existing socket {}", path.display()),
-        )),
+        Err(e) => Err(e)
+            .ctx_path("probing existing socket", path)
+            .map_err(Into::into),
     }
 }
 
@@ -116,12 +111,7 @@ impl ControlServer {
                     .recursive(true)
                     .mode(0o755)
                     .create(parent)
-                    .map_err(|e| {
-                        ctx(
-                            e,
-                            format!("creating control socket directory {}", parent.display()),
-                        )
-                    })?;
+                    .ctx_path("creating control socket directory", parent)?;
             }
         }
         match fs::symlink_metadata(path) {
@@ -132,12 +122,7 @@ impl ControlServer {
                         format!("another lossfs already serves {}", path.display()),
                     ));
                 }
-                fs::remove_file(path).map_err(|e| {
-                    ctx(
-                        e,
-                        format!("removing stale control socket {}", path.display()),
-                    )
-                })?;
+                fs::remove_file(path).ctx_path("removing stale control socket", path)?;
                 tracing::info!(path = %path.display(), "removed stale control socket");
             }
             Ok(_) => {
@@ -150,19 +135,16 @@ impl ControlServer {
                 ))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ctx(e, format!("inspecting {}", path.display()))),
+            Err(e) => Err(e).ctx_path("inspecting", path)?,
         }
-        let listener = UnixListener::bind(path)
-            .map_err(|e| ctx(e, format!("binding control socket {}", path.display())))?;
+        let listener = UnixListener::bind(path).ctx_path("binding control socket", path)?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .map_err(|e| ctx(e, format!("chmod 0600 {}", path.display())))?;
-        let md = fs::symlink_metadata(path)
-            .map_err(|e| ctx(e, format!("inspecting {}", path.display())))?;
+            .ctx_path("chmod 0600", path)?;
+        let md = fs::symlink_metadata(path).ctx_path("inspecting", path)?;
         listener
             .set_nonblocking(true)
-            .map_err(|e| ctx(e, format!("making {} non-blocking", path.display())))?;
-        let (wake_rx, wake_tx) = nix::unistd::pipe()
-            .map_err(|e| ctx(e.into(), "creating the control shutdown pipe".into()))?;
+            .ctx_path("making non-blocking", path)?;
+        let (wake_rx, wake_tx) = nix::unistd::pipe().ctx("creating the control shutdown pipe")?;
         let shared = Arc::new(Shared {
             handler,
             serial: Mutex::new(()),
@@ -178,7 +160,7 @@ impl ControlServer {
             thread::Builder::new()
                 .name("lossfs-control".into())
                 .spawn(move || accept_loop(listener, wake_rx, shared))
-                .map_err(|e| ctx(e, "spawning the control accept thread".into()))?
+                .ctx("spawning the control accept thread")?
         };
         tracing::debug!(path = %path.display(), "control socket listening");
         Ok(ControlServer {
@@ -479,8 +461,20 @@ fn serve(shared: &Shared, stream: UnixStream) {
     }
 }
 
-fn encode<T: Serialize>(cmd: &str, result: Result<T, String>) -> Result<serde_json::Value, String> {
-    serde_json::to_value(result?).map_err(|e| format!("encoding the {cmd} report: {e}"))
+fn encode<T: Serialize>(cmd: &'static str, result: FsResult<T>) -> FsResult<serde_json::Value> {
+    let report = result.inspect_err(|e| log_failure(cmd, e))?;
+    serde_json::to_value(report)
+        .map_err(|e| FsError::msg(libc::EIO, format!("encoding the {cmd} report: {e}")))
+}
+
+/// Logs a failed control request at the error's level, with its errno.
+fn log_failure(cmd: &str, e: &FsError) {
+    event_at!(
+        e.level(),
+        cmd,
+        errno = e.errno,
+        "control request failed: {e}"
+    );
 }
 
 fn dispatch(shared: &Shared, req: Request) -> String {
@@ -496,7 +490,7 @@ fn dispatch(shared: &Shared, req: Request) -> String {
     }));
     match outcome {
         Ok(Ok(v)) => ok_line(v),
-        Ok(Err(e)) => error_line(&e),
+        Ok(Err(e)) => error_line(&e.to_string()),
         Err(_) => {
             tracing::error!(?req, "control handler panicked");
             error_line("internal error: the lossfs control handler panicked (see the daemon log)")

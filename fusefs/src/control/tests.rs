@@ -62,17 +62,17 @@ fn sample_status() -> StatusReport {
 }
 
 impl ControlHandler for Fake {
-    fn status(&self) -> Result<StatusReport, String> {
+    fn status(&self) -> FsResult<StatusReport> {
         if self.panic_on_status.swap(false, Ordering::SeqCst) {
             panic!("fake handler panics on purpose");
         }
         self.enter();
         Ok(sample_status())
     }
-    fn sync(&self) -> Result<SyncReport, String> {
+    fn sync(&self) -> FsResult<SyncReport> {
         self.enter();
         if self.fail_sync {
-            return Err("fsync of log failed: EIO".into());
+            return Err(FsError::new(libc::EIO, "fsync of log failed"));
         }
         Ok(SyncReport {
             files_synced: 1,
@@ -80,7 +80,7 @@ impl ControlHandler for Fake {
             ..Default::default()
         })
     }
-    fn powercut(&self, no_kill: bool) -> Result<PowercutReport, String> {
+    fn powercut(&self, no_kill: bool) -> FsResult<PowercutReport> {
         self.enter();
         self.last_no_kill
             .store(if no_kill { 1 } else { 2 }, Ordering::SeqCst);
@@ -189,7 +189,13 @@ fn handler_errors_reach_the_client_as_server_errors() {
     });
     let _server = start(&dir, &fake);
     match call(&sock(&dir), &Request::Sync, T) {
-        Err(ClientError::Server(m)) => assert_eq!(m, "fsync of log failed: EIO"),
+        Err(ClientError::Server(m)) => assert_eq!(
+            m,
+            format!(
+                "fsync of log failed: {}",
+                std::io::Error::from_raw_os_error(libc::EIO)
+            )
+        ),
         other => panic!("expected a server error, got {other:?}"),
     }
 }

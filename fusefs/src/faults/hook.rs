@@ -49,7 +49,7 @@ pub struct Call<'a> {
 }
 
 fn cut_error() -> FsError {
-    FsError::new(libc::EIO, "power cut at a crash point")
+    FsError::new(libc::EIO, "power cut at a crash point").at_level(tracing::Level::INFO)
 }
 
 /// Runs `f` (the operation) under the power-cut gate, with the armed faults applied.
@@ -82,7 +82,8 @@ fn slow<T>(
         return Err(FsError::new(
             libc::EIO,
             "caller killed by a crash-point power cut; not applied",
-        ));
+        )
+        .at_level(tracing::Level::INFO));
     }
     let paths = if faults.wants_path(call.op) {
         paths_of(fs, &call.target)
@@ -99,10 +100,10 @@ fn slow<T>(
     if let Some(FaultAction::DelayMs(ms)) = d.fault {
         // No gate held while sleeping: a power cut must not wait for a delay.
         if faults.sleep(Duration::from_millis(ms)) == Slept::Aborted {
-            return Err(FsError::new(
-                libc::EIO,
-                "delayed request abandoned by a power cut",
-            ));
+            return Err(
+                FsError::new(libc::EIO, "delayed request abandoned by a power cut")
+                    .at_level(tracing::Level::INFO),
+            );
         }
     }
     let gate = fs.enter();

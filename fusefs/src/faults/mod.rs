@@ -23,6 +23,7 @@ pub mod rng;
 pub mod rules;
 pub mod spec;
 
+use crate::error::{Context as _, FsResult};
 use crate::report::{KilledProcess, PowercutReport};
 use parking_lot::{Condvar, Mutex};
 use rules::{CrashPoint, Decision, Rule, RuleSet};
@@ -42,7 +43,7 @@ pub trait Cutter: Send + Sync {
     /// The whole power cut sequence (kill and wait, syncfs, rollback, new epoch,
     /// invalidation) of a cut counted by [`Cutter::begin_cut`]; counts it ended.  Never
     /// called on a FUSE thread.
-    fn powercut_begun(&self) -> Result<PowercutReport, String>;
+    fn powercut_begun(&self) -> FsResult<PowercutReport>;
     /// Counts a cut begun with [`Cutter::begin_cut`] as ended without running it.
     fn abandon_begun_cut(&self);
     /// Drops the kernel's cached pages and attributes of one inode.  Never called on a
@@ -419,19 +420,19 @@ impl Faults {
             });
         if let Err(e) = spawned {
             cutter.abandon_begun_cut();
-            self.finish_cut(Err(format!("cannot start the power cut thread: {e}")));
+            self.finish_cut(Err(e).ctx("starting the power cut thread"));
         }
     }
 
-    fn finish_cut(&self, r: Result<PowercutReport, String>) {
+    fn finish_cut(&self, r: FsResult<PowercutReport>) {
         let mut st = self.state.lock();
         if let Some(c) = &mut st.last_cut {
             c.done = true;
             match r {
                 Ok(rep) => c.report = Some(rep),
                 Err(e) => {
-                    tracing::error!("crash point power cut failed: {e}");
-                    c.error = Some(e);
+                    tracing::error!(errno = e.errno, "crash point power cut failed: {e}");
+                    c.error = Some(e.to_string());
                 }
             }
         }

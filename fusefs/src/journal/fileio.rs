@@ -2,7 +2,8 @@
 //! between a backing file and its undo file, restoring one file from its log records, and
 //! naming a file for reports.
 
-use super::log::{ctx, LiveFile};
+use super::log::LiveFile;
+use crate::error::Context as _;
 use crate::rangeset::RangeSet;
 use crate::report::ByteRange;
 use nix::errno::Errno;
@@ -236,7 +237,7 @@ pub(crate) fn is_deleted(fd: BorrowedFd<'_>) -> bool {
 
 /// The handle names a file that no longer exists.
 pub(crate) fn is_gone(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ESTALE) || e.kind() == io::ErrorKind::NotFound
+    matches!(crate::error::errno_of(e), libc::ESTALE | libc::ENOENT)
 }
 
 /// How many bytes of `ranges` `fd` holds no data for: its holes (read as zeros, never
@@ -288,51 +289,38 @@ pub(crate) fn restore(
     let file = match f.handle.open(root, libc::O_RDWR) {
         Ok(file) => file,
         Err(e) if is_gone(&e) => return Ok(None),
-        Err(e) => {
-            return Err(ctx(
-                e,
-                format!("opening file (dev {} ino {})", f.dev, f.ino),
-            ))
-        }
+        Err(e) => Err(e).ctx_ino("opening file to restore", f.ino)?,
     };
     if is_deleted(file.as_fd()) {
         return Ok(None);
     }
     let path = path_of(file.as_fd(), root_path);
     let name = || path.clone().unwrap_or_else(|| format!("inode {}", f.ino));
-    let size_before = size_of(file.as_fd()).map_err(|e| ctx(e, format!("fstat of {}", name())))?;
+    let size_before = size_of(file.as_fd()).with_ctx(|| format!("fstat of {}", name()))?;
     let lost = lost_of(size_before);
     let lost_holes = hole_bytes(file.as_fd(), &lost, size_before)
-        .map_err(|e| ctx(e, format!("finding the holes of {}", name())))?;
-    nix::unistd::ftruncate(&file, f.durable_size as i64).map_err(|e| {
-        ctx(
-            e.into(),
-            format!("truncating {} to {}", name(), f.durable_size),
-        )
-    })?;
+        .with_ctx(|| format!("finding the holes of {}", name()))?;
+    nix::unistd::ftruncate(&file, f.durable_size as i64)
+        .with_ctx(|| format!("truncating {} to {}", name(), f.durable_size))?;
     crate::pause::point("restore-after-truncate");
     if !f.extents.is_empty() {
         let undo_path = undo_dir.join(id.to_string());
-        let undo = std::fs::File::open(&undo_path)
-            .map_err(|e| ctx(e, format!("opening undo data {}", undo_path.display())))?;
+        let undo = std::fs::File::open(&undo_path).ctx_path("opening undo data", &undo_path)?;
         for x in &f.extents {
             // Pre-images never reach past the durable size; clip anyway so a damaged log
             // cannot grow the file.
             let len = x.len.min(f.durable_size.saturating_sub(x.start));
-            copy_range(undo.as_fd(), x.undo_off, file.as_fd(), x.start, len).map_err(|e| {
-                ctx(
-                    e,
-                    format!(
-                        "restoring bytes {}..{} of {}",
-                        x.start,
-                        x.start + len,
-                        name()
-                    ),
+            copy_range(undo.as_fd(), x.undo_off, file.as_fd(), x.start, len).with_ctx(|| {
+                format!(
+                    "restoring bytes {}..{} of {}",
+                    x.start,
+                    x.start + len,
+                    name()
                 )
             })?;
         }
     }
-    nix::unistd::fdatasync(&file).map_err(|e| ctx(e.into(), format!("fdatasync of {}", name())))?;
+    nix::unistd::fdatasync(&file).with_ctx(|| format!("fdatasync of {}", name()))?;
     Ok(Some(Restored {
         size_before,
         path,

@@ -26,6 +26,7 @@
 //!   the next `O` of file `id` overwrites.  The undo bytes are written before the operation.
 
 use super::crashstate::OpRec;
+use crate::error::Context as _;
 use crate::handle::FileHandle;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -344,12 +345,8 @@ pub(crate) fn open_private(path: &Path, what: &str) -> io::Result<File> {
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| ctx(e, format!("opening {what} {}", path.display())))
-}
-
-/// Wraps an error with what was being done, keeping its kind.
-pub(crate) fn ctx(e: io::Error, what: impl std::fmt::Display) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
+        .with_ctx(|| format!("opening {what} {}", path.display()))
+        .map_err(io::Error::from)
 }
 
 impl Log {
@@ -357,13 +354,17 @@ impl Log {
     /// The log is left as found; call [`Log::reset`] once the old records are dealt with.
     pub fn open(path: &Path) -> io::Result<(Log, BTreeMap<u64, LiveFile>)> {
         let file = open_log(path)?;
-        let bytes = std::fs::read(path)
-            .map_err(|e| ctx(e, format!("reading journal log {}", path.display())))?;
+        let bytes = std::fs::read(path).ctx_path("reading journal log", path)?;
         let (live, valid) = parse_log(&bytes);
-        let log = Log {
+        Ok((Log::with_file(path, file, valid as u64), live))
+    }
+
+    /// The log over `file`, whose first `len` bytes are valid records.
+    fn with_file(path: &Path, file: File, len: u64) -> Log {
+        Log {
             path: path.to_path_buf(),
             file,
-            len: valid as u64,
+            len,
             live: BTreeMap::new(),
             compact_at: COMPACT_MIN,
             buf: String::new(),
@@ -372,15 +373,14 @@ impl Log {
             ops_lost: false,
             reserved: HashMap::new(),
             reserve_seq: 0,
-        };
-        Ok((log, live))
+        }
     }
 
     /// Empties the log: every file is durable.
     pub fn reset(&mut self) -> io::Result<()> {
         self.file
             .set_len(0)
-            .map_err(|e| ctx(e, format!("truncating journal log {}", self.path.display())))?;
+            .ctx_path("truncating journal log", &self.path)?;
         self.len = 0;
         self.live.clear();
         self.compact_at = COMPACT_MIN;
@@ -407,10 +407,11 @@ impl Log {
         for rec in recs {
             rec.encode_into(&mut self.buf);
         }
-        if let Err(e) = self.file.write_all_at(self.buf.as_bytes(), self.len) {
+        let written = self.file.write_all_at(self.buf.as_bytes(), self.len);
+        if let Err(e) = written.ctx_path("writing journal log", &self.path) {
             // Best effort: if even this fails the crc still rejects the torn record.
             let _ = self.file.set_len(self.len);
-            return Err(e);
+            return Err(e.into());
         }
         self.len += self.buf.len() as u64;
         self.pending.clear();
@@ -528,13 +529,11 @@ impl Log {
         }
         self.buf.push_str(&self.pending);
         self.pending.clear();
-        if let Err(e) = self.file.write_all_at(self.buf.as_bytes(), self.len) {
+        let written = self.file.write_all_at(self.buf.as_bytes(), self.len);
+        if let Err(e) = written.ctx_path("writing journal log", &self.path) {
             let _ = self.file.set_len(self.len);
             self.ops_lost = true;
-            return Err(ctx(
-                e,
-                format!("writing journal log {}", self.path.display()),
-            ));
+            return Err(e.into());
         }
         self.len += self.buf.len() as u64;
         Ok(())
@@ -672,15 +671,10 @@ impl Log {
             w.flush()?;
             Ok(len)
         };
-        let new_len = write_tmp()
-            .map_err(|e| ctx(e, format!("writing compacted journal {}", tmp.display())))?;
+        let new_len = write_tmp().ctx_path("writing compacted journal", &tmp)?;
         crate::pause::point("compact-before-rename");
-        std::fs::rename(&tmp, &self.path).map_err(|e| {
-            ctx(
-                e,
-                format!("renaming {} over {}", tmp.display(), self.path.display()),
-            )
-        })?;
+        std::fs::rename(&tmp, &self.path)
+            .with_ctx(|| format!("renaming {} over {}", tmp.display(), self.path.display()))?;
         crate::pause::point("compact-after-rename");
         self.file = open_log(&self.path)?;
         self.len = new_len;
@@ -693,6 +687,7 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{errno_of, FsError};
 
     fn handle() -> FileHandle {
         FileHandle {
@@ -787,6 +782,35 @@ mod tests {
             "corrupt record and what follows ignored"
         );
         assert_ne!(full[&1].extents, live[&1].extents);
+    }
+
+    /// A full state dir: /dev/full fails every write with ENOSPC.  The error the journal
+    /// hands up keeps that errno (a program must see ENOSPC, not EIO) and names the log.
+    #[test]
+    fn a_failed_log_write_keeps_the_os_errno() {
+        let path = Path::new("/dev/full");
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        let mut log = Log::with_file(path, file, 0);
+        let e = log.append(&Record::Durable { id: 1 }).unwrap_err();
+        assert_eq!(errno_of(&e), libc::ENOSPC, "{e}");
+        let e = FsError::from(e);
+        assert_eq!(e.errno, libc::ENOSPC);
+        assert!(
+            e.to_string().contains("writing journal log /dev/full"),
+            "{e}"
+        );
+        // Op records wait in memory; writing them out meets the same full disk.
+        let op = OpRec {
+            size_before: 0,
+            start: 0,
+            end: 100,
+            pre: Vec::new(),
+        };
+        log.append_op(1, &op).unwrap();
+        let e = log.flush_ops().unwrap_err();
+        assert_eq!(errno_of(&e), libc::ENOSPC, "{e}");
+        assert!(log.ops_lost());
+        assert_eq!(log.len(), 0, "a failed write must not count as written");
     }
 
     #[test]

@@ -37,7 +37,7 @@ mod fileio;
 #[cfg(test)]
 mod keep_tests;
 mod log;
-pub(crate) use self::log::{ctx, open_private};
+pub(crate) use self::log::open_private;
 mod names;
 mod partial;
 #[cfg(test)]
@@ -50,6 +50,7 @@ use self::fileio::{
     byte_ranges, copy_range, hole_bytes, is_deleted, is_gone, path_of, restore, size_of, Restored,
 };
 use self::log::{Extent, LiveFile, Log, Record};
+use crate::error::{Context as _, FsError};
 use crate::handle::FileHandle;
 use crate::keep::{KeepMode, KeepSpec};
 use crate::rangeset::RangeSet;
@@ -167,9 +168,10 @@ fn mkdir_private(dir: &Path) -> io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| ctx(e, format!("creating state dir {}", dir.display())))?;
+        .ctx_path("creating state dir", dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| ctx(e, format!("chmod 0700 {}", dir.display())))
+        .ctx_path("chmod 0700", dir)?;
+    Ok(())
 }
 
 /// Deletes every undo file (they are worthless once the log is reset).
@@ -228,7 +230,7 @@ impl Journal {
                     ),
                 ))
             }
-            Err((_, e)) => return Err(ctx(e.into(), format!("flock {}", lock_path.display()))),
+            Err((_, e)) => Err(e).ctx_path("flock", &lock_path)?,
         };
         let undo_dir = state_dir.join("undo");
         mkdir_private(&undo_dir)?;
@@ -256,8 +258,7 @@ impl Journal {
             crate::pause::point("replay-after-reset");
         }
         clear_undo_dir(&undo_dir);
-        let undo_fd = File::open(&undo_dir)
-            .map_err(|e| ctx(e, format!("opening undo dir {}", undo_dir.display())))?;
+        let undo_fd = File::open(&undo_dir).ctx_path("opening undo dir", &undo_dir)?;
         let journal = Journal {
             state_dir: state_dir.to_path_buf(),
             undo_dir: PathBuf::from(format!("/proc/self/fd/{}", undo_fd.as_raw_fd())),
@@ -464,18 +465,20 @@ impl Journal {
                     Err(e) => {
                         let what = path_of(fd.as_fd(), &self.root_path)
                             .unwrap_or_else(|| format!("inode {}", key.ino));
-                        first_err.get_or_insert(ctx(e.into(), format!("fsync of {what}")));
+                        first_err
+                            .get_or_insert(FsError::from(e).context(format!("fsync of {what}")));
                         continue;
                     }
                 },
                 Err(e) if is_gone(&e) => false,
                 Err(e) => {
-                    first_err.get_or_insert(ctx(e, format!("opening inode {} to sync", key.ino)));
+                    first_err
+                        .get_or_insert(FsError::from(e).context("opening to sync").ino(key.ino));
                     continue;
                 }
             };
             if let Err(e) = guard.mark_durable() {
-                first_err.get_or_insert(ctx(e, format!("marking inode {} durable", key.ino)));
+                first_err.get_or_insert(FsError::from(e).context("marking durable").ino(key.ino));
                 continue;
             }
             if synced {
@@ -485,7 +488,7 @@ impl Journal {
             crate::pause::point("sync-after-file");
         }
         match first_err {
-            Some(e) => Err(e),
+            Some(e) => Err(e.into()),
             None => Ok(report),
         }
     }
@@ -812,12 +815,12 @@ fn keep(root: BorrowedFd<'_>, root_path: &Path, f: &LiveFile) -> io::Result<Opti
         Ok(fd) if is_deleted(fd.as_fd()) => return gone(),
         Ok(fd) => fd,
         Err(e) if is_gone(&e) => return gone(),
-        Err(e) => return Err(ctx(e, format!("opening inode {} to sync it", f.ino))),
+        Err(e) => Err(e).ctx_ino("opening to sync", f.ino)?,
     };
     let path = path_of(fd.as_fd(), root_path);
     let name = || path.clone().unwrap_or_else(|| format!("inode {}", f.ino));
-    let size = size_of(fd.as_fd()).map_err(|e| ctx(e, format!("fstat of {}", name())))?;
-    nix::unistd::fsync(&fd).map_err(|e| ctx(e.into(), format!("fsync of {}", name())))?;
+    let size = size_of(fd.as_fd()).with_ctx(|| format!("fstat of {}", name()))?;
+    nix::unistd::fsync(&fd).with_ctx(|| format!("fsync of {}", name()))?;
     Ok(Some(FileLoss {
         path,
         size_before: size,
@@ -834,9 +837,10 @@ pub struct FileGuard<'a> {
     slot: Arc<Slot>,
 }
 
-/// Logs a failed guard operation with its context and hands the raw error back unchanged.
-fn warn_err(key: FileKey, op: &str, e: io::Error) -> io::Error {
-    tracing::warn!(dev = key.dev, ino = key.ino, op, error = %e, "journal: refusing change");
+/// Notes a refused change at debug level and hands the error back unchanged: the caller's
+/// request fails with it, and the FUSE adapter logs that failure at the error's level.
+fn note_refusal(key: FileKey, op: &str, e: io::Error) -> io::Error {
+    tracing::debug!(dev = key.dev, ino = key.ino, op, error = %e, "journal: refusing change");
     e
 }
 
@@ -1025,7 +1029,7 @@ impl FileGuard<'_> {
             t.size = t.size.max(end);
             Ok(())
         });
-        res.map_err(|e| warn_err(self.key, "write", e))
+        res.map_err(|e| note_refusal(self.key, "write", e))
     }
 
     /// Call before truncating the file to `new_size`.  Truncating below the durable size
@@ -1048,7 +1052,7 @@ impl FileGuard<'_> {
             t.dirty.insert(old.max(d), new_size);
             Ok(())
         });
-        res.map_err(|e| warn_err(self.key, "truncate", e))
+        res.map_err(|e| note_refusal(self.key, "truncate", e))
     }
 
     /// Call before fallocate(2) with any mode: 0 (may extend the size), KEEP_SIZE,
@@ -1127,7 +1131,7 @@ impl FileGuard<'_> {
             }
             Ok(())
         });
-        res.map_err(|e| warn_err(self.key, "fallocate", e))
+        res.map_err(|e| note_refusal(self.key, "fallocate", e))
     }
 
     /// Call after fsyncing/fdatasyncing the backing file, still holding this guard (so no
@@ -1171,7 +1175,7 @@ impl FileGuard<'_> {
             if let Err(e) = log.end_epoch(t.id, self.key.dev, self.key.ino, next) {
                 // Still described by the log: keep tracking so memory and disk agree.
                 st.tracked = Some(t);
-                return Err(warn_err(self.key, "fsync", e));
+                return Err(note_refusal(self.key, "fsync", e));
             }
             if let Err(e) = log.maybe_compact() {
                 // The log stays valid (old or new), only bigger than it needs to be.
@@ -1239,7 +1243,7 @@ impl FileGuard<'_> {
             }
             Err(e) => {
                 st.tracked = Some(t);
-                Err(warn_err(self.key, "discard after fsync error", e))
+                Err(note_refusal(self.key, "discard after fsync error", e))
             }
         }
     }

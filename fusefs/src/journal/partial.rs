@@ -4,8 +4,9 @@
 
 use super::crashstate::{self, CrashPlan, PrefixBuilder};
 use super::fileio::{byte_ranges, hole_bytes, is_deleted, is_gone, path_of, size_of};
-use super::log::{ctx, LiveFile};
+use super::log::LiveFile;
 use super::{FileKey, Journal, Tracked};
+use crate::error::Context as _;
 use crate::handle::FileHandle;
 use crate::keep::{KeepMode, KeepSpec};
 use crate::prng::SplitMix64;
@@ -31,18 +32,13 @@ impl Journal {
             Ok(file) if !is_deleted(file.as_fd()) => file,
             Ok(_) => return Ok(super::deleted(key_of(live))),
             Err(e) if is_gone(&e) => return Ok(super::deleted(key_of(live))),
-            Err(e) => {
-                return Err(ctx(
-                    e,
-                    format!("opening file (dev {} ino {})", live.dev, live.ino),
-                ))
-            }
+            Err(e) => Err(e).ctx_ino("opening file to restore", live.ino)?,
         };
         let path = path_of(file.as_fd(), &self.root_path);
         let name = path
             .clone()
             .unwrap_or_else(|| format!("inode {}", live.ino));
-        let size = size_of(file.as_fd()).map_err(|e| ctx(e, format!("fstat of {name}")))?;
+        let size = size_of(file.as_fd()).with_ctx(|| format!("fstat of {name}"))?;
         let d = t.durable_size;
         let plan = match (mode, prefix) {
             (KeepMode::Random, _) => {
@@ -58,20 +54,20 @@ impl Journal {
         };
         let undo = if t.undo_len > 0 {
             let p = self.undo_dir.join(t.id.to_string());
-            Some(File::open(&p).map_err(|e| ctx(e, format!("opening undo data {}", p.display())))?)
+            Some(File::open(&p).ctx_path("opening undo data", &p)?)
         } else {
             None
         };
         let lost_holes = hole_bytes(file.as_fd(), &plan.lost, size)
-            .map_err(|e| ctx(e, format!("finding the holes of {name}")))?;
+            .with_ctx(|| format!("finding the holes of {name}"))?;
         crashstate::apply_plan(
             file.as_fd(),
             undo.as_ref().map(|u| u.as_fd()),
             &live.extents,
             &plan,
         )
-        .map_err(|e| ctx(e, format!("restoring {name}")))?;
-        nix::unistd::fdatasync(&file).map_err(|e| ctx(e.into(), format!("fdatasync of {name}")))?;
+        .with_ctx(|| format!("restoring {name}"))?;
+        nix::unistd::fdatasync(&file).with_ctx(|| format!("fdatasync of {name}"))?;
         Ok(FileLoss {
             path,
             size_before: size,

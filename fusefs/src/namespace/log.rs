@@ -17,8 +17,9 @@
 //!   was at the second name.  Written before the change.
 //! - `D seq`: change `seq` is settled (committed, cancelled or undone): forget it.
 
+use crate::error::Context as _;
 use crate::handle::FileHandle;
-use crate::journal::{ctx, open_private, FileKey};
+use crate::journal::{open_private, FileKey};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
@@ -435,8 +436,7 @@ impl NsLog {
     /// that settling them one by one keeps the log valid until the last one).
     pub fn open(path: &Path) -> io::Result<(NsLog, BTreeMap<u64, Change>)> {
         let file = open_log(path)?;
-        let bytes = std::fs::read(path)
-            .map_err(|e| ctx(e, format!("reading namespace log {}", path.display())))?;
+        let bytes = std::fs::read(path).ctx_path("reading namespace log", path)?;
         let (live, valid) = parse_log(&bytes);
         Ok((
             NsLog {
@@ -462,12 +462,10 @@ impl NsLog {
             Record::Header.encode_into(&mut buf);
         }
         rec.encode_into(&mut buf);
-        if let Err(e) = self.file.write_all_at(buf.as_bytes(), self.len) {
+        let written = self.file.write_all_at(buf.as_bytes(), self.len);
+        if let Err(e) = written.ctx_path("writing namespace log", &self.path) {
             let _ = self.file.set_len(self.len);
-            return Err(ctx(
-                e,
-                format!("writing namespace log {}", self.path.display()),
-            ));
+            return Err(e.into());
         }
         self.len += buf.len() as u64;
         apply(&mut self.live, rec);
@@ -481,12 +479,9 @@ impl NsLog {
     }
 
     pub fn reset(&mut self) -> io::Result<()> {
-        self.file.set_len(0).map_err(|e| {
-            ctx(
-                e,
-                format!("truncating namespace log {}", self.path.display()),
-            )
-        })?;
+        self.file
+            .set_len(0)
+            .ctx_path("truncating namespace log", &self.path)?;
         self.len = 0;
         self.live.clear();
         self.compact_at = COMPACT_MIN;
@@ -512,14 +507,8 @@ impl NsLog {
             }
         }
         let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text.as_bytes())
-            .map_err(|e| ctx(e, format!("writing {}", tmp.display())))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| {
-            ctx(
-                e,
-                format!("renaming {} over the namespace log", tmp.display()),
-            )
-        })?;
+        std::fs::write(&tmp, text.as_bytes()).ctx_path("writing", &tmp)?;
+        std::fs::rename(&tmp, &self.path).ctx_path("renaming over the namespace log", &tmp)?;
         self.file = open_log(&self.path)?;
         self.len = text.len() as u64;
         self.compact_at = COMPACT_MIN.max(self.len * 2);

@@ -38,6 +38,7 @@ mod tests;
 
 pub use self::log::Kind;
 use self::log::{Change, DirRef, NsLog, Record};
+use crate::error::Context as _;
 use crate::handle::FileHandle;
 use crate::journal::{FileKey, Journal};
 use crate::report::NamespaceUndo;
@@ -116,10 +117,6 @@ pub struct Namespace {
     state: Mutex<State>,
 }
 
-fn ctx(e: io::Error, what: impl std::fmt::Display) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
-}
-
 fn cname(name: &[u8]) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
@@ -155,15 +152,12 @@ impl Namespace {
             .mode(0o700)
             .recursive(true)
             .create(&graveyard_path)
-            .map_err(|e| ctx(e, format!("creating {}", graveyard_path.display())))?;
-        let graveyard = std::fs::File::open(&graveyard_path)
-            .map_err(|e| ctx(e, format!("opening {}", graveyard_path.display())))?;
+            .ctx_path("creating", &graveyard_path)?;
+        let graveyard =
+            std::fs::File::open(&graveyard_path).ctx_path("opening", &graveyard_path)?;
         if model != Model::Durable {
-            let g = graveyard
-                .metadata()
-                .map_err(|e| ctx(e, format!("stat {}", graveyard_path.display())))?;
-            let r = crate::fs::fstat(backing_root.as_fd())
-                .map_err(|e| ctx(e, format!("stat {}", backing_root_path.display())))?;
+            let g = graveyard.metadata().ctx_path("stat", &graveyard_path)?;
+            let r = crate::fs::fstat(backing_root.as_fd()).ctx_path("stat", backing_root_path)?;
             if g.dev() != r.st_dev {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -248,7 +242,8 @@ impl Namespace {
                 }
             })
             .map(|_| ())
-            .map_err(|e| ctx(e, "starting the periodic namespace commit thread"))
+            .ctx("starting the periodic namespace commit thread")
+            .map_err(io::Error::from)
     }
 
     /// Number of changes not yet committed.
@@ -567,12 +562,8 @@ impl Namespace {
     fn open_dir(&self, d: &DirRef) -> io::Result<OwnedFd> {
         d.handle
             .open(self.root.as_fd(), libc::O_PATH | libc::O_DIRECTORY)
-            .map_err(|e| {
-                ctx(
-                    e,
-                    format!("opening directory (dev {} ino {})", d.key.dev, d.key.ino),
-                )
-            })
+            .ctx_ino("opening directory", d.key.ino)
+            .map_err(io::Error::from)
     }
 
     /// Undoes one change; never fails, the report entry says what went wrong.
