@@ -5,7 +5,6 @@
 use super::glob::Glob;
 use crate::report::PowercutReport;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use std::fmt::Write as _;
 
 /// A filesystem operation, as fault rules and crash points name it.
@@ -490,7 +489,8 @@ impl FaultsStatus {
 }
 
 /// A control request to the fault engine (the commands `arm`, `disarm`, `fault_add`,
-/// `fault_list`, `fault_clear`, `disk_full` of the control protocol).
+/// `fault_list`, `fault_clear`, `disk_full` of the control protocol, whose wire form is in
+/// `control::protocol`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FaultCommand {
     Arm(CrashSpec),
@@ -501,86 +501,4 @@ pub enum FaultCommand {
     Clear(Option<u64>),
     /// Disk-full mode with this limit in bytes, or off.
     DiskFull(Option<u64>),
-}
-
-/// The protocol's command names for [`FaultCommand`].
-pub const FAULT_COMMANDS: [&str; 6] = [
-    "arm",
-    "disarm",
-    "fault_add",
-    "fault_list",
-    "fault_clear",
-    "disk_full",
-];
-
-fn only_fields(cmd: &str, obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
-    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(format!(
-            "unknown field {:?} in {cmd} request (allowed: {})",
-            k.chars().take(64).collect::<String>(),
-            allowed.join(", ")
-        )),
-        None => Ok(()),
-    }
-}
-
-fn optional_u64(cmd: &str, obj: &Map<String, Value>, key: &str) -> Result<Option<u64>, String> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| format!("\"{key}\" of {cmd} must be a non-negative integer, got {v}")),
-    }
-}
-
-impl FaultCommand {
-    /// Parses the fields of a fault command (`v` and `cmd` excluded); `None` if `cmd` is not
-    /// one.  Values are validated here, so a bad rule is refused before it reaches the engine.
-    pub fn parse(cmd: &str, fields: &Map<String, Value>) -> Option<Result<FaultCommand, String>> {
-        let spec_err = |e: serde_json::Error| format!("bad {cmd} request: {e}");
-        let r = match cmd {
-            "arm" => serde_json::from_value::<CrashSpec>(Value::Object(fields.clone()))
-                .map_err(spec_err)
-                .and_then(|s| s.check().map(|_| FaultCommand::Arm(s))),
-            "fault_add" => serde_json::from_value::<FaultSpec>(Value::Object(fields.clone()))
-                .map_err(spec_err)
-                .and_then(|s| s.check().map(|_| FaultCommand::Add(s))),
-            "disarm" => only_fields(cmd, fields, &[]).map(|()| FaultCommand::Disarm),
-            "fault_list" => only_fields(cmd, fields, &[]).map(|()| FaultCommand::List),
-            "fault_clear" => only_fields(cmd, fields, &["id"])
-                .and_then(|()| optional_u64(cmd, fields, "id"))
-                .map(FaultCommand::Clear),
-            "disk_full" => only_fields(cmd, fields, &["limit"])
-                .and_then(|()| optional_u64(cmd, fields, "limit"))
-                .map(FaultCommand::DiskFull),
-            _ => return None,
-        };
-        Some(r)
-    }
-
-    /// The command name and fields, as on the wire.
-    pub fn to_fields(&self) -> (&'static str, Map<String, Value>) {
-        let obj = |v: Result<Value, serde_json::Error>| match v {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        let mut m = Map::new();
-        match self {
-            FaultCommand::Arm(s) => ("arm", obj(serde_json::to_value(s))),
-            FaultCommand::Disarm => ("disarm", m),
-            FaultCommand::Add(s) => ("fault_add", obj(serde_json::to_value(s))),
-            FaultCommand::List => ("fault_list", m),
-            FaultCommand::Clear(id) => {
-                if let Some(id) = id {
-                    m.insert("id".into(), Value::from(*id));
-                }
-                ("fault_clear", m)
-            }
-            FaultCommand::DiskFull(limit) => {
-                m.insert("limit".into(), limit.map_or(Value::Null, Value::from));
-                ("disk_full", m)
-            }
-        }
-    }
 }
