@@ -4,7 +4,6 @@
 use lossfs::control::{ControlHandler, ControlServer};
 use lossfs::report::{FileLoss, PowercutReport, StatusReport, SyncReport};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -106,17 +105,17 @@ impl ControlHandler for Fake {
     }
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("lossctl-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("lossctl-cli-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
 fn commands_against_a_fake_daemon() {
     let dir = temp_dir("fake");
-    let sock = dir.join("ctl.sock");
+    let sock = dir.path().join("ctl.sock");
     let fake = Arc::new(Fake {
         powercuts: AtomicUsize::new(0),
         no_kill_seen: AtomicUsize::new(0),
@@ -156,13 +155,12 @@ fn commands_against_a_fake_daemon() {
     let err = text(&out.stderr);
     assert!(err.contains("cannot connect to control socket"), "{err}");
     assert!(err.contains(s), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_daemon_that_never_answers_exits_4_after_the_timeout() {
     let dir = temp_dir("mute");
-    let sock = dir.join("mute.sock");
+    let sock = dir.path().join("mute.sock");
     // Listening but never accepting: connect succeeds, no answer ever comes.
     let _listener = UnixListener::bind(&sock).unwrap();
     let started = Instant::now();
@@ -176,5 +174,4 @@ fn a_daemon_that_never_answers_exits_4_after_the_timeout() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("no answer from"));
     assert!(started.elapsed() < Duration::from_secs(5));
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -585,11 +585,11 @@ mod tests {
         let b = t.dir("backing");
         let m = t.dir("mnt");
         fs::create_dir(b.join("sub")).unwrap();
-        symlink(&m, t.0.join("link")).unwrap();
+        symlink(&m, t.path().join("link")).unwrap();
         let (cb, cm) = check_paths(
             &b.join("sub/.."),
-            &t.0.join("link"),
-            Some(&t.0.join("state/not/yet")),
+            &t.path().join("link"),
+            Some(&t.path().join("state/not/yet")),
         )
         .unwrap();
         assert_eq!(cb, fs::canonicalize(&b).unwrap());
@@ -603,9 +603,9 @@ mod tests {
         let t = TempDir::new("options-bad");
         let b = t.dir("backing");
         let m = t.dir("mnt");
-        let file = t.0.join("file");
+        let file = t.path().join("file");
         fs::write(&file, b"x").unwrap();
-        let missing = t.0.join("missing");
+        let missing = t.path().join("missing");
 
         let err = check_paths(&missing, &m, None).unwrap_err();
         assert!(
@@ -647,8 +647,8 @@ mod tests {
             "{err}"
         );
         // Through a symlink into the mount point counts as inside too.
-        symlink(&m, t.0.join("to-mnt")).unwrap();
-        let err = check_paths(&b, &m, Some(&t.0.join("to-mnt/state"))).unwrap_err();
+        symlink(&m, t.path().join("to-mnt")).unwrap();
+        let err = check_paths(&b, &m, Some(&t.path().join("to-mnt/state"))).unwrap_err();
         assert!(err.contains("inside MOUNTPOINT"), "{err}");
     }
 
@@ -725,7 +725,7 @@ mod tests {
         );
         let err = check_fuse_at(dev, None).unwrap_err();
         assert!(err.contains("fusermount3"), "{err}");
-        let err = check_fuse_at(&t.0.join("nofuse"), Some(bin.as_os_str())).unwrap_err();
+        let err = check_fuse_at(&t.path().join("nofuse"), Some(bin.as_os_str())).unwrap_err();
         assert!(
             err.contains("does not exist") && err.contains("fuse3"),
             "{err}"

@@ -3,31 +3,29 @@
 //! SIGKILL replay, corrupt logs, locking, compaction and flat memory.
 
 use super::*;
+use crate::prng::SplitMix64;
+use crate::testdir::TempDir;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::atomic::AtomicUsize;
-
-static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 pub(super) struct Dirs {
-    base: PathBuf,
+    /// Removed on drop; `None` in a child process working in its parent's directory.
+    scratch: Option<TempDir>,
     data: PathBuf,
     state: PathBuf,
 }
 
 impl Dirs {
     pub(super) fn new(name: &str) -> Dirs {
-        let base = PathBuf::from(format!(
-            "/tmp/lossfs-journal-{}-{}-{}",
-            std::process::id(),
-            name,
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&base);
-        let data = base.join("data");
-        let state = base.join("state");
+        let scratch = TempDir::new(&format!("journal-{name}"));
+        let data = scratch.path().join("data");
+        let state = scratch.path().join("state");
         fs::create_dir_all(&data).unwrap();
-        Dirs { base, data, state }
+        Dirs {
+            scratch: Some(scratch),
+            data,
+            state,
+        }
     }
 
     pub(super) fn open(&self, rollback: bool) -> (Journal, Option<Vec<FileLoss>>) {
@@ -38,12 +36,6 @@ impl Dirs {
     fn try_open(&self) -> io::Result<(Journal, Option<Vec<FileLoss>>)> {
         let root: OwnedFd = File::open(&self.data).unwrap().into();
         Journal::open(&self.state, root, &self.data, true)
-    }
-}
-
-impl Drop for Dirs {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.base);
     }
 }
 
@@ -127,29 +119,8 @@ impl TFile {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 pub(super) fn pattern(n: usize, seed: u64) -> Vec<u8> {
-    Rng(seed | 1).bytes(n)
+    SplitMix64::new(seed).bytes(n)
 }
 
 fn ranges(v: &[(u64, u64)]) -> Vec<ByteRange> {
@@ -323,7 +294,7 @@ fn randomized_against_model() {
 fn run_model(seed: u64, steps: usize) {
     let d = Dirs::new("model");
     let (mut j, _) = d.open(true);
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     const FILES: usize = 3;
     let files: Vec<TFile> = (0..FILES)
         .map(|i| {
@@ -515,7 +486,7 @@ fn sigkilled_process_is_rolled_back() {
     const CHILD: &str = "LOSSFS_JOURNAL_KILL_CHILD";
     if let Ok(base) = std::env::var(CHILD) {
         let d = Dirs {
-            base: PathBuf::from(&base),
+            scratch: None,
             data: PathBuf::from(&base).join("data"),
             state: PathBuf::from(&base).join("state"),
         };
@@ -534,7 +505,7 @@ fn sigkilled_process_is_rolled_back() {
             "journal::tests::sigkilled_process_is_rolled_back",
             "--test-threads=1",
         ])
-        .env(CHILD, &d.base)
+        .env(CHILD, d.scratch.as_ref().map(TempDir::path).unwrap())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()

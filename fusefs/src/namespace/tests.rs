@@ -2,22 +2,22 @@
 //! directory, then undone, committed or replayed after a simulated kill (dropping the state).
 
 use super::*;
+use crate::testdir::TempDir;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
 struct Tmp {
-    root: PathBuf,
+    root: TempDir,
 }
 
 impl Tmp {
     fn new(tag: &str) -> Tmp {
-        let root = std::env::temp_dir().join(format!("lossfs-ns-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(root.join("backing")).unwrap();
+        let root = TempDir::new(&format!("ns-{tag}"));
+        root.dir("backing");
         Tmp { root }
     }
     fn backing(&self) -> PathBuf {
-        self.root.join("backing")
+        self.root.path().join("backing")
     }
     fn p(&self, rel: &str) -> PathBuf {
         self.backing().join(rel)
@@ -43,12 +43,6 @@ impl Tmp {
         )
         .unwrap();
         Mounted { ns, report }
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
     }
 }
 
@@ -391,7 +385,11 @@ fn non_durable_models_need_the_state_dir_on_the_backing_filesystem() {
         "this test needs /dev/shm on another filesystem than {}",
         t.backing().display()
     );
-    let state = shm.join(format!("lossfs-ns-xdev-{}", std::process::id()));
+    let shm_dir = tempfile::Builder::new()
+        .prefix("lossfs-ns-xdev-")
+        .tempdir_in(shm)
+        .unwrap();
+    let state = shm_dir.path().join("state");
     let root = fs::File::open(t.backing()).unwrap();
     let (journal, _) =
         Journal::open(&state, root.try_clone().unwrap().into(), &t.backing(), true).unwrap();
@@ -410,7 +408,6 @@ fn non_durable_models_need_the_state_dir_on_the_backing_filesystem() {
     assert!(err.contains("same filesystem as BACKING"), "{err}");
     assert!(open(Model::Durable).is_ok());
     drop(journal);
-    let _ = fs::remove_dir_all(&state);
 }
 
 #[test]
