@@ -1293,6 +1293,7 @@ mod tests {
 
     #[test]
     fn cap_fsetid_is_read_from_the_callers_status() {
+        crate::testdir::require_root("it checks that root holds CAP_FSETID");
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000000000010\n";
         assert_eq!(cap_eff(status), Some(0x10));
         assert_eq!(cap_eff("Name:\tx\n"), None);

@@ -654,6 +654,7 @@ mod tests {
 
     #[test]
     fn bind_mount_of_backing_counts_as_the_same_directory() {
+        crate::testdir::require_root("it bind-mounts");
         let t = TempDir::new("options-bind");
         let b = t.dir("backing");
         let m = t.dir("mnt");
@@ -673,6 +674,7 @@ mod tests {
 
     #[test]
     fn disconnected_fuse_mount_is_reported() {
+        crate::testdir::require_root("it mounts FUSE");
         let t = TempDir::new("options-stale");
         let b = t.dir("backing");
         let m = t.dir("mnt");

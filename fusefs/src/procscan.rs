@@ -478,6 +478,7 @@ mod tests {
     /// unmount first and then remove it with `remove_dir`, which never descends into a
     /// mount that failed to go away.
     fn mount_point(tag: &str) -> PathBuf {
+        crate::testdir::require_root("it mounts a file system to scan");
         tempfile::Builder::new()
             .prefix(&format!("lossfs-procscan-{tag}-"))
             .tempdir()

@@ -1,7 +1,19 @@
 //! Scratch directories for unit tests: tempfile's (unique, removed on drop, also when the
-//! test fails), named after the test so a leftover one tells where it came from.
+//! test fails), named after the test so a leftover one tells where it came from.  And the
+//! one check of the unit tests that need root, so that without root they fail at once
+//! saying so, not later with a bare EPERM.
 
 use std::path::{Path, PathBuf};
+
+/// Fails the calling test unless it runs as root; `why` names the privileged call.
+pub(crate) fn require_root(why: &str) {
+    let euid = nix::unistd::geteuid();
+    assert!(
+        euid.is_root(),
+        "this unit test needs root ({why}) and runs as uid {euid}: run the tests as root, as \
+         CI does (tests/README.md lists what runs without root)"
+    );
+}
 
 pub(crate) struct TempDir(tempfile::TempDir);
 

@@ -2,7 +2,11 @@
 //! directory, then undone, committed or replayed after a simulated kill (dropping the state).
 
 use super::*;
-use crate::testdir::TempDir;
+use crate::testdir::{require_root, TempDir};
+
+/// Why most of these tests need root (the ones that make the journal reopen a file).
+const JOURNAL_NEEDS_ROOT: &str =
+    "the journal reopens files with open_by_handle_at, which needs CAP_DAC_READ_SEARCH";
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
@@ -128,6 +132,7 @@ fn names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn undo_reverses_every_kind_of_change() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let t = Tmp::new("undo");
     fs::write(t.p("data"), b"old").unwrap();
     fs::write(t.p("victim"), b"durable").unwrap();
@@ -175,6 +180,7 @@ fn undo_reverses_every_kind_of_change() {
 
 #[test]
 fn posix_dir_fsync_commits_its_changes_and_their_parent_chain() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let t = Tmp::new("posix");
     let m = t.open(Model::Posix, true);
     let ns = &m.ns;
@@ -204,6 +210,7 @@ fn posix_dir_fsync_commits_its_changes_and_their_parent_chain() {
 
 #[test]
 fn journal_model_commits_everything_on_any_fsync() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let t = Tmp::new("journal");
     fs::write(t.p("old"), b"x").unwrap();
     let m = t.open(Model::Journal, true);
@@ -226,6 +233,7 @@ fn journal_model_commits_everything_on_any_fsync() {
 
 #[test]
 fn unlinking_one_hard_link_brings_back_exactly_that_name() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let t = Tmp::new("links");
     fs::write(t.p("a"), b"x").unwrap();
     fs::hard_link(t.p("a"), t.p("b")).unwrap();
@@ -239,6 +247,7 @@ fn unlinking_one_hard_link_brings_back_exactly_that_name() {
 
 #[test]
 fn replay_after_a_kill_finishes_an_interrupted_undo_exactly_once() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let t = Tmp::new("replay");
     fs::write(t.p("data"), b"old").unwrap();
     fs::write(t.p("victim"), b"v").unwrap();
@@ -412,6 +421,7 @@ fn non_durable_models_need_the_state_dir_on_the_backing_filesystem() {
 
 #[test]
 fn exchange_and_rename_over_an_empty_dir_are_undone() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let t = Tmp::new("exchange");
     fs::write(t.p("a"), b"A").unwrap();
     fs::write(t.p("b"), b"B").unwrap();
