@@ -468,7 +468,6 @@ fn block_signals() -> nix::sys::signal::SigSet {
     set
 }
 
-/// Entry of the `lossfs BACKING MOUNTPOINT` command: returns the process exit code.
 /// The pinning `sync_cpu=` asks for on a backing filesystem of device `dev`.  `auto` pins
 /// only where one CPU takes the disk's completion interrupts, and quietly does without
 /// otherwise; a CPU named outright must be usable.
@@ -502,6 +501,7 @@ fn sync_cpu_pin(choice: SyncCpu, dev: u64) -> Result<Option<CpuPin>, String> {
     }
 }
 
+/// Entry of the `lossfs BACKING MOUNTPOINT` command: returns the process exit code.
 pub fn run(args: MountArgs) -> i32 {
     let opts = match options::parse_mount_options(&args.options) {
         Ok(o) => o,

@@ -64,12 +64,6 @@ pub fn processes_using(target: &MountTarget) -> Vec<KilledProcess> {
         .collect()
 }
 
-/// SIGKILL every process using the mount, rescanning until a scan finds none left alive
-/// (processes can fork meanwhile) or `timeout` passes; waits until each killed pid is gone
-/// or a zombie (state Z in /proc/PID/stat) — a zombie holds no files. Returns all killed.
-///
-/// Err lists the processes still alive at the deadline (typically stuck in an uninterruptible
-/// wait, for example on a FUSE request the daemon has read but not answered).
 /// Sends SIGKILL once to every process using the mount, without waiting for them to die
 /// (a crash point: the process that triggered it cannot die before its request is
 /// answered); returns the pids signalled.
@@ -85,6 +79,12 @@ pub fn signal_users(target: &MountTarget) -> Vec<KilledProcess> {
         .collect()
 }
 
+/// SIGKILL every process using the mount, rescanning until a scan finds none left alive
+/// (processes can fork meanwhile) or `timeout` passes; waits until each killed pid is gone
+/// or a zombie (state Z in /proc/PID/stat) — a zombie holds no files. Returns all killed.
+///
+/// Err lists the processes still alive at the deadline (typically stuck in an uninterruptible
+/// wait, for example on a FUSE request the daemon has read but not answered).
 pub fn kill_users(target: &MountTarget, timeout: Duration) -> Result<Vec<KilledProcess>, String> {
     let deadline = Instant::now() + timeout;
     let mut killed: BTreeMap<i32, KilledProcess> = BTreeMap::new();
