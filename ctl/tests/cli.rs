@@ -41,6 +41,11 @@ fn a_missing_path_exits_3() {
         text(&out.stderr),
         "lossctl: /no/such/lossfs/dir: no such file or directory\n"
     );
+    let out = lossctl(&["powercut", "--json", "/no/such/lossfs/dir"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["exit_code"], 3);
+    assert_eq!(v["error"], "/no/such/lossfs/dir: no such file or directory");
 }
 
 #[test]
@@ -138,6 +143,18 @@ fn commands_against_a_fake_daemon() {
     assert_eq!(
         text(&out.stderr),
         format!("lossctl: {s}: fsync of data/log failed: Input/output error\n")
+    );
+
+    // With --json the error is JSON on stdout as well.
+    let out = lossctl(&["--socket", s, "--json", "sync"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "error": format!("{s}: fsync of data/log failed: Input/output error"),
+            "exit_code": 1
+        })
     );
 
     let out = lossctl(&["--socket", s, "powercut", "--no-kill"]);

@@ -386,8 +386,9 @@ fn open_dir_path(p: &Path) -> Result<OwnedFd, String> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Tells systemd (Type=notify) that the mount is ready, if it is listening.
-fn sd_notify_ready() {
+/// Tells systemd (Type=notify) the daemon's state, if it is listening: `READY=1` once the
+/// mount is ready, `STOPPING=1` once it is gone and the daemon winds down.
+fn sd_notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -399,12 +400,12 @@ fn sd_notify_ready() {
     let r = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
     } else {
-        sock.send_to(b"READY=1", &path)
+        sock.send_to(state.as_bytes(), &path)
     };
     if let Err(e) = r {
-        tracing::warn!("sd_notify READY=1 to {:?}: {e}", path);
+        tracing::warn!("sd_notify {state} to {:?}: {e}", path);
     }
 }
 
@@ -929,8 +930,9 @@ pub fn serve(
         umask,
         nofile,
     });
-    sd_notify_ready();
+    sd_notify("READY=1");
     let result = session.run();
+    sd_notify("STOPPING=1");
     *daemon.notifier.lock() = None;
     if let Some(w) = writeback {
         w.stop();

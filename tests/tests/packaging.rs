@@ -1,7 +1,7 @@
 //! Packaging: `scripts/install.sh` into a DESTDIR, `systemd-analyze verify` of the installed
 //! `lossfs@.service` (an instance with its configuration) and the Kafka drop-in, and the
 //! unit's ExecStart line run the way systemd runs it: READY=1 on `$NOTIFY_SOCKET` once the
-//! mount is ready, and SIGTERM unmounts cleanly.
+//! mount is ready, and SIGTERM unmounts cleanly after STOPPING=1.
 
 use lossfs_tests::*;
 use std::fs;
@@ -55,7 +55,7 @@ fn install_sh_stages_binaries_unit_and_config() {
         assert_eq!(mode(&p), 0o755, "{}", p.display());
         assert_eq!(read_all(&p), read_all(&lossfs_bin().with_file_name(b)));
     }
-    let unit = dest.join("etc/systemd/system/lossfs@.service");
+    let unit = dest.join("lib/systemd/system/lossfs@.service");
     assert_eq!(mode(&unit), 0o644);
     assert_eq!(
         read_all(&unit),
@@ -87,6 +87,21 @@ fn install_sh_stages_binaries_unit_and_config() {
     assert!(
         unit_text.contains("\nExecStart=/opt/lossfs/bin/lossfs -f ${BACKING} %f -o ${OPTIONS}\n"),
         "{unit_text}"
+    );
+    assert!(
+        !dest.join("etc/systemd").exists(),
+        "the unit goes to /lib/systemd/system, nothing to /etc/systemd"
+    );
+
+    // A unit an earlier version left in /etc would hide the new one: the install says so.
+    let stale = dest.join("etc/systemd/system/lossfs@.service");
+    fs::create_dir_all(stale.parent().expect("parent")).expect("mkdir");
+    fs::write(&stale, "[Service]\n").expect("stale unit");
+    let out = install(&dest, &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("overrides the new unit: remove it"),
+        "{}",
+        output_text(&out)
     );
 
     // Bad arguments fail with a message.
@@ -129,6 +144,7 @@ fn systemd_analyze_verify_accepts_the_units() {
     )
     .expect("conf");
     let sys = root.join("etc/systemd/system");
+    fs::create_dir_all(&sys).expect("mkdir /etc/systemd/system");
     fs::write(
         sys.join("kafka.service"),
         "[Service]\nExecStart=/usr/bin/lossfs --version\n",
@@ -230,6 +246,10 @@ fn notify_then_sigterm(options: &str) {
     assert!(st.success(), "lossfs exit after SIGTERM: {st:?}");
     assert!(!is_mounted(&mnt), "still mounted after SIGTERM");
     assert_eq!(read_all(&backing.join("f")), b"data");
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no second sd_notify message from {argv:?}: {e}"));
+    assert_eq!(&buf[..n], b"STOPPING=1", "systemd is told the daemon stops");
     let _ = fs::remove_dir_all(&dir);
 }
 
