@@ -4,12 +4,10 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 use lossfs::control::{self, ClientError, Request};
-use lossfs::faults::spec::{
-    CrashSpec, FaultCommand, FaultSpec, FaultsStatus, Op, When, MAX_DELAY_MS,
-};
+use lossfs::faults::spec::{CrashSpec, FaultCommand, FaultSpec, Op, When, MAX_DELAY_MS};
 use lossfs::keep::{check_granularity, KeepMode, KeepRequest};
 use lossfs::mountinfo::{self, MountEntry, FSTYPE};
-use lossfs::report::{PowercutReport, StatusReport, SyncReport};
+use lossfs::report::{FaultsStatus, PowercutReport, StatusReport, SyncReport};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

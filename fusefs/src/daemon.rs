@@ -5,7 +5,7 @@
 
 use crate::control::{self, ControlHandler, ControlServer};
 use crate::cpupin::CpuPin;
-use crate::faults::spec::{FaultCommand, FaultsStatus};
+use crate::faults::spec::FaultCommand;
 use crate::faults::{self, Cutter, Faults};
 use crate::fs::{fstat, Hidden, LossFs};
 use crate::fuse::FuseAdapter;
@@ -18,6 +18,7 @@ use crate::namespace::{Model, Namespace};
 use crate::options::{self, MountOptions, Recover, SyncCpu};
 use crate::procscan::{self, MountTarget};
 use crate::readahead;
+use crate::report::FaultsStatus;
 use crate::report::{KilledProcess, PowercutReport, StatusReport, SyncReport};
 use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 use parking_lot::{Condvar, Mutex};

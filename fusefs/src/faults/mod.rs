@@ -22,10 +22,11 @@ pub mod hook;
 pub mod rules;
 pub mod spec;
 
+use crate::report::{DiskFullStatus, FaultsStatus, LastCut};
 use crate::report::{KilledProcess, PowercutReport};
 use parking_lot::{Condvar, Mutex};
 use rules::{CrashPoint, Decision, Rule, RuleSet};
-use spec::{CrashSpec, DiskFullStatus, FaultSpec, FaultsStatus, LastCut, Op, When};
+use spec::{CrashSpec, FaultSpec, Op, When};
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

@@ -3,8 +3,9 @@
 //! unit-tested without a mount.
 
 use super::glob::Glob;
-use super::spec::{CrashPointStatus, CrashSpec, FaultAction, FaultSpec, Op, RuleStatus, When};
+use super::spec::{CrashSpec, FaultAction, FaultSpec, Op, When};
 use crate::prng::SplitMix64;
+use crate::report::{CrashPointStatus, RuleStatus};
 
 /// When a matching operation fires: from the `nth` match on, or with a seeded probability;
 /// at most `count` times.
