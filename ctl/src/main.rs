@@ -4,12 +4,10 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 use lossfs::control::{self, ClientError, Request};
-use lossfs::faults::spec::{
-    CrashSpec, FaultCommand, FaultSpec, FaultsStatus, Op, When, MAX_DELAY_MS,
-};
+use lossfs::faults::spec::{CrashSpec, FaultCommand, FaultSpec, Op, When, MAX_DELAY_MS};
 use lossfs::keep::{check_granularity, KeepMode, KeepRequest};
 use lossfs::mountinfo::{self, MountEntry, FSTYPE};
-use lossfs::report::{PowercutReport, StatusReport, SyncReport};
+use lossfs::report::{FaultsStatus, PowercutReport, StatusReport, SyncReport};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -293,6 +291,11 @@ impl Failure {
             Failure::NoAnswer(_) => 4,
         }
     }
+    /// The failure as `--json` prints it: `{"error": "...", "exit_code": N}`.
+    fn to_json(&self) -> Value {
+        serde_json::json!({ "error": self.message(), "exit_code": self.code() })
+    }
+
     fn message(&self) -> &str {
         match self {
             Failure::Daemon(m)
@@ -625,7 +628,15 @@ fn powercut_all(cli: &Cli, no_kill: bool, keep: KeepRequest) -> (String, Vec<Fai
                 Ok(s) => text.push_str(&s),
                 Err(f) => failures.push(f),
             },
-            Err(f) => failures.push(f),
+            Err(f) => {
+                // A mount that was not cut is in the JSON too, so a script sees every mount.
+                if cli.json {
+                    let mut e = f.to_json();
+                    e["mountpoint"] = Value::from(t.name.as_str());
+                    values.push(e);
+                }
+                failures.push(f);
+            }
         }
     }
     if cli.json {
@@ -662,6 +673,13 @@ fn main() -> ExitCode {
             fault_request(cmd).and_then(|(mp, c)| run_one(&cli, mp.as_deref(), Request::Faults(c))),
         ),
     };
+    // With --json, stdout is JSON whatever happens: a command that failed before it had
+    // anything to print prints its error as JSON (the message goes to stderr as well).
+    if cli.json && out.is_empty() {
+        if let Some(f) = failures.first() {
+            println!("{}", f.to_json());
+        }
+    }
     print!("{out}");
     let mut code = 0;
     for f in &failures {

@@ -5,7 +5,6 @@ use lossfs::control::{ControlHandler, ControlServer};
 use lossfs::error::{FsError, FsResult};
 use lossfs::report::{FileLoss, PowercutReport, StatusReport, SyncReport};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -43,6 +42,11 @@ fn a_missing_path_exits_3() {
         text(&out.stderr),
         "lossctl: /no/such/lossfs/dir: no such file or directory\n"
     );
+    let out = lossctl(&["powercut", "--json", "/no/such/lossfs/dir"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["exit_code"], 3);
+    assert_eq!(v["error"], "/no/such/lossfs/dir: no such file or directory");
 }
 
 #[test]
@@ -108,17 +112,17 @@ impl ControlHandler for Fake {
     }
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("lossctl-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("lossctl-cli-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
 fn commands_against_a_fake_daemon() {
     let dir = temp_dir("fake");
-    let sock = dir.join("ctl.sock");
+    let sock = dir.path().join("ctl.sock");
     let fake = Arc::new(Fake {
         powercuts: AtomicUsize::new(0),
         no_kill_seen: AtomicUsize::new(0),
@@ -143,6 +147,18 @@ fn commands_against_a_fake_daemon() {
         format!("lossctl: {s}: fsync of data/log failed: Input/output error (os error 5)\n")
     );
 
+    // With --json the error is JSON on stdout as well.
+    let out = lossctl(&["--socket", s, "--json", "sync"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "error": format!("{s}: fsync of data/log failed: Input/output error"),
+            "exit_code": 1
+        })
+    );
+
     let out = lossctl(&["--socket", s, "powercut", "--no-kill"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("wal: lost 60 bytes, size 100 -> 40"));
@@ -158,13 +174,12 @@ fn commands_against_a_fake_daemon() {
     let err = text(&out.stderr);
     assert!(err.contains("cannot connect to control socket"), "{err}");
     assert!(err.contains(s), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_daemon_that_never_answers_exits_4_after_the_timeout() {
     let dir = temp_dir("mute");
-    let sock = dir.join("mute.sock");
+    let sock = dir.path().join("mute.sock");
     // Listening but never accepting: connect succeeds, no answer ever comes.
     let _listener = UnixListener::bind(&sock).unwrap();
     let started = Instant::now();
@@ -178,5 +193,4 @@ fn a_daemon_that_never_answers_exits_4_after_the_timeout() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("no answer from"));
     assert!(started.elapsed() < Duration::from_secs(5));
-    std::fs::remove_dir_all(&dir).unwrap();
 }

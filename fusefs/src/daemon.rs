@@ -6,7 +6,7 @@
 use crate::control::{self, ControlHandler, ControlServer};
 use crate::cpupin::{self, CpuPin};
 use crate::error::{Context as _, FsError, FsResult};
-use crate::faults::spec::{FaultCommand, FaultsStatus};
+use crate::faults::spec::FaultCommand;
 use crate::faults::{self, Cutter, Faults};
 use crate::fs::{fstat, Hidden, LossFs};
 use crate::fuse::FuseAdapter;
@@ -20,6 +20,7 @@ use crate::namespace::{Model, Namespace};
 use crate::options::{self, MountOptions, Recover, SyncCpu};
 use crate::procscan::{self, MountTarget};
 use crate::readahead;
+use crate::report::FaultsStatus;
 use crate::report::{KilledProcess, PowercutReport, StatusReport, SyncReport};
 use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 use parking_lot::{Condvar, Mutex};
@@ -416,8 +417,9 @@ fn open_dir_path(p: &Path) -> Result<OwnedFd, String> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Tells systemd (Type=notify) that the mount is ready, if it is listening.
-fn sd_notify_ready() {
+/// Tells systemd (Type=notify) the daemon's state, if it is listening: `READY=1` once the
+/// mount is ready, `STOPPING=1` once it is gone and the daemon winds down.
+fn sd_notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -429,12 +431,12 @@ fn sd_notify_ready() {
     let r = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
     } else {
-        sock.send_to(b"READY=1", &path)
+        sock.send_to(state.as_bytes(), &path)
     };
     if let Err(e) = r {
-        tracing::warn!("sd_notify READY=1 to {:?}: {e}", path);
+        tracing::warn!("sd_notify {state} to {:?}: {e}", path);
     }
 }
 
@@ -498,7 +500,6 @@ fn block_signals() -> nix::sys::signal::SigSet {
     set
 }
 
-/// Entry of the `lossfs BACKING MOUNTPOINT` command: returns the process exit code.
 /// Whether BACKING is on a noexec mount: the lossfs mount then is too, or a program could
 /// run through it what BACKING refuses to run.  (fuser always mounts nosuid and nodev.)
 fn backing_is_noexec(backing: &std::path::Path) -> bool {
@@ -560,6 +561,7 @@ fn sync_cpu_pin(choice: SyncCpu, dev: u64) -> Result<Option<SyncPin>, String> {
     }
 }
 
+/// Entry of the `lossfs BACKING MOUNTPOINT` command: returns the process exit code.
 pub fn run(args: MountArgs) -> i32 {
     let opts = match options::parse_mount_options(&args.options) {
         Ok(o) => o,
@@ -1018,8 +1020,9 @@ pub fn serve(
         nofile,
         state_dir: state_dir.clone(),
     });
-    sd_notify_ready();
+    sd_notify("READY=1");
     let result = session.run();
+    sd_notify("STOPPING=1");
     *daemon.notifier.lock() = None;
     if let Some(w) = writeback {
         w.stop();

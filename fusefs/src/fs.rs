@@ -1150,17 +1150,13 @@ mod tests {
     //! name is neither found nor taken.
     use super::*;
     use crate::handle::FileHandle;
+    use crate::testdir::TempDir;
     use std::path::{Path, PathBuf};
 
     struct Fixture {
         dir: PathBuf,
         fs: LossFs,
-    }
-
-    impl Drop for Fixture {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        _scratch: TempDir,
     }
 
     fn open_path(p: &Path) -> OwnedFd {
@@ -1177,8 +1173,8 @@ mod tests {
 
     /// A LossFs over `DIR/backing`, with its state dir at `DIR/backing/.lossfs` (hidden).
     fn fixture(tag: &str) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("lossfs-fs-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = TempDir::new(&format!("fs-{tag}"));
+        let dir = scratch.path().to_path_buf();
         let backing = dir.join("backing");
         std::fs::create_dir_all(&backing).unwrap();
         let state = backing.join(".lossfs");
@@ -1199,7 +1195,11 @@ mod tests {
             Arc::new(journal),
             Some(hidden),
         );
-        Fixture { dir, fs }
+        Fixture {
+            dir,
+            fs,
+            _scratch: scratch,
+        }
     }
 
     fn root_caller() -> Caller {
@@ -1269,6 +1269,7 @@ mod tests {
 
     #[test]
     fn cap_fsetid_is_read_from_the_callers_status() {
+        crate::testdir::require_root("it checks that root holds CAP_FSETID");
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000000000010\n";
         assert_eq!(cap_eff(status), Some(0x10));
         assert_eq!(cap_eff("Name:\tx\n"), None);

@@ -131,17 +131,17 @@ mod tests {
 
     #[test]
     fn handle_survives_rename() {
-        let dir = std::env::temp_dir().join(format!("lossfs-handle-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        crate::testdir::require_root("open_by_handle_at needs CAP_DAC_READ_SEARCH");
+        let scratch = crate::testdir::TempDir::new("handle");
+        let dir = scratch.path();
         let a = dir.join("a");
         std::fs::write(&a, b"hello").unwrap();
         let f = std::fs::File::open(&a).unwrap();
         let h = FileHandle::of_fd(f.as_fd()).unwrap();
         std::fs::rename(&a, dir.join("b")).unwrap();
-        let root = std::fs::File::open(&dir).unwrap();
+        let root = std::fs::File::open(dir).unwrap();
         let fd = h.open(root.as_fd(), libc::O_RDONLY).unwrap();
         let text = std::fs::read_to_string(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
         assert_eq!(text, "hello");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -367,11 +367,11 @@ mod tests {
 
     #[test]
     fn same_file_same_node_and_forget_drops_it() {
-        let dir = std::env::temp_dir().join(format!("lossfs-inode-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = crate::testdir::TempDir::new("inode");
+        let dir = scratch.path();
         std::fs::write(dir.join("a"), b"x").unwrap();
         std::fs::hard_link(dir.join("a"), dir.join("b")).unwrap();
-        let root = open_path(&dir);
+        let root = open_path(dir);
         let st = fstat(root.as_fd());
         let key = FileKey {
             dev: st.st_dev,
@@ -391,7 +391,6 @@ mod tests {
         assert!(t.get(a.nodeid).is_some(), "one reference left");
         t.forget(a.nodeid, 1);
         assert!(t.get(a.nodeid).is_none());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Fds of this process open on a path under `dir`: what the cache really holds.

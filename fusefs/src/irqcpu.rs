@@ -255,7 +255,7 @@ mod tests {
         }
 
         fn path(&self, rel: &str) -> PathBuf {
-            self.root.0.join(rel)
+            self.root.path().join(rel)
         }
 
         fn dir(&self, rel: &str) {

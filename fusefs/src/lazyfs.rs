@@ -288,7 +288,7 @@ mod tests {
     fn only_a_fifo_of_the_daemons_user_closed_to_others_is_served() {
         use std::os::unix::fs::PermissionsExt;
         let t = crate::testdir::TempDir::new("lazyfs-private");
-        let fifo = t.0.join("cmd.fifo");
+        let fifo = t.path().join("cmd.fifo");
         let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
         // SAFETY: valid C string.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
@@ -316,7 +316,7 @@ mod tests {
         let e = check_private(&fifo, &meta(), me).unwrap_err();
         assert!(e.contains("belongs to uid 65534"), "{e}");
         check_private(&fifo, &meta(), 65534).unwrap();
-        let plain = t.0.join("plain");
+        let plain = t.path().join("plain");
         std::fs::write(&plain, b"").unwrap();
         let e = check_private(&plain, &std::fs::metadata(&plain).unwrap(), me).unwrap_err();
         assert!(e.contains("not a FIFO"), "{e}");

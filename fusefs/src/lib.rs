@@ -9,7 +9,7 @@
 //! thin `fuser` adapter ([`readgate`]: how many of its threads wait for the next request); [`control`] serves `lossctl` (and [`lazyfs`] a LazyFS-style command
 //! FIFO); [`procscan`] and [`mountinfo`] find the processes and mounts a power cut acts on;
 //! [`options`] reads the command line; [`pause`] holds the crash-test pause points; [`daemon`] wires it all for the `lossfs` binary, and
-//! [`run`] supervises a program on the mount.
+//! [`run`] supervises a program on the mount ([`init`]: as PID 1, it reaps orphans).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod ascaller;
@@ -21,6 +21,7 @@ pub mod faults;
 pub mod fs;
 pub mod fuse;
 pub mod handle;
+pub mod init;
 pub mod inode;
 pub mod irqcpu;
 pub mod journal;

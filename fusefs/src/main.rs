@@ -12,7 +12,7 @@ use std::path::PathBuf;
 /// every change not yet made durable by fsync is remembered so that `lossctl powercut` can
 /// throw it away.
 #[derive(Parser, Debug)]
-#[command(name = "lossfs", version, after_help = OPTIONS_HELP)]
+#[command(name = "lossfs", version, after_help = after_help())]
 struct Cli {
     /// The directory that holds the real data.
     backing: PathBuf,
@@ -31,7 +31,7 @@ struct Cli {
 /// killed it).  A power cut that kills PROGRAM ends the run with status 137 and a message,
 /// or with --restart starts PROGRAM again on the rolled-back data.
 #[derive(Parser, Debug)]
-#[command(name = "lossfs run", version, after_help = OPTIONS_HELP)]
+#[command(name = "lossfs run", version, after_help = after_help())]
 struct RunCli {
     /// The directory that holds the real data.
     #[arg(long, value_name = "DIR")]
@@ -50,29 +50,15 @@ struct RunCli {
     program: Vec<OsString>,
 }
 
-const OPTIONS_HELP: &str = "\
-Options (-o):
-  allow_other           let users other than the mounting one use the mount
-  default_permissions   always on (the kernel checks permissions); cannot be turned off
-  state_dir=PATH        undo journal directory (default BACKING/.lossfs, hidden from the mount)
-  control=PATH          control socket (default /run/lossfs/<escaped mount point>.sock)
-  log=LEVEL             error|warn|info|debug|trace (default warn; also env LOSSFS_LOG)
-  log_file=PATH         append the log to PATH (default: stderr; once a daemon without -f
-                        has mounted, STATE_DIR/lossfs.log)
-  recover=rollback|keep after the previous daemon was killed: undo its unsynced data
-                        (rollback, default: the same as a power cut) or make it durable (keep)
-  threads=N             FUSE worker threads (default 8)
-  metadata=MODEL        namespace durability at a power cut: durable (default: creates,
-                        renames, unlinks persist at once), journal (persist in order, at
-                        any fsync or every commit=SECONDS), posix (persist when the parent
-                        directory is fsynced)
-  commit=SECONDS        metadata=journal: periodic commit (default 5, 0 = never)
-  lazyfs_fifo=PATH      LazyFS command FIFO: lazyfs::clear-cache (power cut, no kill),
-                        lazyfs::cache-checkpoint (sync), lazyfs::display-cache-usage,
-                        lazyfs::unsynced-data-report (logged at level info)
-  ro, noatime, nosuid, nodev, noexec   as for mount(8)
-Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`.
-Run a program on a mount: lossfs run --backing DIR --mount DIR [-o OPTIONS] [--restart] -- PROGRAM ARGS...";
+/// The text after the flags in `--help`: the `-o` options, from their table in options.rs.
+fn after_help() -> String {
+    format!(
+        "{}Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`.\n\
+         Run a program on a mount: lossfs run --backing DIR --mount DIR [-o OPTIONS] [--restart] \
+         -- PROGRAM ARGS...",
+        lossfs::options::options_help()
+    )
+}
 
 fn main() {
     let argv: Vec<OsString> = std::env::args_os().collect();

@@ -117,6 +117,90 @@ const PERMISSIONS_OFF: [&str; 3] = [
     "default_permissions_off",
 ];
 
+/// One `-o` option as `lossfs --help` and README.md's options table show it.
+pub struct OptionDoc {
+    pub name: &'static str,
+    /// What follows `=`: the values (`a|b`) or a placeholder (PATH, N, SECONDS, LEVEL);
+    /// empty for a flag.
+    pub values: &'static str,
+    pub meaning: &'static str,
+}
+
+const fn doc(name: &'static str, values: &'static str, meaning: &'static str) -> OptionDoc {
+    OptionDoc {
+        name,
+        values,
+        meaning,
+    }
+}
+
+/// Every option the parser takes, one row each (the help is made from it; a unit test
+/// checks it against the parser and README.md).
+#[rustfmt::skip]
+pub const OPTION_DOCS: &[OptionDoc] = &[
+    doc("allow_other", "", "let users other than the mounting one use the mount"),
+    doc("default_permissions", "", "always on (the kernel checks permissions from the file modes); cannot be turned off"),
+    doc("state_dir", "PATH", "undo journal directory (default BACKING/.lossfs, hidden from the mount)"),
+    doc("control", "PATH", "control socket (default /run/lossfs/<escaped mount point>.sock)"),
+    doc("log", "LEVEL", "error|warn|info|debug|trace (default warn; also env LOSSFS_LOG)"),
+    doc("log_file", "PATH", "append the log to PATH (default: stderr; once a daemon without -f has mounted, STATE_DIR/lossfs.log)"),
+    doc("recover", "rollback|keep", "after the previous daemon was killed: undo its unsynced data (rollback, default: the same as a power cut) or make it durable (keep)"),
+    doc("threads", "N", "FUSE worker threads, 1 to 64 (default 8)"),
+    doc("sync_cpu", "auto|off|N", "the CPU serving a program that fsyncs alone: off (default) never pin, auto the backing disk's interrupt CPU when it has a single queue (followed when it moves), N that CPU"),
+    doc("read_ahead_kb", "N", "the mount's kernel readahead window in KiB (default 1024; 0 keeps the kernel's own)"),
+    doc("metadata", "durable|journal|posix", "namespace durability at a power cut: durable (default: creates, renames, unlinks persist at once), journal (persist in order, at any fsync or every commit=SECONDS), posix (persist when the parent directory is fsynced)"),
+    doc("commit", "SECONDS", "metadata=journal: periodic commit (default 5, 0 = never)"),
+    doc("writeback", "SECONDS", "unsynced data first changed more than SECONDS ago becomes durable on its own, like the kernel's flusher (default off)"),
+    doc("fsync_error", "drop|retry", "after an injected fsync error: drop the file's unsynced data (default, as Linux) or keep it for a later fsync"),
+    doc("lazyfs_fifo", "PATH", "LazyFS command FIFO: lazyfs::clear-cache (power cut, no kill), lazyfs::cache-checkpoint (sync), lazyfs::display-cache-usage, lazyfs::unsynced-data-report (logged at level info)"),
+    doc("foreground", "", "stay in the foreground, as -f"),
+    doc("ro", "", "as for mount(8)"),
+    doc("noatime", "", "as for mount(8)"),
+    doc("nosuid", "", "as for mount(8)"),
+    doc("nodev", "", "as for mount(8)"),
+    doc("noexec", "", "as for mount(8)"),
+];
+
+/// The `Options (-o):` part of `lossfs --help`, from [`OPTION_DOCS`].
+pub fn options_help() -> String {
+    const KEY: usize = 24;
+    const WIDTH: usize = 92;
+    let mut out = String::from("Options (-o):\n");
+    for d in OPTION_DOCS {
+        let key = if d.values.is_empty() {
+            d.name.to_string()
+        } else {
+            format!("{}={}", d.name, d.values)
+        };
+        out.push_str("  ");
+        out.push_str(&key);
+        let mut col = 2 + key.len();
+        if col + 1 > KEY {
+            out.push('\n');
+            col = 0;
+        }
+        for word in d.meaning.split(' ') {
+            let start = if col <= KEY { KEY } else { col + 1 };
+            if start > KEY && start + word.len() > WIDTH {
+                out.push('\n');
+                col = 0;
+                continue_at(&mut out, &mut col, KEY, word);
+            } else {
+                continue_at(&mut out, &mut col, start, word);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes `word` at column `at` of the current line (padding from `col`).
+fn continue_at(out: &mut String, col: &mut usize, at: usize, word: &str) {
+    out.extend(std::iter::repeat_n(' ', at.saturating_sub(*col)));
+    out.push_str(word);
+    *col = at.max(*col) + word.len();
+}
+
 /// Parses `-o` arguments; each element is one comma separated list.
 pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
     let mut o = MountOptions::default();
@@ -651,11 +735,11 @@ mod tests {
         let b = t.dir("backing");
         let m = t.dir("mnt");
         fs::create_dir(b.join("sub")).unwrap();
-        symlink(&m, t.0.join("link")).unwrap();
+        symlink(&m, t.path().join("link")).unwrap();
         let (cb, cm) = check_paths(
             &b.join("sub/.."),
-            &t.0.join("link"),
-            Some(&t.0.join("state/not/yet")),
+            &t.path().join("link"),
+            Some(&t.path().join("state/not/yet")),
         )
         .unwrap();
         assert_eq!(cb, fs::canonicalize(&b).unwrap());
@@ -669,9 +753,9 @@ mod tests {
         let t = TempDir::new("options-bad");
         let b = t.dir("backing");
         let m = t.dir("mnt");
-        let file = t.0.join("file");
+        let file = t.path().join("file");
         fs::write(&file, b"x").unwrap();
-        let missing = t.0.join("missing");
+        let missing = t.path().join("missing");
 
         let err = check_paths(&missing, &m, None).unwrap_err();
         assert!(
@@ -713,13 +797,14 @@ mod tests {
             "{err}"
         );
         // Through a symlink into the mount point counts as inside too.
-        symlink(&m, t.0.join("to-mnt")).unwrap();
-        let err = check_paths(&b, &m, Some(&t.0.join("to-mnt/state"))).unwrap_err();
+        symlink(&m, t.path().join("to-mnt")).unwrap();
+        let err = check_paths(&b, &m, Some(&t.path().join("to-mnt/state"))).unwrap_err();
         assert!(err.contains("inside MOUNTPOINT"), "{err}");
     }
 
     #[test]
     fn bind_mount_of_backing_counts_as_the_same_directory() {
+        crate::testdir::require_root("it bind-mounts");
         let t = TempDir::new("options-bind");
         let b = t.dir("backing");
         let m = t.dir("mnt");
@@ -739,6 +824,7 @@ mod tests {
 
     #[test]
     fn disconnected_fuse_mount_is_reported() {
+        crate::testdir::require_root("it mounts FUSE");
         let t = TempDir::new("options-stale");
         let b = t.dir("backing");
         let m = t.dir("mnt");
@@ -791,7 +877,7 @@ mod tests {
         );
         let err = check_fuse_at(dev, None).unwrap_err();
         assert!(err.contains("fusermount3"), "{err}");
-        let err = check_fuse_at(&t.0.join("nofuse"), Some(bin.as_os_str())).unwrap_err();
+        let err = check_fuse_at(&t.path().join("nofuse"), Some(bin.as_os_str())).unwrap_err();
         assert!(
             err.contains("does not exist") && err.contains("fuse3"),
             "{err}"
@@ -803,5 +889,69 @@ mod tests {
         assert!(check_fuse_at(dev, Some(bin.as_os_str())).is_err());
         // This machine has both.
         check_fuse_available().unwrap();
+    }
+
+    /// README.md's options table: the options named in its first column, each with what
+    /// follows its `=` (empty for a flag).
+    fn readme_options() -> Vec<(String, String)> {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("| option | meaning |")
+            .nth(1)
+            .expect("README.md has an options table headed | option | meaning |");
+        let mut found = Vec::new();
+        for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+            let first = row.split(" | ").next().unwrap_or_default();
+            for item in first.split('`').skip(1).step_by(2) {
+                let item = item.replace("\\|", "|");
+                let (name, values) = item.split_once('=').unwrap_or((&item, ""));
+                found.push((name.to_string(), values.to_string()));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_option_table_matches_the_parser_the_help_and_the_readme() {
+        let help = options_help();
+        for d in OPTION_DOCS {
+            // A valid value other than the default: the last listed one (defaults come
+            // first), or one for the placeholder.
+            let last = d.values.split('|').next_back().unwrap_or_default();
+            let sample = match last {
+                "" => d.name.to_string(),
+                "PATH" => format!("{}=/x", d.name),
+                "N" | "SECONDS" => format!("{}=1", d.name),
+                "LEVEL" => format!("{}=info", d.name),
+                v => format!("{}={v}", d.name),
+            };
+            let parsed = parse_mount_options(&s(&[&sample]));
+            assert!(parsed.is_ok(), "{sample} is in the table: {parsed:?}");
+            assert_ne!(
+                parsed.unwrap(),
+                MountOptions::default(),
+                "{sample} sets nothing"
+            );
+            assert!(
+                help.contains(&format!("  {}", d.name)),
+                "{} not in the help",
+                d.name
+            );
+        }
+        let ours: Vec<(String, String)> = OPTION_DOCS
+            .iter()
+            .map(|d| (d.name.to_string(), d.values.to_string()))
+            .collect();
+        let readme = readme_options();
+        for o in &ours {
+            assert!(readme.contains(o), "README.md's options table lacks {o:?}");
+        }
+        for o in &readme {
+            assert!(
+                ours.contains(o),
+                "README.md names {o:?}, which OPTION_DOCS lacks"
+            );
+        }
+        assert!(help.lines().all(|l| l.len() <= 92), "{help}");
     }
 }

@@ -1,6 +1,8 @@
-//! A small seeded pseudo-random generator (splitmix64) for everything a power cut decides at
-//! random.  Ours, not a crate's, so that a seed printed in a report replays the same crash
-//! state with every future version of lossfs: the sequence is fixed by this file alone.
+//! The one seeded pseudo-random generator (splitmix64) of lossfs and its tests: what a power
+//! cut keeps at random, which operations a `--probability` fault rule hits, and the data of
+//! randomized tests.  Ours, not a crate's, so that a seed printed in a report replays the
+//! same crash state and the same faults with every future version of lossfs: the sequence is
+//! fixed by this file alone.
 
 /// splitmix64 (Steele, Lea, Flood 2014): a 64-bit state advanced by a constant, mixed on output.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +59,26 @@ impl SplitMix64 {
     pub fn coin(&mut self) -> bool {
         self.next_u64() >> 63 == 1
     }
+
+    /// Uniform in [0, 1) with 53 bits of precision.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// True with probability `p` (0 never, 1 always).
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.next_f64() < p
+    }
+
+    /// `n` pseudo-random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
 }
 
 /// A seed for a run that was given none: from the clock and the process id, so two cuts in a
@@ -79,6 +101,30 @@ mod tests {
         assert_eq!(r.next_u64(), 6_457_827_717_110_365_317);
         assert_eq!(r.next_u64(), 3_203_168_211_198_807_973);
         assert_eq!(r.next_u64(), 9_817_491_932_198_370_423);
+        assert_eq!(SplitMix64::new(0).next_u64(), 0xe220_a839_7b1d_cdaf);
+    }
+
+    #[test]
+    fn chance_follows_the_probability() {
+        let mut r = SplitMix64::new(7);
+        let hits = (0..10_000).filter(|_| r.chance(0.25)).count();
+        assert!((2_200..2_800).contains(&hits), "{hits}");
+        assert!((0..100).all(|_| !r.chance(0.0)));
+        assert!((0..100).all(|_| r.chance(1.0)));
+        assert!((0..1000)
+            .map(|_| r.next_f64())
+            .all(|x| (0.0..1.0).contains(&x)));
+    }
+
+    #[test]
+    fn bytes_are_the_draws_in_little_endian() {
+        let mut a = SplitMix64::new(3);
+        let mut b = SplitMix64::new(3);
+        let v = a.bytes(13);
+        assert_eq!(v.len(), 13);
+        assert_eq!(v[..8], b.next_u64().to_le_bytes());
+        assert_eq!(v[8..], b.next_u64().to_le_bytes()[..5]);
+        assert!(a.bytes(0).is_empty());
     }
 
     #[test]

@@ -559,7 +559,17 @@ mod tests {
     /// another test holds a file of its tmpfs open would briefly hold it too.
     static SERIAL: Mutex<()> = Mutex::new(());
 
-    static UNIQUE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    /// A fresh empty directory to mount on.  Kept, not tempfile's to remove: the tests
+    /// unmount first and then remove it with `remove_dir`, which never descends into a
+    /// mount that failed to go away.
+    fn mount_point(tag: &str) -> PathBuf {
+        crate::testdir::require_root("it mounts a file system to scan");
+        tempfile::Builder::new()
+            .prefix(&format!("lossfs-procscan-{tag}-"))
+            .tempdir()
+            .unwrap()
+            .keep()
+    }
 
     /// A tmpfs mounted on a fresh directory, unmounted and removed on drop.
     struct Tmpfs {
@@ -568,12 +578,7 @@ mod tests {
 
     impl Tmpfs {
         fn new(tag: &str) -> Tmpfs {
-            let dir = std::env::temp_dir().join(format!(
-                "lossfs-procscan-{tag}-{}-{}",
-                std::process::id(),
-                UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            fs::create_dir_all(&dir).unwrap();
+            let dir = mount_point(tag);
             if let Err(e) = nix::mount::mount(
                 Some("tmpfs"),
                 &dir,
@@ -901,12 +906,7 @@ mod tests {
     #[test]
     fn scanning_and_killing_never_enter_a_frozen_fuse_mount() {
         let _serial = SERIAL.lock();
-        let dir = std::env::temp_dir().join(format!(
-            "lossfs-procscan-fuse-{}-{}",
-            std::process::id(),
-            UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = mount_point("fuse");
         let frozen = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let mut config = fuser::Config::default();
         config.mount_options = vec![fuser::MountOption::FSName("procscan-test".into())];

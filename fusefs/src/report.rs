@@ -1,7 +1,8 @@
-//! The reports lossfs hands out (status, sync, powercut, recovery), shared by the daemon,
-//! the control protocol and `lossctl`, with their human-readable renderings.
+//! The reports lossfs hands out (status, sync, powercut, recovery, the fault engine's
+//! state), shared by the daemon, the control protocol and `lossctl`, with their
+//! human-readable renderings.
 
-use crate::faults::spec::FaultsStatus;
+use crate::faults::spec::{ordinal, path_text, CrashSpec, FaultSpec, Op, When};
 use crate::keep::KeepMode;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -396,6 +397,130 @@ impl PowercutReport {
                 let _ = write!(s, " [not undone: {e}]");
             }
             s.push('\n');
+        }
+        s
+    }
+}
+
+/// The armed crash point and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashPointStatus {
+    pub spec: CrashSpec,
+    /// Operations that matched so far.
+    pub matched: u64,
+    /// Whether the cut happened.
+    pub fired: bool,
+}
+
+/// One fault rule and its counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleStatus {
+    pub id: u64,
+    pub spec: FaultSpec,
+    pub matched: u64,
+    pub fired: u64,
+}
+
+/// Disk-full mode: the limit and what the mount is counted to hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskFullStatus {
+    pub limit: u64,
+    pub used: u64,
+}
+
+/// The last cut a crash point made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastCut {
+    pub op: Op,
+    pub when: When,
+    /// The path of the operation that triggered it, if it was computed.
+    pub path: Option<String>,
+    /// False while the cut is still running.
+    pub done: bool,
+    pub report: Option<PowercutReport>,
+    pub error: Option<String>,
+}
+
+/// Everything the fault engine holds, for `lossctl status` and the fault commands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultsStatus {
+    pub crash_point: Option<CrashPointStatus>,
+    pub faults: Vec<RuleStatus>,
+    pub disk_full: Option<DiskFullStatus>,
+    pub last_cut: Option<LastCut>,
+    /// `drop` (Linux) or `retry`: what an fsync error does to the file's unsynced data.
+    pub fsync_error: String,
+}
+
+impl FaultsStatus {
+    /// Whether anything is armed, set or remembered.
+    pub fn is_empty(&self) -> bool {
+        self.crash_point.is_none()
+            && self.faults.is_empty()
+            && self.disk_full.is_none()
+            && self.last_cut.is_none()
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        match &self.crash_point {
+            Some(c) => {
+                let when = match c.spec.when {
+                    When::Before => "before",
+                    When::After => "after",
+                };
+                let _ = writeln!(
+                    s,
+                    "crash point: power cut {when} the {} {}{} ({}, {} matched so far)",
+                    ordinal(c.spec.nth),
+                    c.spec.op.name(),
+                    path_text(&c.spec.path),
+                    if c.fired { "fired" } else { "armed" },
+                    c.matched
+                );
+            }
+            None => s.push_str("crash point: none armed\n"),
+        }
+        if self.faults.is_empty() {
+            s.push_str("faults: none\n");
+        }
+        for r in &self.faults {
+            let _ = writeln!(
+                s,
+                "fault {}: {} (matched {}, fired {})",
+                r.id,
+                r.spec.to_text(),
+                r.matched,
+                r.fired
+            );
+        }
+        if let Some(d) = &self.disk_full {
+            let _ = writeln!(
+                s,
+                "disk full: limit {} bytes, the mount holds {} bytes",
+                d.limit, d.used
+            );
+        }
+        let _ = writeln!(s, "fsync errors: {}", self.fsync_error);
+        if let Some(c) = &self.last_cut {
+            let _ = write!(
+                s,
+                "last crash-point cut: at {} {}{}: ",
+                match c.when {
+                    When::Before => "before",
+                    When::After => "after",
+                },
+                c.op.name(),
+                path_text(&c.path)
+            );
+            match (&c.report, &c.error) {
+                (Some(r), _) => s.push_str(&r.to_text()),
+                (None, Some(e)) => {
+                    let _ = writeln!(s, "failed: {e}");
+                }
+                (None, None) if !c.done => s.push_str("in progress\n"),
+                (None, None) => s.push_str("done\n"),
+            }
         }
         s
     }

@@ -65,6 +65,8 @@ pub fn run(args: RunArgs) -> i32 {
         eprintln!("lossfs run: no PROGRAM given (lossfs run --backing DIR --mount DIR -- PROGRAM ARGS...)");
         return 2;
     }
+    // Before anything starts a thread: as PID 1, fork off an init that reaps orphans.
+    crate::init::reap_orphans_if_pid1();
     daemon::init_logging(opts.log.as_deref());
     let slot = Arc::new(Mutex::new(ChildSlot::default()));
     let sig_slot = slot.clone();

@@ -16,11 +16,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long a mount may take to show up in `/proc/self/mountinfo`.
 pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -321,20 +320,15 @@ pub fn default_control_socket(mnt: &Path) -> PathBuf {
     lossfs::control::default_socket_path(mnt)
 }
 
-/// A fresh unique directory under /tmp whose name needs no escaping anywhere.
+/// A fresh unique directory under /tmp whose name needs no escaping anywhere (tempfile's
+/// random suffix is alphanumeric).  It is kept: the caller removes it, after unmounting
+/// whatever it mounted there (a recursive removal must never run into a live mount).
 pub fn unique_tmp_dir(tag: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let p = PathBuf::from(format!(
-        "/tmp/lossfs_t_{tag}_{}_{}_{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-    p
+    tempfile::Builder::new()
+        .prefix(&format!("lossfs_t_{tag}_"))
+        .tempdir_in("/tmp")
+        .unwrap_or_else(|e| panic!("making a scratch directory lossfs_t_{tag}_* in /tmp: {e}"))
+        .keep()
 }
 
 /// Runs `fusermount3 -u [-z] mnt`, bounded; true if it exited 0.

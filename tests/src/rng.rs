@@ -1,34 +1,9 @@
-//! A small deterministic random generator (SplitMix64) shared by the randomized tests: the
-//! same seed gives the same sequence on every machine, so a failure can be replayed.
+//! Randomness for the randomized tests: lossfs's own seeded generator (SplitMix64, so the
+//! same seed gives the same sequence on every machine and a failure can be replayed) and the
+//! seed each run starts from.
 
-/// SplitMix64: small, deterministic, good enough for test generation.
-#[derive(Clone, Debug)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, n)` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// `n` pseudo-random bytes.
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n);
-        while v.len() < n {
-            v.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-}
+/// The generator the tests draw from: `Rng::new(seed)`.
+pub use lossfs::prng::SplitMix64 as Rng;
 
 /// A seed from `LOSSFS_SEED` (decimal), else from the clock rounded to a multiple of 1000
 /// (so a test may add small indexes to it); panics on a malformed value.

@@ -71,7 +71,7 @@ pub enum Op {
 
 /// The bytes an operation with `seed` and `len` writes.
 pub fn data(seed: u64, len: u64) -> Vec<u8> {
-    Rng(seed).bytes(len as usize)
+    Rng::new(seed).bytes(len as usize)
 }
 
 impl Op {
@@ -564,7 +564,7 @@ pub fn run(m: &mut Mount, cfg: &Config) -> Result<Summary, String> {
     for d in &dirs {
         fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
     }
-    let mut rng = Rng(cfg.seed);
+    let mut rng = Rng::new(cfg.seed);
     let mut sum = Summary::default();
     let t0 = Instant::now();
     let mut last_progress = Instant::now();

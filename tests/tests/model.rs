@@ -578,7 +578,7 @@ fn run_seed(index: u64) {
     let mut run = Run {
         m: &m,
         seed,
-        rng: Rng(seed),
+        rng: Rng::new(seed),
         model: BTreeMap::new(),
         fallocs: supported_fallocs(&m.root),
         history: VecDeque::new(),
@@ -637,7 +637,7 @@ fn fallocate_model_matches_plain_file() {
         "the file system under /tmp supports no fallocate mode; the model test needs one"
     );
     let seed = base_seed();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let p = dir.join("f");
     let f = OpenOptions::new()
         .read(true)
@@ -683,7 +683,7 @@ fn fallocate_model_matches_plain_file() {
 fn copy_file_range_model_matches_plain_file() {
     let dir = lossfs_tests::unique_tmp_dir("cfr");
     let seed = base_seed();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let open = |n: &str| {
         OpenOptions::new()
             .read(true)

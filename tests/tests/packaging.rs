@@ -1,7 +1,8 @@
 //! Packaging: `scripts/install.sh` into a DESTDIR, `systemd-analyze verify` of the installed
 //! `lossfs@.service` (an instance with its configuration) and the Kafka drop-in, and the
 //! unit's ExecStart line run the way systemd runs it: READY=1 on `$NOTIFY_SOCKET` once the
-//! mount is ready, and SIGTERM unmounts cleanly.
+//! mount is ready, and SIGTERM unmounts cleanly after STOPPING=1; and what `.dockerignore`
+//! keeps out of the Docker build context.
 
 use lossfs_tests::*;
 use std::fs;
@@ -55,7 +56,7 @@ fn install_sh_stages_binaries_unit_and_config() {
         assert_eq!(mode(&p), 0o755, "{}", p.display());
         assert_eq!(read_all(&p), read_all(&lossfs_bin().with_file_name(b)));
     }
-    let unit = dest.join("etc/systemd/system/lossfs@.service");
+    let unit = dest.join("lib/systemd/system/lossfs@.service");
     assert_eq!(mode(&unit), 0o644);
     assert_eq!(
         read_all(&unit),
@@ -87,6 +88,21 @@ fn install_sh_stages_binaries_unit_and_config() {
     assert!(
         unit_text.contains("\nExecStart=/opt/lossfs/bin/lossfs -f ${BACKING} %f -o ${OPTIONS}\n"),
         "{unit_text}"
+    );
+    assert!(
+        !dest.join("etc/systemd").exists(),
+        "the unit goes to /lib/systemd/system, nothing to /etc/systemd"
+    );
+
+    // A unit an earlier version left in /etc would hide the new one: the install says so.
+    let stale = dest.join("etc/systemd/system/lossfs@.service");
+    fs::create_dir_all(stale.parent().expect("parent")).expect("mkdir");
+    fs::write(&stale, "[Service]\n").expect("stale unit");
+    let out = install(&dest, &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("overrides the new unit: remove it"),
+        "{}",
+        output_text(&out)
     );
 
     // Bad arguments fail with a message.
@@ -129,6 +145,7 @@ fn systemd_analyze_verify_accepts_the_units() {
     )
     .expect("conf");
     let sys = root.join("etc/systemd/system");
+    fs::create_dir_all(&sys).expect("mkdir /etc/systemd/system");
     fs::write(
         sys.join("kafka.service"),
         "[Service]\nExecStart=/usr/bin/lossfs --version\n",
@@ -230,6 +247,10 @@ fn notify_then_sigterm(options: &str) {
     assert!(st.success(), "lossfs exit after SIGTERM: {st:?}");
     assert!(!is_mounted(&mnt), "still mounted after SIGTERM");
     assert_eq!(read_all(&backing.join("f")), b"data");
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no second sd_notify message from {argv:?}: {e}"));
+    assert_eq!(&buf[..n], b"STOPPING=1", "systemd is told the daemon stops");
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -275,4 +296,56 @@ fn sigterm_on_a_busy_mount_detaches_it_and_exits_when_it_is_released() {
         .expect("lossfs exits once the detached mount is released");
     assert!(st.success(), "lossfs exit after SIGTERM: {st:?}");
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// `.dockerignore` keeps the build output and the history out of the Docker build context,
+/// and nothing a Dockerfile copies or the workspace build needs.
+#[test]
+fn dockerignore_leaves_out_target_and_keeps_the_sources() {
+    let text = String::from_utf8(read_all(&repo().join(".dockerignore"))).expect("utf-8");
+    let patterns: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for p in &patterns {
+        assert!(
+            !p.contains(['*', '?', '[', '!', '/']),
+            "keep .dockerignore to plain top-level names: {p}"
+        );
+    }
+    for left_out in ["target", ".git"] {
+        assert!(patterns.contains(&left_out), "{left_out} is sent to Docker");
+    }
+    // What the builds read: the workspace and what the Dockerfiles COPY from the context.
+    let mut needed: Vec<String> = ["Cargo.toml", "Cargo.lock", "fusefs", "ctl", "tests"]
+        .map(String::from)
+        .to_vec();
+    for entry in fs::read_dir(repo().join("docker")).expect("docker/") {
+        let path = entry.expect("docker/ entry").path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !name.starts_with("Dockerfile") {
+            continue;
+        }
+        let dockerfile = String::from_utf8(read_all(&path)).expect("utf-8 Dockerfile");
+        for line in dockerfile.lines().filter(|l| l.starts_with("COPY ")) {
+            let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+            if words.iter().any(|w| w.starts_with("--from")) {
+                continue;
+            }
+            // Every word but the destination is a source in the context.
+            needed.extend(words[..words.len() - 1].iter().map(|w| w.to_string()));
+        }
+    }
+    for path in &needed {
+        let top = path
+            .trim_start_matches("./")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        assert!(
+            !patterns.contains(&top),
+            ".dockerignore leaves out {path}, which the build needs"
+        );
+    }
 }

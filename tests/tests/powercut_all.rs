@@ -16,7 +16,7 @@ fn powercut_all_cuts_every_mount_and_kills_their_users() {
         others.iter().map(|m| &m.mount_point).collect::<Vec<_>>()
     );
     let a = Mount::new(&[]);
-    let b = Mount::new(&[]);
+    let mut b = Mount::new(&[]);
     let mut users = Vec::new();
     for m in [&a, &b] {
         std::fs::write(m.path("synced"), b"kept").unwrap();
@@ -78,6 +78,35 @@ fn powercut_all_cuts_every_mount_and_kills_their_users() {
     assert!(
         seeds[0].is_u64() && seeds[0] == seeds[1],
         "one seed: {reports}"
+    );
+
+    // A mount whose daemon is gone is reported too, in the JSON, and fails the command.
+    b.kill_daemon();
+    let out = run_bounded(
+        Command::new(lossctl_bin()).args(["powercut", "--all", "--no-kill", "--json"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", output_text(&out)));
+    let reports = reports.as_array().expect("a JSON array");
+    assert_eq!(reports.len(), 2, "one entry per mount: {reports:?}");
+    let entry = |m: &Mount| {
+        let mp = m.mnt.display().to_string();
+        reports
+            .iter()
+            .find(|r| r["mountpoint"] == mp.as_str())
+            .unwrap_or_else(|| panic!("no entry for {mp}: {reports:?}"))
+            .clone()
+    };
+    assert_eq!(entry(&a)["lost_bytes"], 0, "{reports:?}");
+    let dead = entry(&b);
+    assert_eq!(dead["exit_code"], 3, "{dead}");
+    assert!(
+        dead["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot connect")),
+        "{dead}"
     );
 }
 

@@ -1,6 +1,7 @@
 //! `lossfs run`: PROGRAM starts on the ready mount, its exit status becomes the run's, a
 //! power cut that kills it ends the run with 137 (or restarts it on the rolled-back data
-//! with `--restart`), SIGTERM is forwarded, and the mount is gone afterwards.
+//! with `--restart`), SIGTERM is forwarded, and the mount is gone afterwards; as PID 1 of a
+//! PID namespace (a container) it reaps orphans and passes SIGTERM on.
 
 use lossfs_tests::*;
 use std::fs::{self, File};
@@ -437,4 +438,136 @@ exit 0
         "a cut happened: {}",
         d.stderr()
     );
+}
+
+/// PROGRAM for the PID 1 test: leaves an orphan (a child of a shell that exits at once, so
+/// the kernel hands it to PID 1), then waits, bounded, until the orphan is reaped (a zombie
+/// keeps its /proc entry until then).  Exits 0 once it is gone, 3 if it stays.
+const ORPHAN_PROG: &str = r#"#!/bin/sh
+pidfile="$1"
+sh -c 'sleep 0.2 & echo $! > "$1"' sh "$pidfile"
+orphan=$(cat "$pidfile")
+echo "orphan $orphan, parent $(awk '{print $4}' /proc/$orphan/stat 2>/dev/null)"
+i=0
+while [ -e "/proc/$orphan" ]; do
+    i=$((i + 1))
+    if [ "$i" -ge 400 ]; then
+        echo "orphan $orphan not reaped after 20 s: $(cat /proc/$orphan/stat)"
+        exit 3
+    fi
+    sleep 0.05
+done
+echo reaped
+"#;
+
+/// As the first process of a PID namespace (a container's entrypoint), `lossfs run` reaps
+/// the orphans the kernel hands it, and still passes PROGRAM's exit status on.
+#[test]
+fn as_pid_1_it_reaps_orphans_and_keeps_the_exit_status() {
+    let d = RunDir::new("run-pid1");
+    let prog = d.root.join("orphan.sh");
+    fs::write(&prog, ORPHAN_PROG).expect("write orphan.sh");
+    let pidfile = d.root.join("orphan.pid");
+    let errf = File::create(&d.stderr).expect("create run.stderr");
+    let outf = d.root.join("run.stdout");
+    // A new PID namespace (lossfs run is its PID 1) with its own /proc, and so its own
+    // mount namespace: the mount disappears with the namespace.
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--propagation",
+        "private",
+    ])
+    .arg(lossfs_bin())
+    .arg("run")
+    .arg("--backing")
+    .arg(&d.backing)
+    .arg("--mount")
+    .arg(&d.mnt)
+    .arg("--")
+    .arg("sh")
+    .arg(&prog)
+    .arg(&pidfile)
+    .stdin(Stdio::null())
+    .stdout(Stdio::from(File::create(&outf).expect("create run.stdout")))
+    .stderr(Stdio::from(errf));
+    let mut g = ChildGuard(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")));
+    let st = d.wait_exit(&mut g.0);
+    let out = fs::read_to_string(&outf).unwrap_or_default();
+    assert!(
+        st.success() && out.contains("reaped"),
+        "lossfs run as PID 1: {st:?}\nstdout:\n{out}\nstderr:\n{}",
+        d.stderr()
+    );
+    assert!(
+        out.contains(", parent 1\n"),
+        "the orphan went to PID 1:\n{out}"
+    );
+
+    // The status of PROGRAM still comes through PID 1.
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--propagation",
+        "private",
+    ])
+    .arg(lossfs_bin())
+    .arg("run")
+    .arg("--backing")
+    .arg(&d.backing)
+    .arg("--mount")
+    .arg(&d.mnt)
+    .args(["--", "sh", "-c", "exit 7"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut g = ChildGuard(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")));
+    let st = d.wait_exit(&mut g.0);
+    assert_eq!(st.code(), Some(7), "{st:?}");
+
+    // SIGTERM to PID 1 (what `docker stop` sends) reaches PROGRAM through the run.
+    let up = d.root.join("up");
+    let script = format!(
+        "trap 'exit 42' TERM; echo up > {}; while :; do sleep 0.05; done",
+        up.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--propagation",
+        "private",
+    ])
+    .arg(lossfs_bin())
+    .arg("run")
+    .arg("--backing")
+    .arg(&d.backing)
+    .arg("--mount")
+    .arg(&d.mnt)
+    .args(["--", "sh", "-c", &script])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut g = ChildGuard(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !up.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "PROGRAM did not start within 20 s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // PID 1 of the namespace is unshare's only child.
+    let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", g.0.id()))
+        .expect("children of unshare");
+    let pid1: i32 = children.trim().parse().expect("one child of unshare");
+    // SAFETY: kill(2) of a process of this test (it cannot be reaped while unshare waits).
+    assert_eq!(unsafe { libc::kill(pid1, libc::SIGTERM) }, 0);
+    let st = d.wait_exit(&mut g.0);
+    assert_eq!(st.code(), Some(42), "PROGRAM's TERM trap: {st:?}");
 }

@@ -1,7 +1,7 @@
 //! The control client: sends one request to a lossfs control socket and returns the result,
 //! telling apart "nobody there", "garbled or late answer" and "the daemon said no".
 
-use super::protocol::{Request, PROTOCOL_VERSION};
+use super::protocol::{Reply, Request};
 use serde_json::Value;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
@@ -106,10 +106,11 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, Cl
         (Err(_), Err(e)) => return Err(protocol(format!("sending the request: {e}"))),
         (Err(e), Ok(())) => return Err(e),
     };
-    decode_reply(&reply).map_err(|e| match e {
-        ReplyError::Server(m) => ClientError::Server(m),
-        ReplyError::Bad(m) => protocol(m),
-    })
+    match Reply::decode(&reply) {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(message)) => Err(ClientError::Server(message)),
+        Err(bad) => Err(protocol(bad)),
+    }
 }
 
 /// Reads one reply line (without its newline) within what `remaining` allows.
@@ -154,36 +155,5 @@ fn read_reply(
         if done {
             return Ok(reply);
         }
-    }
-}
-
-enum ReplyError {
-    Server(String),
-    Bad(String),
-}
-
-fn decode_reply(line: &[u8]) -> Result<Value, ReplyError> {
-    let value: Value = serde_json::from_slice(line)
-        .map_err(|e| ReplyError::Bad(format!("reply is not valid JSON: {e}")))?;
-    let Value::Object(mut obj) = value else {
-        return Err(ReplyError::Bad("reply is not a JSON object".into()));
-    };
-    if obj.get("v").and_then(Value::as_u64) != Some(u64::from(PROTOCOL_VERSION)) {
-        return Err(ReplyError::Bad(format!(
-            "reply has protocol version {}, lossctl speaks v{PROTOCOL_VERSION}",
-            obj.get("v").map_or("(none)".into(), Value::to_string)
-        )));
-    }
-    match obj.get("ok") {
-        Some(Value::Bool(true)) => obj
-            .remove("result")
-            .ok_or_else(|| ReplyError::Bad("successful reply has no \"result\"".into())),
-        Some(Value::Bool(false)) => Err(ReplyError::Server(
-            obj.get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("the daemon reported an error without a message")
-                .to_string(),
-        )),
-        _ => Err(ReplyError::Bad("reply has no boolean \"ok\"".into())),
     }
 }

@@ -14,8 +14,8 @@ pub use protocol::{
 pub use server::{ControlServer, ServerOptions};
 
 use crate::error::{FsError, FsResult};
-use crate::faults::spec::{FaultCommand, FaultsStatus};
-use crate::report::{PowercutReport, StatusReport, SyncReport};
+use crate::faults::spec::FaultCommand;
+use crate::report::{FaultsStatus, PowercutReport, StatusReport, SyncReport};
 
 /// What the daemon does for each control request.  Calls are serialized by the server: at
 /// most one runs at a time, whatever the number of clients.  An `Err` is logged with its

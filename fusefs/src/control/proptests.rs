@@ -1,9 +1,12 @@
 //! Property tests of the control-protocol parser: whatever bytes a client sends,
 //! `parse_request` returns (never panics) with a request or a non-empty error message, and
-//! agrees with a small reference model of the protocol; every request survives a round trip
+//! agrees with a small reference model of the protocol (the commands without fault specs:
+//! the specs' own checks are unit-tested in faults/); every request survives a round trip
 //! through `to_line`.  They run under `cargo test` with proptest's default 256 cases each.
 
 use super::protocol::{parse_request, Request, MAX_LINE, PROTOCOL_VERSION};
+use crate::faults::glob::Glob;
+use crate::faults::spec::{CrashSpec, FaultCommand, Op, When};
 use crate::keep::{check_granularity, KeepMode, KeepRequest};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -14,6 +17,29 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Sync),
         (any::<bool>(), keep_request())
             .prop_map(|(no_kill, keep)| Request::Powercut { no_kill, keep }),
+        fault_command().prop_map(Request::Faults),
+    ]
+}
+
+fn fault_command() -> impl Strategy<Value = FaultCommand> {
+    let crash = (
+        prop::sample::select(Op::ALL.to_vec()),
+        prop::option::of("[a-z*?]{1,8}"),
+        1u64..=u64::MAX,
+        any::<bool>(),
+    )
+        .prop_map(|(op, path, nth, after)| CrashSpec {
+            op,
+            path,
+            nth,
+            when: if after { When::After } else { When::Before },
+        });
+    prop_oneof![
+        crash.prop_map(FaultCommand::Arm),
+        Just(FaultCommand::Disarm),
+        Just(FaultCommand::List),
+        prop::option::of(any::<u64>()).prop_map(FaultCommand::Clear),
+        prop::option::of(any::<u64>()).prop_map(FaultCommand::DiskFull),
     ]
 }
 
@@ -57,7 +83,14 @@ fn json_value() -> impl Strategy<Value = Value> {
             Just("powercut"),
             Just("STATUS"),
             Just("prefix"),
-            Just("random")
+            Just("random"),
+            Just("disarm"),
+            Just("fault_list"),
+            Just("fault_clear"),
+            Just("disk_full"),
+            Just("arm"),
+            Just("fsync"),
+            Just("after"),
         ]
         .prop_map(Value::from),
     ];
@@ -79,7 +112,13 @@ fn request_like_object() -> impl Strategy<Value = Map<String, Value>> {
             Just("no_kill"),
             Just("keep"),
             Just("seed"),
-            Just("granularity")
+            Just("granularity"),
+            Just("id"),
+            Just("limit"),
+            Just("op"),
+            Just("nth"),
+            Just("when"),
+            Just("path"),
         ]
         .prop_map(String::from),
         1 => "[a-z_]{0,8}",
@@ -96,6 +135,12 @@ fn mutated_request_object() -> impl Strategy<Value = Map<String, Value>> {
         Just("keep"),
         Just("seed"),
         Just("granularity"),
+        Just("id"),
+        Just("limit"),
+        Just("op"),
+        Just("nth"),
+        Just("when"),
+        Just("path"),
         Just("x")
     ];
     (
@@ -121,13 +166,56 @@ fn mutated_request_object() -> impl Strategy<Value = Map<String, Value>> {
 }
 
 /// What the protocol says an object means: the reference the parser is checked against.
+/// Optional numbers may be null, which means left out; `None` where a request is refused.
 fn model(obj: &Map<String, Value>) -> Option<Request> {
     if obj.get("v")?.as_u64()? != u64::from(PROTOCOL_VERSION) {
         return None;
     }
+    let number = |k: &str| match obj.get(k) {
+        None | Some(Value::Null) => Some(None),
+        Some(v) => v.as_u64().map(Some),
+    };
     let (req, allowed): (Request, &[&str]) = match obj.get("cmd")?.as_str()? {
         "status" => (Request::Status, &["v", "cmd"]),
         "sync" => (Request::Sync, &["v", "cmd"]),
+        "disarm" => (Request::Faults(FaultCommand::Disarm), &["v", "cmd"]),
+        "fault_list" => (Request::Faults(FaultCommand::List), &["v", "cmd"]),
+        "fault_clear" => (
+            Request::Faults(FaultCommand::Clear(number("id")?)),
+            &["v", "cmd", "id"],
+        ),
+        "disk_full" => (
+            Request::Faults(FaultCommand::DiskFull(number("limit")?)),
+            &["v", "cmd", "limit"],
+        ),
+        "arm" => {
+            let path = match obj.get("path") {
+                None | Some(Value::Null) => None,
+                Some(p) => {
+                    let p = p.as_str()?;
+                    Glob::new(p).ok()?;
+                    Some(p.to_string())
+                }
+            };
+            let spec = CrashSpec {
+                op: Op::parse(obj.get("op")?.as_str()?).ok()?,
+                path,
+                nth: match obj.get("nth") {
+                    None => 1,
+                    Some(n) => n.as_u64().filter(|&n| n >= 1)?,
+                },
+                when: match obj.get("when").map(Value::as_str) {
+                    None => When::Before,
+                    Some(Some("before")) => When::Before,
+                    Some(Some("after")) => When::After,
+                    Some(_) => return None,
+                },
+            };
+            (
+                Request::Faults(FaultCommand::Arm(spec)),
+                &["v", "cmd", "op", "path", "nth", "when"],
+            )
+        }
         "powercut" => {
             let no_kill = match obj.get("no_kill") {
                 None => false,
@@ -136,10 +224,6 @@ fn model(obj: &Map<String, Value>) -> Option<Request> {
             let mode = match obj.get("keep") {
                 None => KeepMode::None,
                 Some(v) => v.as_str()?.parse().ok()?,
-            };
-            let number = |k: &str| match obj.get(k) {
-                None => Some(None),
-                Some(v) => v.as_u64().map(Some),
             };
             let seed = number("seed")?;
             let granularity = match number("granularity")? {

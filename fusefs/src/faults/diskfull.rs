@@ -81,17 +81,16 @@ mod tests {
 
     #[test]
     fn walk_counts_files_once() {
-        let dir = std::env::temp_dir().join(format!("lossfs-diskfull-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = crate::testdir::TempDir::new("diskfull");
+        let dir = scratch.path();
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::create_dir_all(dir.join(".state")).unwrap();
         std::fs::write(dir.join("a"), vec![1u8; 10_000]).unwrap();
         std::fs::write(dir.join("sub/b"), vec![1u8; 5_000]).unwrap();
         std::fs::hard_link(dir.join("a"), dir.join("sub/a2")).unwrap();
         std::fs::write(dir.join(".state/big"), vec![1u8; 100_000]).unwrap();
-        let total = walk(&dir, &dir.join(".state")).unwrap();
+        let total = walk(dir, &dir.join(".state")).unwrap();
         let alloc = |p: &str| std::fs::metadata(dir.join(p)).unwrap().blocks() * 512;
         assert_eq!(total, alloc("a") + alloc("sub/b"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,15 +3,16 @@
 //! unit-tested without a mount.
 
 use super::glob::Glob;
-use super::rng::FaultRng;
-use super::spec::{CrashPointStatus, CrashSpec, FaultAction, FaultSpec, Op, RuleStatus, When};
+use super::spec::{CrashSpec, FaultAction, FaultSpec, Op, When};
+use crate::prng::SplitMix64;
+use crate::report::{CrashPointStatus, RuleStatus};
 
 /// When a matching operation fires: from the `nth` match on, or with a seeded probability;
 /// at most `count` times.
 #[derive(Clone, Debug)]
 pub struct Trigger {
     nth: u64,
-    chance: Option<(f64, FaultRng)>,
+    chance: Option<(f64, SplitMix64)>,
     count: Option<u64>,
     pub matched: u64,
     pub fired: u64,
@@ -21,7 +22,7 @@ impl Trigger {
     pub fn new(nth: u64, chance: Option<(f64, u64)>, count: Option<u64>) -> Trigger {
         Trigger {
             nth: nth.max(1),
-            chance: chance.map(|(p, seed)| (p, FaultRng::new(seed))),
+            chance: chance.map(|(p, seed)| (p, SplitMix64::new(seed))),
             count,
             matched: 0,
             fired: 0,

@@ -1,11 +1,10 @@
 //! What a user can ask of the fault engine, as data: the operations rules match, crash
-//! point and fault rule specifications with their strict validation, errno names, and the
-//! status the engine reports.  Shared by the daemon, the control protocol and `lossctl`.
+//! point and fault rule specifications with their strict validation, and errno names.
+//! Shared by the daemon, the control protocol and `lossctl`; what the engine reports back
+//! is in `report` (which depends on this module, not the other way round).
 
 use super::glob::Glob;
-use crate::report::PowercutReport;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use std::fmt::Write as _;
 
 /// A filesystem operation, as fault rules and crash points name it.
@@ -323,57 +322,7 @@ impl FaultSpec {
     }
 }
 
-/// The armed crash point and what became of it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CrashPointStatus {
-    pub spec: CrashSpec,
-    /// Operations that matched so far.
-    pub matched: u64,
-    /// Whether the cut happened.
-    pub fired: bool,
-}
-
-/// One fault rule and its counters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleStatus {
-    pub id: u64,
-    pub spec: FaultSpec,
-    pub matched: u64,
-    pub fired: u64,
-}
-
-/// Disk-full mode: the limit and what the mount is counted to hold.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskFullStatus {
-    pub limit: u64,
-    pub used: u64,
-}
-
-/// The last cut a crash point made.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastCut {
-    pub op: Op,
-    pub when: When,
-    /// The path of the operation that triggered it, if it was computed.
-    pub path: Option<String>,
-    /// False while the cut is still running.
-    pub done: bool,
-    pub report: Option<PowercutReport>,
-    pub error: Option<String>,
-}
-
-/// Everything the fault engine holds, for `lossctl status` and the fault commands.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FaultsStatus {
-    pub crash_point: Option<CrashPointStatus>,
-    pub faults: Vec<RuleStatus>,
-    pub disk_full: Option<DiskFullStatus>,
-    pub last_cut: Option<LastCut>,
-    /// `drop` (Linux) or `retry`: what an fsync error does to the file's unsynced data.
-    pub fsync_error: String,
-}
-
-fn ordinal(n: u64) -> String {
+pub(crate) fn ordinal(n: u64) -> String {
     let suffix = match (n % 10, n % 100) {
         (_, 11..=13) => "th",
         (1, _) => "st",
@@ -384,7 +333,7 @@ fn ordinal(n: u64) -> String {
     format!("{n}{suffix}")
 }
 
-fn path_text(p: &Option<String>) -> String {
+pub(crate) fn path_text(p: &Option<String>) -> String {
     match p {
         Some(p) => format!(" on {p:?}"),
         None => String::new(),
@@ -415,82 +364,9 @@ impl FaultSpec {
     }
 }
 
-impl FaultsStatus {
-    /// Whether anything is armed, set or remembered.
-    pub fn is_empty(&self) -> bool {
-        self.crash_point.is_none()
-            && self.faults.is_empty()
-            && self.disk_full.is_none()
-            && self.last_cut.is_none()
-    }
-
-    pub fn to_text(&self) -> String {
-        let mut s = String::new();
-        match &self.crash_point {
-            Some(c) => {
-                let when = match c.spec.when {
-                    When::Before => "before",
-                    When::After => "after",
-                };
-                let _ = writeln!(
-                    s,
-                    "crash point: power cut {when} the {} {}{} ({}, {} matched so far)",
-                    ordinal(c.spec.nth),
-                    c.spec.op.name(),
-                    path_text(&c.spec.path),
-                    if c.fired { "fired" } else { "armed" },
-                    c.matched
-                );
-            }
-            None => s.push_str("crash point: none armed\n"),
-        }
-        if self.faults.is_empty() {
-            s.push_str("faults: none\n");
-        }
-        for r in &self.faults {
-            let _ = writeln!(
-                s,
-                "fault {}: {} (matched {}, fired {})",
-                r.id,
-                r.spec.to_text(),
-                r.matched,
-                r.fired
-            );
-        }
-        if let Some(d) = &self.disk_full {
-            let _ = writeln!(
-                s,
-                "disk full: limit {} bytes, the mount holds {} bytes",
-                d.limit, d.used
-            );
-        }
-        let _ = writeln!(s, "fsync errors: {}", self.fsync_error);
-        if let Some(c) = &self.last_cut {
-            let _ = write!(
-                s,
-                "last crash-point cut: at {} {}{}: ",
-                match c.when {
-                    When::Before => "before",
-                    When::After => "after",
-                },
-                c.op.name(),
-                path_text(&c.path)
-            );
-            match (&c.report, &c.error) {
-                (Some(r), _) => s.push_str(&r.to_text()),
-                (None, Some(e)) => {
-                    let _ = writeln!(s, "failed: {e}");
-                }
-                (None, None) if !c.done => s.push_str("in progress\n"),
-                (None, None) => s.push_str("done\n"),
-            }
-        }
-        s
-    }
-}
-
 /// A control request to the fault engine (the commands `arm`, `disarm`, `fault_add`,
-/// `fault_list`, `fault_clear`, `disk_full` of the control protocol).
+/// `fault_list`, `fault_clear`, `disk_full` of the control protocol, whose wire form is in
+/// `control::protocol`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FaultCommand {
     Arm(CrashSpec),
@@ -501,86 +377,4 @@ pub enum FaultCommand {
     Clear(Option<u64>),
     /// Disk-full mode with this limit in bytes, or off.
     DiskFull(Option<u64>),
-}
-
-/// The protocol's command names for [`FaultCommand`].
-pub const FAULT_COMMANDS: [&str; 6] = [
-    "arm",
-    "disarm",
-    "fault_add",
-    "fault_list",
-    "fault_clear",
-    "disk_full",
-];
-
-fn only_fields(cmd: &str, obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
-    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(format!(
-            "unknown field {:?} in {cmd} request (allowed: {})",
-            k.chars().take(64).collect::<String>(),
-            allowed.join(", ")
-        )),
-        None => Ok(()),
-    }
-}
-
-fn optional_u64(cmd: &str, obj: &Map<String, Value>, key: &str) -> Result<Option<u64>, String> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| format!("\"{key}\" of {cmd} must be a non-negative integer, got {v}")),
-    }
-}
-
-impl FaultCommand {
-    /// Parses the fields of a fault command (`v` and `cmd` excluded); `None` if `cmd` is not
-    /// one.  Values are validated here, so a bad rule is refused before it reaches the engine.
-    pub fn parse(cmd: &str, fields: &Map<String, Value>) -> Option<Result<FaultCommand, String>> {
-        let spec_err = |e: serde_json::Error| format!("bad {cmd} request: {e}");
-        let r = match cmd {
-            "arm" => serde_json::from_value::<CrashSpec>(Value::Object(fields.clone()))
-                .map_err(spec_err)
-                .and_then(|s| s.check().map(|_| FaultCommand::Arm(s))),
-            "fault_add" => serde_json::from_value::<FaultSpec>(Value::Object(fields.clone()))
-                .map_err(spec_err)
-                .and_then(|s| s.check().map(|_| FaultCommand::Add(s))),
-            "disarm" => only_fields(cmd, fields, &[]).map(|()| FaultCommand::Disarm),
-            "fault_list" => only_fields(cmd, fields, &[]).map(|()| FaultCommand::List),
-            "fault_clear" => only_fields(cmd, fields, &["id"])
-                .and_then(|()| optional_u64(cmd, fields, "id"))
-                .map(FaultCommand::Clear),
-            "disk_full" => only_fields(cmd, fields, &["limit"])
-                .and_then(|()| optional_u64(cmd, fields, "limit"))
-                .map(FaultCommand::DiskFull),
-            _ => return None,
-        };
-        Some(r)
-    }
-
-    /// The command name and fields, as on the wire.
-    pub fn to_fields(&self) -> (&'static str, Map<String, Value>) {
-        let obj = |v: Result<Value, serde_json::Error>| match v {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        let mut m = Map::new();
-        match self {
-            FaultCommand::Arm(s) => ("arm", obj(serde_json::to_value(s))),
-            FaultCommand::Disarm => ("disarm", m),
-            FaultCommand::Add(s) => ("fault_add", obj(serde_json::to_value(s))),
-            FaultCommand::List => ("fault_list", m),
-            FaultCommand::Clear(id) => {
-                if let Some(id) = id {
-                    m.insert("id".into(), Value::from(*id));
-                }
-                ("fault_clear", m)
-            }
-            FaultCommand::DiskFull(limit) => {
-                m.insert("limit".into(), limit.map_or(Value::Null, Value::from));
-                ("disk_full", m)
-            }
-        }
-    }
 }

@@ -2,9 +2,10 @@
 //! the crash state against the recorded history of the file, determinism of the seed, and
 //! the op records surviving compaction.
 
-use super::tests::{pattern, Dirs, TFile};
+use super::tests::{pattern, Dirs, TFile, JOURNAL_NEEDS_ROOT};
 use super::*;
 use crate::prng::SplitMix64;
+use crate::testdir::require_root;
 use std::time::Duration;
 
 fn spec(mode: KeepMode, seed: u64, granularity: u64) -> KeepSpec {
@@ -51,6 +52,7 @@ fn run(spec: &KeepSpec, ops_seed: u64) -> (Vec<u8>, Vec<Vec<u8>>, FileLoss) {
 
 #[test]
 fn prefix_gives_the_durable_state_with_exactly_the_first_k_ops() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let mut seen_k = std::collections::HashSet::new();
     for ops_seed in 0..40 {
         let s = spec(KeepMode::Prefix, 1000 + ops_seed, 4096);
@@ -72,6 +74,7 @@ fn prefix_gives_the_durable_state_with_exactly_the_first_k_ops() {
 
 #[test]
 fn random_blocks_are_durable_or_latest_and_the_seed_replays() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let mut torn = 0;
     for seed in 0..30u64 {
         for g in [512u64, 4096] {
@@ -104,6 +107,7 @@ fn random_blocks_are_durable_or_latest_and_the_seed_replays() {
 
 #[test]
 fn all_keeps_everything_and_it_is_durable() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let s = spec(KeepMode::All, 0, 4096);
     let (got, history, loss) = run(&s, 5);
     assert_eq!(&got, history.last().unwrap());
@@ -113,6 +117,7 @@ fn all_keeps_everything_and_it_is_durable() {
 
 #[test]
 fn op_records_survive_compaction_and_a_failed_order_falls_back() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("keep-compact");
     let (j, _) = d.open(true);
     let f = TFile::create(&d, "f", &pattern(100, 4));
@@ -140,6 +145,7 @@ fn op_records_survive_compaction_and_a_failed_order_falls_back() {
 
 #[test]
 fn writeback_makes_only_files_dirtied_before_the_window_durable() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("writeback");
     let (j, _) = d.open(true);
     let old = TFile::create(&d, "old", &pattern(100, 6));
@@ -166,6 +172,7 @@ fn writeback_makes_only_files_dirtied_before_the_window_durable() {
 
 #[test]
 fn small_appends_write_no_log_record_each() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("keep-batch");
     let (j, _) = d.open(true);
     let f = TFile::create(&d, "wal", b"");

@@ -3,31 +3,33 @@
 //! SIGKILL replay, corrupt logs, locking, compaction and flat memory.
 
 use super::*;
+use crate::prng::SplitMix64;
+use crate::testdir::{require_root, TempDir};
+
+/// Why most journal tests need root (the ones that make it reopen a file).
+pub(super) const JOURNAL_NEEDS_ROOT: &str =
+    "the journal reopens files with open_by_handle_at, which needs CAP_DAC_READ_SEARCH";
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::atomic::AtomicUsize;
-
-static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 pub(super) struct Dirs {
-    base: PathBuf,
+    /// Removed on drop; `None` in a child process working in its parent's directory.
+    scratch: Option<TempDir>,
     pub(super) data: PathBuf,
     pub(super) state: PathBuf,
 }
 
 impl Dirs {
     pub(super) fn new(name: &str) -> Dirs {
-        let base = PathBuf::from(format!(
-            "/tmp/lossfs-journal-{}-{}-{}",
-            std::process::id(),
-            name,
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&base);
-        let data = base.join("data");
-        let state = base.join("state");
+        let scratch = TempDir::new(&format!("journal-{name}"));
+        let data = scratch.path().join("data");
+        let state = scratch.path().join("state");
         fs::create_dir_all(&data).unwrap();
-        Dirs { base, data, state }
+        Dirs {
+            scratch: Some(scratch),
+            data,
+            state,
+        }
     }
 
     pub(super) fn open(&self, rollback: bool) -> (Journal, Option<Vec<FileLoss>>) {
@@ -38,12 +40,6 @@ impl Dirs {
     fn try_open(&self) -> io::Result<(Journal, Option<Vec<FileLoss>>)> {
         let root: OwnedFd = File::open(&self.data).unwrap().into();
         Journal::open(&self.state, root, &self.data, true)
-    }
-}
-
-impl Drop for Dirs {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.base);
     }
 }
 
@@ -127,29 +123,8 @@ impl TFile {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 pub(super) fn pattern(n: usize, seed: u64) -> Vec<u8> {
-    Rng(seed | 1).bytes(n)
+    SplitMix64::new(seed).bytes(n)
 }
 
 fn ranges(v: &[(u64, u64)]) -> Vec<ByteRange> {
@@ -162,6 +137,7 @@ use crate::report::ByteRange;
 
 #[test]
 fn overwrite_and_append_roll_back_and_are_reported() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("basic");
     let (j, replayed) = d.open(true);
     assert_eq!(replayed, None);
@@ -196,6 +172,7 @@ fn overwrite_and_append_roll_back_and_are_reported() {
 
 #[test]
 fn fsync_in_between_moves_the_durable_state() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("fsync");
     let (j, _) = d.open(true);
     let f = TFile::create(&d, "a", &pattern(9000, 2));
@@ -214,6 +191,7 @@ fn fsync_in_between_moves_the_durable_state() {
 
 #[test]
 fn truncate_down_then_up_rolls_back() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("trunc");
     let (j, _) = d.open(true);
     let orig = pattern(10_000, 3);
@@ -241,6 +219,7 @@ fn truncate_down_then_up_rolls_back() {
 
 #[test]
 fn every_fallocate_mode_rolls_back() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let modes = [
         ("alloc", 0, 1000, 30_000),
         ("keep", FALLOC_KEEP_SIZE, 1000, 30_000),
@@ -315,6 +294,7 @@ fn mark_durable_deletes_undo_data_and_retires_records() {
 /// every power cut and every simulated daemon kill.
 #[test]
 fn randomized_against_model() {
+    require_root(JOURNAL_NEEDS_ROOT);
     for seed in [0x2545_f491_4f6c_dd1d, 0x9e37_79b9_7f4a_7c15, 42] {
         run_model(seed, 3000);
     }
@@ -323,7 +303,7 @@ fn randomized_against_model() {
 fn run_model(seed: u64, steps: usize) {
     let d = Dirs::new("model");
     let (mut j, _) = d.open(true);
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     const FILES: usize = 3;
     let files: Vec<TFile> = (0..FILES)
         .map(|i| {
@@ -460,6 +440,7 @@ fn run_model(seed: u64, steps: usize) {
 
 #[test]
 fn killed_daemon_is_rolled_back_on_next_open_and_replay_is_idempotent() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("kill");
     let orig_a = pattern(20_000, 6);
     let orig_b = pattern(5000, 7);
@@ -512,10 +493,11 @@ fn killed_daemon_is_rolled_back_on_next_open_and_replay_is_idempotent() {
 /// very test as the child.
 #[test]
 fn sigkilled_process_is_rolled_back() {
+    require_root(JOURNAL_NEEDS_ROOT);
     const CHILD: &str = "LOSSFS_JOURNAL_KILL_CHILD";
     if let Ok(base) = std::env::var(CHILD) {
         let d = Dirs {
-            base: PathBuf::from(&base),
+            scratch: None,
             data: PathBuf::from(&base).join("data"),
             state: PathBuf::from(&base).join("state"),
         };
@@ -534,7 +516,7 @@ fn sigkilled_process_is_rolled_back() {
             "journal::tests::sigkilled_process_is_rolled_back",
             "--test-threads=1",
         ])
-        .env(CHILD, &d.base)
+        .env(CHILD, d.scratch.as_ref().map(TempDir::path).unwrap())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -555,6 +537,7 @@ fn sigkilled_process_is_rolled_back() {
 
 #[test]
 fn killed_daemon_without_rollback_keeps_the_data_durable() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("keep");
     let f = TFile::create(&d, "a", &pattern(9000, 8));
     {
@@ -575,6 +558,7 @@ fn killed_daemon_without_rollback_keeps_the_data_durable() {
 
 #[test]
 fn corrupt_or_torn_tail_records_are_ignored() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("torn");
     let orig = pattern(10_000, 10);
     let f = TFile::create(&d, "a", &orig);
@@ -634,6 +618,7 @@ fn second_open_of_a_state_dir_fails_clearly() {
 
 #[test]
 fn memory_does_not_grow_with_appended_bytes() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("mem");
     let (j, _) = d.open(true);
     let f = TFile::create(&d, "a", &pattern(5000, 12));
@@ -662,6 +647,7 @@ fn memory_does_not_grow_with_appended_bytes() {
 
 #[test]
 fn sync_all_makes_everything_durable() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("sync");
     let (j, _) = d.open(true);
     let a = TFile::create(&d, "a", &pattern(100, 13));
@@ -679,6 +665,7 @@ fn sync_all_makes_everything_durable() {
 
 #[test]
 fn a_deleted_file_is_not_restored_and_only_flagged() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("unlink");
     let (j, _) = d.open(true);
     let orig = pattern(8000, 15);
@@ -738,6 +725,7 @@ fn closing_a_deleted_file_drops_its_records_and_undo_data() {
 
 #[test]
 fn renamed_file_is_still_restored_and_named() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("rename");
     let (j, _) = d.open(true);
     let orig = pattern(5000, 17);
@@ -753,6 +741,7 @@ fn renamed_file_is_still_restored_and_named() {
 
 #[test]
 fn log_is_compacted_and_stays_valid() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("compact");
     let orig = pattern(8192, 18);
     let keep = TFile::create(&d, "keep", &orig);
@@ -794,6 +783,7 @@ fn log_is_compacted_and_stays_valid() {
 
 #[test]
 fn concurrent_writers_to_one_file_serialise() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("threads");
     let (j, _) = d.open(true);
     let orig = pattern(64 * 1024, 20);
@@ -848,6 +838,7 @@ fn writers_to_different_files_do_not_wait_for_each_other() {
 
 #[test]
 fn full_undo_store_refuses_the_change() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("enospc");
     fs::create_dir_all(&d.state).unwrap();
     nix::mount::mount(
@@ -896,6 +887,7 @@ fn copy_tree(from: &Path, to: &Path) {
 
 #[test]
 fn discard_unsynced_restores_the_file_at_once_and_forgets_it() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("discard");
     let (j, _) = d.open(true);
     let f = TFile::create(&d, "f", &pattern(10_000, 1));
@@ -919,6 +911,7 @@ fn discard_unsynced_restores_the_file_at_once_and_forgets_it() {
 
 #[test]
 fn a_reserved_epoch_makes_the_next_change_free_and_rolls_back_to_the_fsynced_state() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("reserve");
     let (j, _) = d.open(true);
     let f = TFile::create(&d, "wal", &pattern(5000, 1));
@@ -958,6 +951,7 @@ fn a_reserved_epoch_makes_the_next_change_free_and_rolls_back_to_the_fsynced_sta
 
 #[test]
 fn a_killed_journal_holding_only_reserved_epochs_is_clean_and_a_started_one_rolls_back() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("reserve-kill");
     let (j, _) = d.open(true);
     let f = TFile::create(&d, "wal", &pattern(3000, 2));
@@ -987,6 +981,7 @@ fn a_killed_journal_holding_only_reserved_epochs_is_clean_and_a_started_one_roll
 
 #[test]
 fn reservations_are_bounded_and_the_oldest_is_retired() {
+    require_root(JOURNAL_NEEDS_ROOT);
     use super::log::MAX_RESERVED;
     let d = Dirs::new("reserve-many");
     let (j, _) = d.open(true);
@@ -1047,6 +1042,7 @@ fn a_reservation_left_by_another_file_is_retired_not_used() {
 
 #[test]
 fn undo_files_stay_open_within_a_bound_and_close_with_their_epoch() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let d = Dirs::new("undo-open");
     let (j, _) = d.open(true);
     let n = MAX_OPEN_UNDO + 10;

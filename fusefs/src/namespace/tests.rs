@@ -2,22 +2,26 @@
 //! directory, then undone, committed or replayed after a simulated kill (dropping the state).
 
 use super::*;
+use crate::testdir::{require_root, TempDir};
+
+/// Why most of these tests need root (the ones that make the journal reopen a file).
+const JOURNAL_NEEDS_ROOT: &str =
+    "the journal reopens files with open_by_handle_at, which needs CAP_DAC_READ_SEARCH";
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
 struct Tmp {
-    root: PathBuf,
+    root: TempDir,
 }
 
 impl Tmp {
     fn new(tag: &str) -> Tmp {
-        let root = std::env::temp_dir().join(format!("lossfs-ns-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(root.join("backing")).unwrap();
+        let root = TempDir::new(&format!("ns-{tag}"));
+        root.dir("backing");
         Tmp { root }
     }
     fn backing(&self) -> PathBuf {
-        self.root.join("backing")
+        self.root.path().join("backing")
     }
     fn p(&self, rel: &str) -> PathBuf {
         self.backing().join(rel)
@@ -43,12 +47,6 @@ impl Tmp {
         )
         .unwrap();
         Mounted { ns, report }
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
     }
 }
 
@@ -134,6 +132,7 @@ fn names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn undo_reverses_every_kind_of_change() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let t = Tmp::new("undo");
     fs::write(t.p("data"), b"old").unwrap();
     fs::write(t.p("victim"), b"durable").unwrap();
@@ -181,6 +180,7 @@ fn undo_reverses_every_kind_of_change() {
 
 #[test]
 fn posix_dir_fsync_commits_its_changes_and_their_parent_chain() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let t = Tmp::new("posix");
     let m = t.open(Model::Posix, true);
     let ns = &m.ns;
@@ -210,6 +210,7 @@ fn posix_dir_fsync_commits_its_changes_and_their_parent_chain() {
 
 #[test]
 fn journal_model_commits_everything_on_any_fsync() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let t = Tmp::new("journal");
     fs::write(t.p("old"), b"x").unwrap();
     let m = t.open(Model::Journal, true);
@@ -232,6 +233,7 @@ fn journal_model_commits_everything_on_any_fsync() {
 
 #[test]
 fn unlinking_one_hard_link_brings_back_exactly_that_name() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let t = Tmp::new("links");
     fs::write(t.p("a"), b"x").unwrap();
     fs::hard_link(t.p("a"), t.p("b")).unwrap();
@@ -245,6 +247,7 @@ fn unlinking_one_hard_link_brings_back_exactly_that_name() {
 
 #[test]
 fn replay_after_a_kill_finishes_an_interrupted_undo_exactly_once() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let t = Tmp::new("replay");
     fs::write(t.p("data"), b"old").unwrap();
     fs::write(t.p("victim"), b"v").unwrap();
@@ -391,7 +394,11 @@ fn non_durable_models_need_the_state_dir_on_the_backing_filesystem() {
         "this test needs /dev/shm on another filesystem than {}",
         t.backing().display()
     );
-    let state = shm.join(format!("lossfs-ns-xdev-{}", std::process::id()));
+    let shm_dir = tempfile::Builder::new()
+        .prefix("lossfs-ns-xdev-")
+        .tempdir_in(shm)
+        .unwrap();
+    let state = shm_dir.path().join("state");
     let root = fs::File::open(t.backing()).unwrap();
     let (journal, _) =
         Journal::open(&state, root.try_clone().unwrap().into(), &t.backing(), true).unwrap();
@@ -410,11 +417,11 @@ fn non_durable_models_need_the_state_dir_on_the_backing_filesystem() {
     assert!(err.contains("same filesystem as BACKING"), "{err}");
     assert!(open(Model::Durable).is_ok());
     drop(journal);
-    let _ = fs::remove_dir_all(&state);
 }
 
 #[test]
 fn exchange_and_rename_over_an_empty_dir_are_undone() {
+    require_root(JOURNAL_NEEDS_ROOT);
     let t = Tmp::new("exchange");
     fs::write(t.p("a"), b"A").unwrap();
     fs::write(t.p("b"), b"B").unwrap();

@@ -227,7 +227,7 @@ fn main() {
         seq: 0,
         names,
         map: std::ptr::null_mut(),
-        rng: Rng(seed),
+        rng: Rng::new(seed),
     };
     for name in DATA_NAMES {
         if !w.names.contains(name) {
