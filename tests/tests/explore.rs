@@ -1,0 +1,265 @@
+//! `lossfs explore` on real programs: SQLite through python3's sqlite3 module in its safe
+//! and unsafe settings, and a write-temp-then-rename program with and without its fsyncs.
+//! Each test runs the explorer on a small workload (a few acknowledged keys) with a bounded
+//! number of states and checks what it finds, and that a finding's replay command rebuilds
+//! the same state.
+
+use lossfs_tests::{check_preconditions, lossfs_bin, output_text, run_bounded, unique_tmp_dir};
+use serde_json::Value;
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// A template directory, a mount point and the scripts, under one temp dir.
+struct Setup {
+    root: PathBuf,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Setup {
+        let root = unique_tmp_dir(tag);
+        fs::create_dir(root.join("template")).unwrap();
+        fs::create_dir(root.join("mnt")).unwrap();
+        Setup { root }
+    }
+
+    fn script(&self, name: &str, text: &str) -> String {
+        let p = self.root.join(name);
+        fs::write(&p, text).unwrap();
+        format!("python3 {}", p.display())
+    }
+
+    fn template(&self) -> PathBuf {
+        self.root.join("template")
+    }
+
+    /// `lossfs explore ... --json EXTRA`: the parsed report (exit 0 or 1 both fine).
+    fn explore(&self, opts: &[&str], workload: &str, check: &str, extra: &[&str]) -> Value {
+        let mut c = Command::new(lossfs_bin());
+        c.arg("explore")
+            .arg("--backing")
+            .arg(self.template())
+            .arg("--mount")
+            .arg(self.root.join("mnt"));
+        for o in opts {
+            c.args(["-o", o]);
+        }
+        c.args(["--workload", workload, "--check", check, "--timeout", "60"])
+            .args(["--seed", "1", "--json"])
+            .args(extra);
+        let out = run_bounded(&mut c, Duration::from_secs(900));
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "lossfs explore failed: {}",
+            output_text(&out)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", output_text(&out)));
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(!findings(&v).is_empty())),
+            "exit status 1 exactly when something was found: {v}"
+        );
+        v
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+fn findings(v: &Value) -> &Vec<Value> {
+    v["findings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no findings list: {v}"))
+}
+
+/// Runs a finding's replay command (with this build's lossfs) and returns its report.
+fn replay(f: &Value) -> Value {
+    let cmd = f["replay"].as_str().expect("a replay command");
+    let rest = cmd
+        .strip_prefix("lossfs ")
+        .unwrap_or_else(|| panic!("replay command {cmd:?}"));
+    let out = run_bounded(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} {rest} --json", lossfs_bin().display())),
+        Duration::from_secs(300),
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("replay {cmd}: not JSON ({e}): {}", output_text(&out)))
+}
+
+/// Commits one row per transaction and acknowledges it once COMMIT returned.
+const SQLITE_WORKLOAD: &str = r#"
+import sqlite3, sys
+mode, sync, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+db = sqlite3.connect("db", isolation_level=None)
+db.execute(f"PRAGMA journal_mode={mode}")
+db.execute(f"PRAGMA synchronous={sync}")
+db.execute("CREATE TABLE IF NOT EXISTS t(k TEXT PRIMARY KEY, v TEXT)")
+for i in range(n):
+    db.execute("BEGIN")
+    db.execute("INSERT INTO t VALUES(?, ?)", (f"k{i}", "x" * 3000))
+    db.execute("COMMIT")
+    print(f"ACK k{i}", flush=True)
+"#;
+
+/// SQLite's own recovery (opening the database replays or discards its journal), then
+/// integrity_check, then every row.
+const SQLITE_CHECK: &str = r#"
+import sqlite3, sys
+db = sqlite3.connect("db")
+r = db.execute("PRAGMA integrity_check").fetchone()[0]
+if r != "ok":
+    print("integrity_check:", r)
+    sys.exit(1)
+if db.execute("SELECT count(*) FROM sqlite_master WHERE name='t'").fetchone()[0]:
+    for (k,) in db.execute("SELECT k FROM t"):
+        print("HAVE", k)
+"#;
+
+fn sqlite(tag: &str, mode: &str, sync: &str, states: &str) -> (Setup, Value) {
+    check_preconditions();
+    let s = Setup::new(tag);
+    let w = s.script("w.py", SQLITE_WORKLOAD);
+    let c = s.script("c.py", SQLITE_CHECK);
+    let v = s.explore(
+        &[],
+        &format!("{w} {mode} {sync} 3"),
+        &c,
+        &["--states", states, "--jobs", "2"],
+    );
+    (s, v)
+}
+
+#[test]
+fn sqlite_wal_with_synchronous_full_survives_every_state() {
+    let (_s, v) = sqlite("ex_wal_full", "wal", "full", "40");
+    assert!(
+        v["operations"]["fdatasync"].as_u64() >= Some(3),
+        "one WAL sync per commit at least: {v}"
+    );
+    assert_eq!(v["states"], 40, "{v}");
+    assert!(findings(&v).is_empty(), "{v}");
+}
+
+#[test]
+fn sqlite_wal_with_synchronous_off_loses_acknowledged_rows() {
+    let (_s, v) = sqlite("ex_wal_off", "wal", "off", "30");
+    let f = findings(&v);
+    let end_none = f
+        .iter()
+        .find(|f| f["state"] == "end:none")
+        .unwrap_or_else(|| panic!("a cut after the run loses the commits: {v}"));
+    assert_eq!(end_none["missing"], serde_json::json!(["k0", "k1", "k2"]));
+    // The replay rebuilds a partial state exactly.
+    let partial = f
+        .iter()
+        .find(|f| f["state"].as_str().is_some_and(|s| s.starts_with("pause:")))
+        .unwrap_or_else(|| panic!("a partial cut loses rows too: {v}"));
+    let r = replay(partial);
+    assert_eq!(r["states"], 1, "{r}");
+    let again = &findings(&r)[0];
+    assert_eq!(again["state"], partial["state"]);
+    assert_eq!(again["missing"], partial["missing"], "{r}");
+    assert_eq!(again["cause"], partial["cause"], "{r}");
+}
+
+#[test]
+fn sqlite_rollback_journal_with_synchronous_off_loses_rows_and_corrupts() {
+    let (_s, v) = sqlite("ex_del_off", "delete", "off", "40");
+    let f = findings(&v);
+    assert!(
+        f.iter()
+            .any(|f| f["missing"].as_array().is_some_and(|m| !m.is_empty())),
+        "lost acknowledged rows: {v}"
+    );
+    assert!(
+        f.iter().any(|f| f["check"] != "exit status 0"),
+        "some state leaves a database SQLite itself calls broken: {v}"
+    );
+}
+
+/// Replaces `data` with the next number, the classic way; with `fixed`, fsyncs the new file
+/// before the rename (the directory is fsynced either way, after the rename).
+const RENAME_WORKLOAD: &str = r#"
+import os, sys
+fixed, n = sys.argv[1] == "fixed", int(sys.argv[2])
+for i in range(1, n + 1):
+    with open("data.tmp", "w") as f:
+        f.write(str(i))
+        if fixed:
+            f.flush()
+            os.fsync(f.fileno())
+    os.rename("data.tmp", "data")
+    d = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(d)
+    os.close(d)
+    print(f"ACK {i}", flush=True)
+"#;
+
+const RENAME_CHECK: &str = r#"
+import sys
+try:
+    s = open("data").read()
+except FileNotFoundError:
+    print("data is missing")
+    sys.exit(1)
+if not s.strip().isdigit():
+    print(f"data holds {s!r}, not a number")
+    sys.exit(1)
+for i in range(1, int(s) + 1):
+    print("HAVE", i)
+"#;
+
+fn rename_program(tag: &str, model: &str, variant: &str) -> (Setup, Value) {
+    check_preconditions();
+    let s = Setup::new(tag);
+    fs::write(s.template().join("data"), b"0").unwrap();
+    let w = s.script("w.py", RENAME_WORKLOAD);
+    let c = s.script("c.py", RENAME_CHECK);
+    let v = s.explore(
+        &[&format!("metadata={model}")],
+        &format!("{w} {variant} 3"),
+        &c,
+        &["--states", "60"],
+    );
+    (s, v)
+}
+
+#[test]
+fn rename_without_fsync_of_the_file_is_flagged_under_metadata_journal() {
+    let (_s, v) = rename_program("ex_ren_bad", "journal", "wrong");
+    let f = findings(&v);
+    // The directory fsync commits the rename, not the file's data: an empty `data`.
+    let empty = f
+        .iter()
+        .find(|f| {
+            f["check_output"]
+                .as_str()
+                .is_some_and(|o| o.contains("data holds ''"))
+        })
+        .unwrap_or_else(|| panic!("the zero-length file after a committed rename: {v}"));
+    assert!(
+        empty["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("crash:fsyncdir:")
+                || s.starts_with("end:")
+                || s.starts_with("pause:")),
+        "{empty}"
+    );
+}
+
+#[test]
+fn rename_with_its_fsyncs_passes_under_metadata_posix() {
+    let (_s, v) = rename_program("ex_ren_good", "posix", "fixed");
+    assert_eq!(v["operations"]["fsync"], 3, "{v}");
+    assert_eq!(v["operations"]["fsyncdir"], 3, "{v}");
+    assert_eq!(v["operations"]["rename"], 3, "{v}");
+    assert!(v["states"].as_u64() >= Some(30), "{v}");
+    assert!(findings(&v).is_empty(), "{v}");
+}
