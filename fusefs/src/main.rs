@@ -58,7 +58,8 @@ struct RunCli {
 /// cut left.  The workload prints `ACK <key>` for what it was told is durable, the check
 /// prints `HAVE <key>` for what it finds; a lost acknowledged key, or a check exiting
 /// non-zero, is a finding, reported with the command that replays it.  Both run with `sh -c`
-/// in the mount, with LOSSFS_MOUNT set.  Exit status: 0 no finding, 1 findings, 2 error.
+/// in the mount, with LOSSFS_MOUNT (the mount point) and LOSSFS_EXPLORE_JOB (0 to J-1: the
+/// job, so that parallel runs can use a port each) set.  Exit status: 0 no finding, 1 findings, 2 error.
 #[derive(Parser, Debug)]
 #[command(name = "lossfs explore", version, after_help = OPTIONS_HELP)]
 struct ExploreCli {

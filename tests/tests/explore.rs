@@ -263,3 +263,80 @@ fn rename_with_its_fsyncs_passes_under_metadata_posix() {
     assert!(v["states"].as_u64() >= Some(30), "{v}");
     assert!(findings(&v).is_empty(), "{v}");
 }
+
+/// Redis with an append-only file: `SET k1..kN` in one pipeline, each acknowledged once
+/// Redis answered OK.  $1: the ports, one per explore job; $2: appendfsync; $3: N.
+const REDIS_WORKLOAD: &str = r#"
+set -u
+port=$(echo $1 | cut -d' ' -f$((LOSSFS_EXPLORE_JOB + 1)))
+redis-server --port "$port" --bind 127.0.0.1 --dir "$PWD" --appendonly yes \
+    --appendfsync "$2" --save '' --daemonize no >/dev/null 2>&1 &
+for _ in $(seq 400); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+i=0
+for i in $(seq "$3"); do echo "SET k$i v$i"; done | redis-cli -p "$port" | while read -r r; do
+    i=$((i + 1))
+    [ "$r" = OK ] && echo "ACK k$i"
+done
+"#;
+
+/// Redis's own recovery: start it on what the cut left and list the keys it loaded.
+const REDIS_CHECK: &str = r#"
+set -u
+port=$(echo $1 | cut -d' ' -f$((LOSSFS_EXPLORE_JOB + 1)))
+log=$(mktemp)
+redis-server --port "$port" --bind 127.0.0.1 --dir "$PWD" --appendonly yes \
+    --save '' --daemonize no >"$log" 2>&1 &
+pid=$!
+for _ in $(seq 400); do
+    [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && break
+    kill -0 $pid 2>/dev/null || { tail -n 3 "$log"; rm -f "$log"; exit 1; }
+    sleep 0.05
+done
+redis-cli -p "$port" --raw keys 'k*' | sed 's/^/HAVE /'
+kill $pid
+wait $pid
+rm -f "$log"
+"#;
+
+fn redis(tag: &str, appendfsync: &str) -> (Setup, Value) {
+    check_preconditions();
+    lossfs_tests::scenario::require_program("redis-server", "redis-server");
+    let s = Setup::new(tag);
+    let ports = format!(
+        "'{} {}'",
+        lossfs_tests::scenario::free_port(),
+        lossfs_tests::scenario::free_port()
+    );
+    let w = s.root.join("w.sh");
+    let c = s.root.join("c.sh");
+    fs::write(&w, REDIS_WORKLOAD).unwrap();
+    fs::write(&c, REDIS_CHECK).unwrap();
+    let v = s.explore(
+        &[],
+        &format!("sh {} {ports} {appendfsync} 20", w.display()),
+        &format!("sh {} {ports}", c.display()),
+        &["--states", "30", "--jobs", "2"],
+    );
+    (s, v)
+}
+
+#[test]
+fn redis_appendfsync_always_survives_every_state() {
+    let (_s, v) = redis("ex_redis_always", "always");
+    assert_eq!(v["acked_in_recording"], 20, "{v}");
+    assert!(v["operations"]["fdatasync"].as_u64() >= Some(1), "{v}");
+    assert!(findings(&v).is_empty(), "{v}");
+}
+
+/// everysec syncs the append-only file once a second, in the background: the 20 SETs of
+/// one pipeline take milliseconds, so the states after them lose acknowledged keys.
+#[test]
+fn redis_appendfsync_everysec_loses_acknowledged_keys() {
+    let (_s, v) = redis("ex_redis_everysec", "everysec");
+    assert!(
+        findings(&v)
+            .iter()
+            .any(|f| f["missing"].as_array().is_some_and(|m| !m.is_empty())),
+        "{v}"
+    );
+}

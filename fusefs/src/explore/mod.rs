@@ -136,6 +136,7 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
     }
     let _made = RemoveDirsOnDrop(made);
     let mut first = Job::new(
+        0,
         bins.clone(),
         &args.backing,
         &work.join("job0"),
@@ -165,6 +166,7 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
             let job = match firstjob.take() {
                 Some(job) => Ok(job),
                 None => Job::new(
+                    j,
                     bins.clone(),
                     &args.backing,
                     &work.join(format!("job{j}")),
@@ -240,13 +242,7 @@ fn record(job: &mut Job, args: &ExploreArgs) -> Result<(BTreeMap<String, u64>, u
             &u64::MAX.to_string(),
         ])?;
     }
-    let ran = Running::spawn(
-        &args.workload,
-        &job.mnt,
-        &[("LOSSFS_MOUNT", &job.mnt)],
-        args.timeout,
-    )?
-    .finish();
+    let ran = Running::spawn(&args.workload, &job.mnt, &job.env(), args.timeout)?.finish();
     if ran.end != CheckEnd::Exit(0) {
         return Err(format!(
             "the workload failed on a fresh copy of the template, before any cut ({}): {}",
@@ -287,7 +283,7 @@ fn last_lines(a: &str, b: &str) -> String {
 /// Builds one state on a fresh copy, runs the check on it, judges it.
 fn visit(job: &mut Job, st: &State, args: &ExploreArgs) -> Result<Outcome, String> {
     job.start()?;
-    let env = [("LOSSFS_MOUNT", job.mnt.as_path())];
+    let env = job.env();
     let reached = match st {
         State::Crash { op, nth, after } => {
             job.ctl(&[

@@ -5,6 +5,7 @@
 
 use super::verdict::CheckEnd;
 use serde_json::Value;
+use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -49,6 +50,8 @@ fn run_quiet(cmd: &mut Command, what: &str) -> Result<std::process::Output, Stri
 
 /// One job: its work directory (the copy of the template), mount point and daemon.
 pub struct Job {
+    /// 0 for the first job: lets a workload pick resources of its own (a port) per job.
+    index: usize,
     bins: Binaries,
     template: PathBuf,
     backing: PathBuf,
@@ -60,6 +63,7 @@ pub struct Job {
 
 impl Job {
     pub fn new(
+        index: usize,
         bins: Binaries,
         template: &Path,
         work: &Path,
@@ -69,6 +73,7 @@ impl Job {
         std::fs::create_dir_all(work)
             .map_err(|e| format!("creating the work directory {}: {e}", work.display()))?;
         Ok(Job {
+            index,
             bins,
             template: template.to_path_buf(),
             backing: work.join("backing"),
@@ -201,6 +206,15 @@ impl Job {
         }
     }
 
+    /// The environment of the workload and the check: `LOSSFS_MOUNT` (the mount point) and
+    /// `LOSSFS_EXPLORE_JOB` (the job's number, from 0).
+    pub fn env(&self) -> Vec<(&'static str, OsString)> {
+        vec![
+            ("LOSSFS_MOUNT", self.mnt.clone().into_os_string()),
+            ("LOSSFS_EXPLORE_JOB", self.index.to_string().into()),
+        ]
+    }
+
     /// `lossctl ARGS... MNT --json`: the answer, or what went wrong.
     pub fn ctl(&self, args: &[&str]) -> Result<Value, String> {
         let out = run_quiet(
@@ -255,7 +269,7 @@ impl Running {
     pub fn spawn(
         cmd: &str,
         cwd: &Path,
-        env: &[(&str, &Path)],
+        env: &[(&str, OsString)],
         timeout: Duration,
     ) -> Result<Running, String> {
         let mut c = Command::new("sh");
