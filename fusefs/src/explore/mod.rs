@@ -80,7 +80,8 @@ pub fn mount_options(user: &[String]) -> Vec<String> {
     out
 }
 
-/// Entry of `lossfs explore`: the exit code (0 no finding, 1 findings, 2 the run failed).
+/// Entry of `lossfs explore`: the exit code (0 no finding, 1 findings, 2 the run failed or
+/// some state could not be built).
 pub fn run(args: ExploreArgs) -> i32 {
     match explore(&args) {
         Ok(summary) => {
@@ -90,7 +91,13 @@ pub fn run(args: ExploreArgs) -> i32 {
                 output::text(&summary, &args)
             };
             print!("{text}");
-            i32::from(!summary.findings.is_empty())
+            if !summary.findings.is_empty() {
+                1
+            } else if summary.outcomes.iter().any(|o| o.error.is_some()) {
+                2
+            } else {
+                0
+            }
         }
         Err(e) => {
             if args.json {
@@ -345,11 +352,18 @@ fn visit(job: &mut Job, st: &State, args: &ExploreArgs) -> Result<Outcome, Strin
         State::End { keep, seed } => {
             let ran = Running::spawn(&args.workload, &job.mnt, &env, args.timeout)?.finish();
             if ran.end != CheckEnd::Exit(0) {
-                return Err(format!(
-                    "state {st}: the workload failed without any cut ({}): {}",
-                    describe(&ran.end),
-                    last_lines(&ran.stderr, &ran.stdout)
-                ));
+                job.stop()?;
+                return Ok(Outcome {
+                    state: st.clone(),
+                    reached: false,
+                    acked: 0,
+                    finding: None,
+                    error: Some(format!(
+                        "the workload failed without any cut ({}): {}",
+                        describe(&ran.end),
+                        last_lines(&ran.stderr, &ran.stdout)
+                    )),
+                });
             }
             cut(job, *keep, *seed)?;
             Reached::from(true, ran)
@@ -362,6 +376,7 @@ fn visit(job: &mut Job, st: &State, args: &ExploreArgs) -> Result<Outcome, Strin
             reached: false,
             acked: 0,
             finding: None,
+            error: None,
         });
     };
     let check = Running::spawn(&args.check, &job.mnt, &env, args.timeout)?.finish();
@@ -382,6 +397,7 @@ fn visit(job: &mut Job, st: &State, args: &ExploreArgs) -> Result<Outcome, Strin
         reached: true,
         acked: acked.len(),
         finding,
+        error: None,
     })
 }
 

@@ -18,6 +18,9 @@ pub struct Outcome {
     /// Keys the workload acknowledged before the cut.
     pub acked: usize,
     pub finding: Option<Finding>,
+    /// Why the state could not be built (the workload failed without any cut: it is not
+    /// deterministic, or its environment is short of something).
+    pub error: Option<String>,
 }
 
 /// A state that broke the program.
@@ -69,6 +72,14 @@ impl Summary {
 
     fn reached(&self) -> usize {
         self.outcomes.iter().filter(|o| o.reached).count()
+    }
+
+    fn errors(&self) -> Vec<&Outcome> {
+        self.outcomes.iter().filter(|o| o.error.is_some()).collect()
+    }
+
+    fn unreached(&self) -> usize {
+        self.outcomes.len() - self.reached() - self.errors().len()
     }
 
     /// Findings by cause, causes in order of first appearance.
@@ -165,7 +176,7 @@ pub fn text(s: &Summary, args: &ExploreArgs) -> String {
             s.acked
         );
     }
-    let unreached = s.outcomes.len() - s.reached();
+    let unreached = s.unreached();
     let _ = writeln!(
         t,
         "explored {} crash states in {:.1} s (seed {}){}: {} findings",
@@ -179,6 +190,14 @@ pub fn text(s: &Summary, args: &ExploreArgs) -> String {
         },
         s.findings.len()
     );
+    for o in s.errors() {
+        let _ = writeln!(
+            t,
+            "state {} not built: {}",
+            o.state,
+            o.error.as_deref().unwrap_or_default()
+        );
+    }
     for (cause, v) in s.groups() {
         let _ = writeln!(t, "\n{cause}: {} states", v.len());
         for o in v.iter().take(5) {
@@ -245,7 +264,11 @@ pub fn json(s: &Summary, args: &ExploreArgs) -> String {
         .collect();
     let v = json!({
         "states": s.reached(),
-        "unreached": s.outcomes.len() - s.reached(),
+        "unreached": s.unreached(),
+        "errors": s.errors().iter().map(|o| json!({
+            "state": o.state.to_string(),
+            "error": o.error,
+        })).collect::<Vec<_>>(),
         "seed": s.seed,
         "operations": s.counts,
         "acked_in_recording": s.acked,
