@@ -168,6 +168,16 @@ impl Job {
     /// Unmounts (a clean unmount) and waits for the daemon, bounded; a daemon that does not
     /// go is killed by its pid and the mount detached.
     pub fn stop(&mut self) -> Result<(), String> {
+        if self.daemon.is_none() {
+            return Ok(());
+        }
+        // A server the workload or the check left running (daemonized, out of their
+        // process group) would keep the mount busy: kill every user of the mount the way a
+        // cut does.  Keeping everything changes nothing that matters: the copy is thrown
+        // away.
+        if let Err(e) = self.ctl(&["powercut", "--keep", "all"]) {
+            eprintln!("lossfs explore: {e}");
+        }
         let Some(mut child) = self.daemon.take() else {
             return Ok(());
         };
