@@ -197,9 +197,11 @@ impl Job {
                     "detaching",
                 );
                 return Err(format!(
-                    "the lossfs daemon of {} did not exit within {} s of the unmount: killed",
+                    "the lossfs daemon of {} did not exit within {} s of the unmount: killed \
+                     (its log ends: {})",
                     self.mnt.display(),
-                    MOUNT_TIMEOUT.as_secs()
+                    MOUNT_TIMEOUT.as_secs(),
+                    self.daemon_log()
                 ));
             }
             // Busy right after a cut while the killed processes' files close: try again.
