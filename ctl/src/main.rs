@@ -588,22 +588,29 @@ fn powercut_all(cli: &Cli, no_kill: bool, keep: KeepRequest) -> (String, Vec<Fai
             )],
         );
     }
-    // One seed for every mount: a host-wide cut replays from one number.  (Left out of
-    // plain cuts, which daemons without --keep must still accept.)
-    let keep = if keep.mode.is_seeded() {
-        KeepRequest {
-            seed: Some(keep.seed.unwrap_or_else(lossfs::prng::fresh_seed)),
-            ..keep
-        }
-    } else {
-        keep
-    };
-    let req = Request::Powercut { no_kill, keep };
-    let req = &req;
+    // One number replays a host-wide cut, but each mount draws from its own seed, derived
+    // from that number and its mount point: mounts with the same relative paths (replicas)
+    // lose different blocks, as independent machines would.  (Left out of plain cuts, which
+    // daemons without --keep must still accept.)
+    let host_seed = keep
+        .mode
+        .is_seeded()
+        .then(|| keep.seed.unwrap_or_else(lossfs::prng::fresh_seed));
+    let reqs: Vec<Request> = targets
+        .iter()
+        .map(|t| Request::Powercut {
+            no_kill,
+            keep: KeepRequest {
+                seed: host_seed.map(|s| mount_seed(s, &t.name)),
+                ..keep
+            },
+        })
+        .collect();
     let answers: Vec<Result<Value, Failure>> = std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()
-            .map(|t| s.spawn(move || ask(cli, t, req)))
+            .zip(&reqs)
+            .map(|(t, req)| s.spawn(move || ask(cli, t, req)))
             .collect();
         handles
             .into_iter()
@@ -618,10 +625,25 @@ fn powercut_all(cli: &Cli, no_kill: bool, keep: KeepRequest) -> (String, Vec<Fai
             })
             .collect()
     });
+    let answers = answers.into_iter().map(|a| {
+        a.map(|mut v| {
+            if let (Some(h), Some(o)) = (host_seed, v.as_object_mut()) {
+                o.insert("host_seed".into(), h.into());
+            }
+            v
+        })
+    });
     let mut failures = Vec::new();
     let mut values = Vec::new();
-    let mut text = String::new();
-    for (answer, t) in answers.into_iter().zip(&targets) {
+    let mut text = match host_seed {
+        Some(h) if !cli.json => format!(
+            "host seed {h}: each mount's seed below is derived from it and the mount point \
+             (replay one mount with lossctl powercut MNT --keep {} --seed SEED)\n",
+            keep.mode.as_str()
+        ),
+        _ => String::new(),
+    };
+    for (answer, t) in answers.zip(&targets) {
         match answer {
             Ok(v) if cli.json => values.push(v),
             Ok(v) => match render(cli, t, v, powercut_text) {
@@ -643,6 +665,12 @@ fn powercut_all(cli: &Cli, no_kill: bool, keep: KeepRequest) -> (String, Vec<Fai
         text = format!("{}\n", Value::Array(values));
     }
     (text, failures)
+}
+
+/// The seed one mount of a `--all` cut draws from: depends on the host seed and the mount
+/// point only, so the same command on the same mounts replays the same crash states.
+fn mount_seed(host_seed: u64, mount_point: &str) -> u64 {
+    lossfs::prng::SplitMix64::for_item(host_seed, mount_point.as_bytes()).next_u64()
 }
 
 fn main() -> ExitCode {

@@ -301,8 +301,16 @@ impl LossFs {
     pub fn stat_of(&self, inode: &Arc<Inode>) -> FsResult<libc::stat> {
         let fd = self.path_fd(inode)?;
         let mut st = fstat(fd.fd()).ctx("fstat")?;
+        self.hide_graves(&mut st);
         st.st_ino = inode.nodeid;
         Ok(st)
+    }
+
+    /// Link counts as if the namespace model's graveyard did not exist.
+    fn hide_graves(&self, st: &mut libc::stat) {
+        if let Some(ns) = &self.ns {
+            ns.hide_graves(st);
+        }
     }
 
     // ---- names ----
@@ -331,6 +339,7 @@ impl LossFs {
     fn adopt(&self, fd: OwnedFd) -> FsResult<(Arc<Inode>, libc::stat)> {
         let mut st = fstat(fd.as_fd()).ctx("fstat")?;
         let inode = self.inodes.remember(fd, &st).ctx("name_to_handle_at")?;
+        self.hide_graves(&mut st);
         st.st_ino = inode.nodeid;
         Ok((inode, st))
     }

@@ -17,6 +17,7 @@ pub mod control;
 pub mod cpupin;
 pub mod daemon;
 pub mod error;
+pub mod explore;
 pub mod faults;
 pub mod fs;
 pub mod fuse;

@@ -1,9 +1,11 @@
 //! `lossfs BACKING MOUNTPOINT [-o OPTIONS] [-f]`: mount a lossfs view of BACKING; and
 //! `lossfs run --backing DIR --mount DIR [-o OPTIONS] [--restart] -- PROGRAM ARGS...`: mount
-//! it, run PROGRAM on it, unmount when PROGRAM exits.
+//! it, run PROGRAM on it, unmount when PROGRAM exits; and `lossfs explore ...`: run a
+//! workload on every crash state it could meet and check each (see `lossfs explore --help`).
 
 use clap::Parser;
 use lossfs::daemon::{run, MountArgs};
+use lossfs::explore::ExploreArgs;
 use lossfs::run::RunArgs;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -55,9 +57,58 @@ fn after_help() -> String {
     format!(
         "{}Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`.\n\
          Run a program on a mount: lossfs run --backing DIR --mount DIR [-o OPTIONS] [--restart] \
-         -- PROGRAM ARGS...",
+         -- PROGRAM ARGS...\n\
+         Check a program on every crash state: lossfs explore --backing DIR --mount DIR \
+         --workload CMD --check CMD",
         lossfs::options::options_help()
     )
+}
+
+/// Run WORKLOAD on a copy of BACKING mounted at MOUNT, once per crash state it could meet (a
+/// cut before and after each fsync, fdatasync, fsyncdir and rename; partial cuts, --keep
+/// prefix and random, before each change; cuts after the whole run), then CHECK on what the
+/// cut left.  The workload prints `ACK <key>` for what it was told is durable, the check
+/// prints `HAVE <key>` for what it finds; a lost acknowledged key, or a check exiting
+/// non-zero, is a finding, reported with the command that replays it.  Both run with `sh -c`
+/// in the mount, with LOSSFS_MOUNT (the mount point) and LOSSFS_EXPLORE_JOB (0 to J-1: the
+/// job, so that parallel runs can use a port each) set.  Exit status: 0 no finding, 1 findings, 2 error.
+#[derive(Parser, Debug)]
+#[command(name = "lossfs explore", version, after_help = after_help())]
+struct ExploreCli {
+    /// The template directory every state starts from (copied, never modified).
+    #[arg(long, value_name = "DIR")]
+    backing: PathBuf,
+    /// Where to mount the copies (with --jobs N, also MOUNT.job1 ... are used).
+    #[arg(long = "mount", value_name = "DIR")]
+    mountpoint: PathBuf,
+    /// Mount options, as for a normal mount; may be given more than once.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// The workload, a shell command; it prints `ACK <key>` lines.
+    #[arg(long, value_name = "CMD")]
+    workload: String,
+    /// The recovery check, a shell command; it prints `HAVE <key>` lines, and exits
+    /// non-zero on what it considers broken.
+    #[arg(long, value_name = "CMD")]
+    check: String,
+    /// Visit at most N states (chosen evenly when there are more).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    states: usize,
+    /// Seed of the partial cuts' draws (default: drawn, and reported).
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// States explored at the same time, each on a mount of its own.
+    #[arg(long, value_name = "J", default_value_t = 1)]
+    jobs: usize,
+    /// Bound of each workload and check run, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    timeout: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Only this state, as a finding's replay command gives it (e.g. crash:fsync:3:after).
+    #[arg(long, value_name = "STATE", value_parser = lossfs::explore::state::State::parse)]
+    state: Option<lossfs::explore::state::State>,
 }
 
 fn main() {
@@ -72,6 +123,24 @@ fn main() {
             options: cli.options,
             restart: cli.restart,
             program: cli.program,
+        }));
+    }
+    if argv.get(1).is_some_and(|a| a == "explore") {
+        let cli = ExploreCli::parse_from(
+            std::iter::once(OsString::from("lossfs explore")).chain(argv.into_iter().skip(2)),
+        );
+        std::process::exit(lossfs::explore::run(ExploreArgs {
+            backing: cli.backing,
+            mountpoint: cli.mountpoint,
+            options: cli.options,
+            workload: cli.workload,
+            check: cli.check,
+            states: cli.states,
+            seed: cli.seed,
+            jobs: cli.jobs,
+            timeout: std::time::Duration::from_secs(cli.timeout.max(1)),
+            json: cli.json,
+            only: cli.state,
         }));
     }
     let cli = Cli::parse_from(argv);

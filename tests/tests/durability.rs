@@ -259,3 +259,47 @@ fn extension_by_hole_counts_as_unsynced() {
     assert_eq!(num(l, "lost_bytes"), 4000, "{rep}");
     assert_eq!(read_all(&p), vec![1u8; 1000]);
 }
+
+/// sync(2), syncfs(2) and sync_file_range(2) never reach a FUSE daemon that is not
+/// virtiofs (the kernel sends FUSE_SYNCFS to virtiofs servers only, and sync_file_range only
+/// writes back the page cache, which holds nothing dirty without the writeback cache), so
+/// none of them is a durable point on lossfs: a harness calls `lossctl sync` instead.  This
+/// pins the documented behaviour; if a kernel ever sends them, the fault model must change.
+#[test]
+fn sync_syncfs_and_sync_file_range_make_nothing_durable() {
+    use std::os::fd::AsRawFd;
+    let m = Mount::new(&[]);
+    let p = m.path("f");
+    let durable = pattern(5, 0, 4096);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    f.write_all_at(&durable, 0).unwrap();
+    f.sync_all().unwrap();
+    f.write_all_at(&pattern(6, 0, 5000), 0).unwrap();
+    // SAFETY: plain syscalls on an fd this test owns.
+    unsafe {
+        assert_eq!(libc::syncfs(f.as_raw_fd()), 0, "syncfs");
+        libc::sync();
+        let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        assert_eq!(libc::sync_file_range(f.as_raw_fd(), 0, 0, all), 0);
+    }
+    let st = m.status_json();
+    let e = report_file(&st, "f").unwrap_or_else(|| panic!("no entry for f in {st}"));
+    assert_eq!(num(e, "unsynced_bytes"), 5000, "{st}");
+    drop(f);
+    let rep = m.powercut_json();
+    assert_eq!(num(&rep, "lost_bytes"), 5000, "{rep}");
+    assert_eq!(read_all(&p), durable);
+    // What a harness does instead of sync(1): everything on the mount becomes durable.
+    fs::write(&p, b"synced by lossctl").unwrap();
+    m.sync();
+    m.powercut_json();
+    assert_eq!(read_all(&p), b"synced by lossctl");
+}

@@ -67,18 +67,70 @@ fn powercut_all_cuts_every_mount_and_kills_their_users() {
     for m in [&a, &b] {
         assert_eq!(std::fs::read(m.path("unsynced")).unwrap(), b"maybe");
     }
-    let reports = cut_all(&["--no-kill", "--keep", "prefix"]);
-    let seeds: Vec<&serde_json::Value> = reports
-        .as_array()
-        .expect("a JSON array")
-        .iter()
-        .map(|r| &r["seed"])
-        .collect();
-    assert_eq!(seeds.len(), 2);
-    assert!(
-        seeds[0].is_u64() && seeds[0] == seeds[1],
-        "one seed: {reports}"
+    // A seeded cut: one host seed, and per mount a seed derived from it and the mount point,
+    // so two mounts holding the same files under the same names (replicas) keep different
+    // blocks, and each replays alone from its own seed.
+    let blocks = 64usize;
+    let old: Vec<u8> = vec![b'o'; blocks * 4096];
+    let new: Vec<u8> = vec![b'n'; blocks * 4096];
+    let overwrite = |m: &Mount| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("blocks"))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &new, 0).unwrap();
+    };
+    for m in [&a, &b] {
+        std::fs::write(m.path("blocks"), &old).unwrap();
+        std::fs::File::open(m.path("blocks"))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+        overwrite(m);
+    }
+    let reports = cut_all(&["--no-kill", "--keep", "random", "--seed", "7"]);
+    let seed_of = |m: &Mount| -> u64 {
+        let mp = m.mnt.display().to_string();
+        let r = reports
+            .as_array()
+            .expect("a JSON array")
+            .iter()
+            .find(|r| r["mountpoint"] == mp.as_str())
+            .unwrap_or_else(|| panic!("no report for {mp}: {reports}"));
+        assert_eq!(r["host_seed"], 7, "{r}");
+        r["seed"].as_u64().unwrap_or_else(|| panic!("no seed: {r}"))
+    };
+    let (seed_a, seed_b) = (seed_of(&a), seed_of(&b));
+    assert_ne!(
+        seed_a, seed_b,
+        "each mount draws from its own seed: {reports}"
     );
+    let kept_a = std::fs::read(a.path("blocks")).unwrap();
+    let kept_b = std::fs::read(b.path("blocks")).unwrap();
+    for k in [&kept_a, &kept_b] {
+        assert!(
+            k.contains(&b'o') && k.contains(&b'n'),
+            "a random subset kept"
+        );
+    }
+    assert_ne!(kept_a, kept_b, "two mounts, two crash states");
+    // The same command replays both; one mount's seed replays that mount alone.
+    overwrite(&a);
+    overwrite(&b);
+    cut_all(&["--no-kill", "--keep", "random", "--seed", "7"]);
+    assert_eq!(std::fs::read(a.path("blocks")).unwrap(), kept_a);
+    assert_eq!(std::fs::read(b.path("blocks")).unwrap(), kept_b);
+    overwrite(&b);
+    let out = run_bounded(
+        Command::new(lossctl_bin())
+            .arg("powercut")
+            .arg(&b.mnt)
+            .args(["--no-kill", "--keep", "random", "--seed"])
+            .arg(seed_b.to_string()),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(std::fs::read(b.path("blocks")).unwrap(), kept_b);
 
     // A mount whose daemon is gone is reported too, in the JSON, and fails the command.
     b.kill_daemon();

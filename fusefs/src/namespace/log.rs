@@ -158,6 +158,15 @@ impl Change {
         }
     }
 
+    /// The inodes the change's graveyard entries hold, one per entry.
+    pub fn buried(&self) -> Vec<FileKey> {
+        match self {
+            Change::Create { .. } => Vec::new(),
+            Change::Remove { victim, .. } => vec![*victim],
+            Change::Rename { replaced, .. } => replaced.iter().map(|(_, k)| *k).collect(),
+        }
+    }
+
     /// Graveyard entries the change owns (deleted when it is committed).
     pub fn graves(&self) -> Vec<&str> {
         match self {

@@ -115,6 +115,10 @@ pub struct Namespace {
     graveyard_path: PathBuf,
     journal: Arc<Journal>,
     state: Mutex<State>,
+    /// Graveyard links per inode of the pending changes: programs see link counts as if the
+    /// graveyard did not exist.  Its own lock, so attribute requests never wait for a name
+    /// operation's syscalls.
+    buried: Mutex<HashMap<FileKey, u32>>,
 }
 
 fn cname(name: &[u8]) -> io::Result<CString> {
@@ -187,6 +191,7 @@ impl Namespace {
                 next_seq: 1,
                 waiting: HashMap::new(),
             }),
+            buried: Mutex::new(HashMap::new()),
         };
         let report = if live.is_empty() {
             None
@@ -261,11 +266,47 @@ impl Namespace {
 
     /// Change `seq` took effect: in the posix model it now waits for its parents' fsync.
     fn made(&self, st: &mut State, seq: u64) {
-        if self.model == Model::Posix {
-            if let Some(c) = st.log.live().get(&seq) {
-                let parents = c.parents();
-                st.waiting.insert(seq, parents);
+        let Some(c) = st.log.live().get(&seq) else {
+            return;
+        };
+        let buried = c.buried();
+        if !buried.is_empty() {
+            let mut b = self.buried.lock();
+            for k in buried {
+                *b.entry(k).or_default() += 1;
             }
+        }
+        if self.model == Model::Posix {
+            let parents = c.parents();
+            st.waiting.insert(seq, parents);
+        }
+    }
+
+    /// The graveyard entry of `key` is gone (committed).
+    fn unbury(&self, key: FileKey) {
+        let mut b = self.buried.lock();
+        if let Some(n) = b.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                b.remove(&key);
+            }
+        }
+    }
+
+    /// Corrects the backing `st` of an inode (real `st_ino`) to what a program sees: the
+    /// graveyard's links do not count, and a directory or file whose only names are in the
+    /// graveyard has none (as an unlinked open file has on a real filesystem).
+    pub fn hide_graves(&self, st: &mut libc::stat) {
+        let b = self.buried.lock();
+        if b.is_empty() {
+            return;
+        }
+        if let Some(&n) = b.get(&key_of(st)) {
+            st.st_nlink = if sys::is_dir(st) {
+                0
+            } else {
+                st.st_nlink.saturating_sub(n.into())
+            };
         }
     }
 
@@ -488,6 +529,9 @@ impl Namespace {
             for grave in change.graves() {
                 self.delete_grave(grave);
             }
+            for k in change.buried() {
+                self.unbury(k);
+            }
             n += 1;
         }
         Ok(n)
@@ -551,6 +595,7 @@ impl Namespace {
             }
         }
         st.waiting.clear();
+        self.buried.lock().clear();
         if let Err(e) = st.log.reset() {
             tracing::warn!(error = %e, "namespace: cannot reset the log");
         }

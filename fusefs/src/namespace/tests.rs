@@ -451,3 +451,61 @@ fn exchange_and_rename_over_an_empty_dir_are_undone() {
     assert_eq!(key_at(&t.p("dst")), dst, "the replaced directory is back");
     assert!(names(&t.p("dst")).is_empty());
 }
+
+/// What `LossFs` reports for the inode at `p`, or at an open `f` whose names may be gone.
+fn visible_nlink(ns: &Namespace, f: &fs::File) -> u64 {
+    let mut st = crate::fs::fstat(f.as_fd()).unwrap();
+    ns.hide_graves(&mut st);
+    st.st_nlink
+}
+
+#[test]
+fn link_counts_ignore_the_graveyard_until_commit_and_after_undo() {
+    for model in [Model::Journal, Model::Posix] {
+        let t = Tmp::new(&format!("nlink-{}", model.name()));
+        fs::write(t.p("a"), b"a").unwrap();
+        fs::write(t.p("old"), b"old").unwrap();
+        fs::create_dir(t.p("d")).unwrap();
+        let m = t.open(model, true);
+        let ns = &m.ns;
+        let b = t.backing();
+        let a = fs::File::open(t.p("a")).unwrap();
+        let old = fs::File::open(t.p("old")).unwrap();
+        let d = fs::File::open(t.p("d")).unwrap();
+        fs::hard_link(t.p("a"), t.p("a2")).unwrap();
+        assert_eq!(visible_nlink(ns, &a), 2);
+        unlink(ns, &b, "a2");
+        assert_eq!(
+            visible_nlink(ns, &a),
+            1,
+            "{model:?}: unlink of one of two names"
+        );
+        unlink(ns, &b, "a");
+        assert_eq!(
+            visible_nlink(ns, &a),
+            0,
+            "{model:?}: open file with no name left"
+        );
+        create_file(ns, &b, "new", b"new");
+        rename(ns, &b, "new", &b, "old");
+        assert_eq!(
+            visible_nlink(ns, &old),
+            0,
+            "{model:?}: the file a rename replaced"
+        );
+        ns.remove(DirFd::new(&b).parent(), &c("d"), true).unwrap();
+        assert_eq!(visible_nlink(ns, &d), 0, "{model:?}: removed directory");
+        ns.undo_all();
+        assert_eq!(
+            visible_nlink(ns, &a),
+            2,
+            "{model:?}: undone unlinks are names again"
+        );
+        assert_eq!(visible_nlink(ns, &old), 1);
+        assert_eq!(visible_nlink(ns, &d), 2);
+        unlink(ns, &b, "a");
+        ns.commit_all().unwrap();
+        assert_eq!(visible_nlink(ns, &a), 1, "{model:?}: committed unlink");
+        assert!(ns.buried.lock().is_empty());
+    }
+}
