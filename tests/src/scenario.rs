@@ -9,6 +9,7 @@
 //! prints the verdict line.
 
 pub mod etcd;
+pub mod kafka;
 pub mod nats;
 
 use std::fs::{self, File};
