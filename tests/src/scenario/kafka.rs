@@ -728,7 +728,7 @@ fn cluster_id() -> String {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1)
         ^ u64::from(std::process::id());
-    let bytes = crate::rng::Rng(seed).bytes(16);
+    let bytes = crate::rng::Rng::new(seed).bytes(16);
     super::base64(&bytes)
         .trim_end_matches('=')
         .replace('+', "-")
