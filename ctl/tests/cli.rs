@@ -154,7 +154,7 @@ fn commands_against_a_fake_daemon() {
     assert_eq!(
         v,
         serde_json::json!({
-            "error": format!("{s}: fsync of data/log failed: Input/output error"),
+            "error": format!("{s}: fsync of data/log failed: Input/output error (os error 5)"),
             "exit_code": 1
         })
     );
