@@ -331,7 +331,10 @@ impl LossFs {
         }
         let c = cstr(name)?;
         let pfd = self.path_fd(&p)?;
-        let fd = openat(pfd.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0).ctx("lookup")?;
+        let fd = self
+            .inodes
+            .with_fd_room(|| openat(pfd.fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0))
+            .ctx("lookup")?;
         self.adopt(fd)
     }
 
@@ -345,7 +348,10 @@ impl LossFs {
     }
 
     fn lookup_new(&self, pfd: &PathFd, name: &CStr) -> FsResult<(Arc<Inode>, libc::stat)> {
-        let fd = openat(pfd.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).ctx("lookup new")?;
+        let fd = self
+            .inodes
+            .with_fd_room(|| openat(pfd.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0))
+            .ctx("lookup new")?;
         self.adopt(fd)
     }
 
@@ -561,7 +567,10 @@ impl LossFs {
                     kill(f.file.as_fd())?;
                 }
                 None => {
-                    let fd = open_proc(&pfd.proc_path(), libc::O_RDWR).ctx("open for truncate")?;
+                    let fd = self
+                        .inodes
+                        .with_fd_room(|| open_proc(&pfd.proc_path(), libc::O_RDWR))
+                        .ctx("open for truncate")?;
                     self.truncate(&inode, fd.as_fd(), size)?;
                     kill(fd.as_fd())?;
                 }
@@ -678,12 +687,15 @@ impl LossFs {
         let inode = self.inode(nodeid)?;
         let pfd = self.path_fd(&inode)?;
         let path = pfd.proc_path();
-        let fd = match open_proc(&path, Self::backing_flags(flags)) {
+        let fd = match self
+            .inodes
+            .with_fd_room(|| open_proc(&path, Self::backing_flags(flags)))
+        {
             // An append-only file (chattr +a) opens for writing only with O_APPEND.  Its
             // writes all land at its end, which is where the kernel sends O_APPEND writes.
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_APPEND != 0 => {
-                open_proc(&path, Self::backing_flags(flags) | libc::O_APPEND)
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_APPEND != 0 => self
+                .inodes
+                .with_fd_room(|| open_proc(&path, Self::backing_flags(flags) | libc::O_APPEND)),
             r => r,
         }
         .ctx("open")?;
@@ -706,7 +718,9 @@ impl LossFs {
         let mut creating = self.before_create(&p, &pfd, &c, Kind::File)?;
         let created = {
             let _as = as_caller(who)?;
-            openat(pfd.fd(), &c, bflags | libc::O_CREAT | libc::O_EXCL, mode)
+            // EMFILE comes before the file is made, so the retry creates it at most once.
+            self.inodes
+                .with_fd_room(|| openat(pfd.fd(), &c, bflags | libc::O_CREAT | libc::O_EXCL, mode))
         };
         let fd = match created {
             Ok(fd) => fd,
@@ -714,7 +728,10 @@ impl LossFs {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
                 // Not a creation after all.
                 drop(creating.take());
-                let fd = openat(pfd.fd(), &c, bflags, 0).ctx("create (open existing)")?;
+                let fd = self
+                    .inodes
+                    .with_fd_room(|| openat(pfd.fd(), &c, bflags, 0))
+                    .ctx("create (open existing)")?;
                 if flags & libc::O_TRUNC != 0 {
                     let (inode, _) = self.lookup_new(&pfd, &c)?;
                     self.truncate(&inode, fd.as_fd(), 0)?;
@@ -876,7 +893,10 @@ impl LossFs {
     pub fn opendir(&self, nodeid: u64) -> FsResult<u64> {
         let inode = self.inode(nodeid)?;
         let pfd = self.path_fd(&inode)?;
-        let fd = open_proc(&pfd.proc_path(), libc::O_RDONLY | libc::O_DIRECTORY).ctx("opendir")?;
+        let fd = self
+            .inodes
+            .with_fd_room(|| open_proc(&pfd.proc_path(), libc::O_RDONLY | libc::O_DIRECTORY))
+            .ctx("opendir")?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let d = Arc::new(OpenDir {
             inode,

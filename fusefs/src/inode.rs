@@ -18,8 +18,9 @@ use std::sync::{Arc, Weak};
 pub const FD_CACHE: usize = 8192;
 
 /// How many `O_PATH` fds the cache may hold: [`FD_CACHE`], or half the fd limit if that is
-/// lower, so that the files programs open (each holds a backing fd) always have the other
-/// half: at the limit they get EMFILE, and closing them makes room again.
+/// lower, so that the files programs open (each holds a backing fd) have the other half
+/// without waiting for the cache to give fds back.  Read again when fds run out: the limit
+/// may have been lowered under a running daemon (`prlimit --pid`).
 fn fd_cache_capacity() -> usize {
     // SAFETY: an all-zero rlimit is a valid out-buffer.
     let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
@@ -119,7 +120,7 @@ pub struct InodeTable {
     /// How many [`CachedFd`]s exist, the root's not included.
     cached_count: Arc<AtomicUsize>,
     /// Most `O_PATH` fds held at once ([`fd_cache_capacity`]).
-    capacity: usize,
+    capacity: AtomicUsize,
 }
 
 impl InodeTable {
@@ -157,7 +158,7 @@ impl InodeTable {
             backing_root: root,
             cached: Mutex::new(VecDeque::new()),
             cached_count: Arc::new(AtomicUsize::new(0)),
-            capacity,
+            capacity: AtomicUsize::new(capacity),
         }
     }
 
@@ -192,11 +193,11 @@ impl InodeTable {
         if let Some(cached) = inode.fd.lock().as_ref() {
             return Ok(PathFd(cached.fd.clone()));
         }
-        let fd = Arc::new(
+        let fd = Arc::new(self.with_fd_room(|| {
             inode
                 .handle
-                .open(self.backing_root(), libc::O_PATH | libc::O_NOFOLLOW)?,
-        );
+                .open(self.backing_root(), libc::O_PATH | libc::O_NOFOLLOW)
+        })?);
         self.cache_fd(inode, fd.clone());
         Ok(PathFd(fd))
     }
@@ -213,7 +214,8 @@ impl InodeTable {
         queue.push_back(Arc::downgrade(inode));
         // FIFO eviction: cheap, and a reopen by handle is one syscall.  Entries of inodes
         // that went away or were evicted already are passed over.
-        while self.cached_count.load(Ordering::Acquire) > self.capacity {
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        while self.cached_count.load(Ordering::Acquire) > capacity {
             let Some(old) = queue.pop_front() else {
                 break;
             };
@@ -225,9 +227,49 @@ impl InodeTable {
             drop(evicted);
         }
         // Forgotten inodes leave their entries behind; sweep them before they pile up.
-        if queue.len() > 2 * self.capacity.max(self.cached_count.load(Ordering::Acquire)) {
+        if queue.len() > 2 * capacity.max(self.cached_count.load(Ordering::Acquire)) {
             queue.retain(|w| w.upgrade().is_some_and(|i| i.fd.lock().is_some()));
         }
+    }
+
+    /// Runs `open` (any call that takes a new fd), and when it fails for want of fds
+    /// (EMFILE, or ENFILE system-wide) gives back the cached fds nobody else uses, sizes the
+    /// cache from the fd limit of now, and runs it once more.  A program may thus open
+    /// through the mount nearly as many files as the daemon's limit allows, whatever the
+    /// cache held.
+    pub fn with_fd_room<T>(&self, mut open: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        match open() {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                self.capacity.store(fd_cache_capacity(), Ordering::Relaxed);
+                let freed = self.give_back_idle();
+                tracing::debug!(freed, "out of fds: gave back idle cached O_PATH fds");
+                open()
+            }
+            r => r,
+        }
+    }
+
+    /// Closes every cached fd that only the cache holds (one a request is using stays open
+    /// until the request ends, so evicting it would free nothing).  Returns how many.
+    fn give_back_idle(&self) -> usize {
+        let mut freed = Vec::new();
+        self.cached.lock().retain(|w| {
+            let Some(inode) = w.upgrade() else {
+                return false;
+            };
+            let mut slot = inode.fd.lock();
+            match slot.as_ref() {
+                None => false,
+                // Clones are made only under this lock, so the count cannot grow meanwhile.
+                Some(c) if Arc::strong_count(&c.fd) == 1 => {
+                    freed.extend(slot.take());
+                    false
+                }
+                Some(_) => true,
+            }
+        });
+        // Closed here, outside the locks.
+        freed.len()
     }
 
     /// How many `O_PATH` fds the cache holds (the root's not counted).
@@ -402,17 +444,8 @@ mod tests {
             .count()
     }
 
-    #[test]
-    fn fd_cache_stays_bounded_through_lookups_forgets_and_reopens() {
-        const CAP: usize = 16;
-        const FILES: usize = 200;
-        let dir = std::env::temp_dir().join(format!("lossfs-fdcache-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let files = dir.join("f");
-        std::fs::create_dir_all(&files).unwrap();
-        for i in 0..FILES {
-            std::fs::write(files.join(i.to_string()), b"x").unwrap();
-        }
+    /// A table over `dir` whose cache holds `cap` fds.
+    fn table_over(dir: &std::path::Path, cap: usize) -> InodeTable {
         // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd.
         let c = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: valid C string; the returned fd is checked and owned below.
@@ -426,16 +459,33 @@ mod tests {
             ino: st.st_ino,
         };
         let h = FileHandle::of_fd(root.as_fd()).unwrap();
-        let t = InodeTable::with_capacity(root, key, h, CAP);
-        let lookup_all = |t: &InodeTable| -> Vec<u64> {
-            (0..FILES)
-                .map(|i| {
-                    let fd = open_path(&files.join(i.to_string()));
-                    let st = fstat(fd.as_fd());
-                    t.remember(fd, &st).unwrap().nodeid
-                })
-                .collect()
-        };
+        InodeTable::with_capacity(root, key, h, cap)
+    }
+
+    /// Makes `n` files in `files` and has the table look them all up.
+    fn lookup_all(t: &InodeTable, files: &std::path::Path, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|i| {
+                let p = files.join(i.to_string());
+                if !p.exists() {
+                    std::fs::write(&p, b"x").unwrap();
+                }
+                let fd = open_path(&p);
+                let st = fstat(fd.as_fd());
+                t.remember(fd, &st).unwrap().nodeid
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fd_cache_stays_bounded_through_lookups_forgets_and_reopens() {
+        const CAP: usize = 16;
+        const FILES: usize = 200;
+        let scratch = crate::testdir::TempDir::new("fdcache");
+        let files = scratch.path().join("f");
+        std::fs::create_dir_all(&files).unwrap();
+        let t = table_over(scratch.path(), CAP);
+        let lookup_all = |t: &InodeTable| lookup_all(t, &files, FILES);
         let check = |t: &InodeTable, when: &str| {
             let held = open_fds_under(&files);
             assert!(held <= CAP, "{when}: {held} fds held for a cache of {CAP}");
@@ -472,7 +522,49 @@ mod tests {
             t.cached.lock().len() <= 2 * CAP,
             "stale eviction entries are swept"
         );
-        drop(t);
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn running_out_of_fds_gives_back_the_idle_cached_ones_and_retries_once() {
+        const FILES: usize = 20;
+        let scratch = crate::testdir::TempDir::new("fdroom");
+        let files = scratch.path().join("f");
+        std::fs::create_dir_all(&files).unwrap();
+        let t = table_over(scratch.path(), 64);
+        let ids = lookup_all(&t, &files, FILES);
+        assert_eq!(open_fds_under(&files), FILES);
+        // One fd a request is using: giving it back would free nothing.
+        let in_use = t.path_fd(&t.get(ids[0]).unwrap()).unwrap();
+        let mut calls = 0;
+        let r = t.with_fd_room(|| {
+            calls += 1;
+            if calls == 1 {
+                Err(io::Error::from_raw_os_error(libc::EMFILE))
+            } else {
+                Ok(open_fds_under(&files))
+            }
+        });
+        assert_eq!(calls, 2, "retried once");
+        assert_eq!(
+            r.unwrap(),
+            1,
+            "only the fd in use is left open at the retry"
+        );
+        assert_eq!(t.cached_fds(), 1, "and it stays cached");
+        drop(in_use);
+        // Evicted inodes reopen by handle when used again.
+        for id in &ids {
+            t.path_fd(&t.get(*id).unwrap()).unwrap();
+        }
+        assert_eq!(t.cached_fds(), FILES);
+        // Any other error is the open's answer, given at once.
+        let mut calls = 0;
+        let r: io::Result<()> = t.with_fd_room(|| {
+            calls += 1;
+            Err(io::Error::from_raw_os_error(libc::ENOENT))
+        });
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(calls, 1);
+        assert_eq!(t.cached_fds(), FILES, "nothing given back");
     }
 }

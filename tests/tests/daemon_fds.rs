@@ -1,6 +1,7 @@
 //! The daemon's own file descriptors: its `O_PATH` cache stays within its bound while the
 //! kernel looks files up, forgets them when it drops its caches, and looks them up again;
-//! and the daemon starts with its fd limit raised as far as it may go.
+//! the daemon starts with its fd limit raised as far as it may go; and where that limit is
+//! low, the cache gives its fds back to the files programs open.
 
 use lossfs_tests::{Mount, MountSetup};
 use std::fs;
@@ -139,4 +140,71 @@ fn daemon_raises_its_fd_limit() {
         hard, want,
         "hard limit (nr_open {nr_open}, raising allowed: {may_raise})"
     );
+}
+
+/// Sets the (soft, hard) RLIMIT_NOFILE of another process, as `prlimit --pid` does.
+fn set_nofile_of(pid: u32, limit: u64) {
+    let rl = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+    // SAFETY: valid resource id and rlimit; no old limit is asked for.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &rl, std::ptr::null_mut()) };
+    assert_eq!(
+        r,
+        0,
+        "prlimit --pid {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A daemon whose fd limit is low and cannot rise (here lowered under it, as a container
+/// limit or `prlimit --pid` does): once the kernel has made it cache fds for many files, a
+/// program must still be able to open nearly its limit's worth of files at once.  The cache
+/// gives its idle fds back when an open runs short.
+#[test]
+fn a_low_fd_limit_goes_to_the_files_programs_open() {
+    const LIMIT: u64 = 1024;
+    // Room for the fds a request holds for a moment.
+    const SLACK: usize = 16;
+    let m = Mount::new(&[]);
+    let pid = m.daemon_pid().expect("daemon pid");
+    let files = 3 * LIMIT;
+    let backing = m.backing_path("many");
+    fs::create_dir(&backing).unwrap();
+    for i in 0..files {
+        fs::write(backing.join(i.to_string()), b"").unwrap();
+    }
+    let baseline = fds_of(pid);
+    set_nofile_of(pid, LIMIT);
+    assert_eq!(nofile_of(pid), (LIMIT, LIMIT));
+    // Fills the cache: every lookup leaves an fd in it.
+    let dir = m.path("many");
+    for i in 0..files {
+        if let Err(e) = fs::metadata(dir.join(i.to_string())) {
+            panic!(
+                "stat number {} through the mount failed: {e} (the daemon holds {} fds, \
+                 limit {LIMIT})",
+                i + 1,
+                fds_of(pid)
+            );
+        }
+    }
+    let want = LIMIT as usize - baseline - SLACK;
+    let mut held = Vec::with_capacity(want);
+    for i in 0..want {
+        match fs::File::open(dir.join(i.to_string())) {
+            Ok(f) => held.push(f),
+            Err(e) => panic!(
+                "open number {} of {want} through the mount failed: {e} (the daemon holds {} \
+                 fds, limit {LIMIT}, {baseline} at rest)",
+                i + 1,
+                fds_of(pid)
+            ),
+        }
+    }
+    // They all close, and the daemon still answers.
+    drop(held);
+    assert!(fs::metadata(dir.join((files - 1).to_string())).is_ok());
 }
