@@ -614,31 +614,6 @@ impl LossFs {
         Ok(())
     }
 
-    pub fn access(&self, nodeid: u64, mask: i32, who: Caller) -> FsResult<()> {
-        let st = self.getattr(nodeid)?;
-        if mask == libc::F_OK {
-            return Ok(());
-        }
-        let mode = st.st_mode;
-        let bits = if who.uid == 0 {
-            // root may read and write anything, and execute what anyone may execute.
-            if mask & libc::X_OK != 0 && mode & libc::S_IFMT != libc::S_IFDIR && mode & 0o111 == 0 {
-                return Err(FsError::new(libc::EACCES, "access"));
-            }
-            return Ok(());
-        } else if who.uid == st.st_uid {
-            (mode >> 6) & 7
-        } else if who.gid == st.st_gid {
-            (mode >> 3) & 7
-        } else {
-            mode & 7
-        };
-        if (mask as u32) & !bits & 7 != 0 {
-            return Err(FsError::new(libc::EACCES, "access"));
-        }
-        Ok(())
-    }
-
     pub fn statfs(&self) -> FsResult<libc::statvfs> {
         // SAFETY: an all-zero statvfs is a valid out-buffer.
         let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };

@@ -14,10 +14,10 @@ use crate::fs::{Caller, DirPlusSink, DirSink, LossFs, SetAttr, SetTime};
 use crate::inode::Inode;
 use crate::readgate::{Kind, ReadGate, Turn};
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::cell::RefCell;
 use std::ffi::OsStr;
@@ -715,17 +715,6 @@ impl Filesystem for FuseAdapter {
             &s,
             reply,
             guarded(&self.fs, c, || self.fs.removexattr(ino.0, name)),
-        );
-    }
-
-    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let (c, s) = self.call(Op::Access, req, Target::Node(ino.0), None);
-        empty(
-            &s,
-            reply,
-            guarded(&self.fs, c, || {
-                self.fs.access(ino.0, mask.bits(), caller(req))
-            }),
         );
     }
 

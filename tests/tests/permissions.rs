@@ -7,7 +7,8 @@
 //! Each case builds two identical trees in the backing directory, runs the same script as
 //! an unprivileged user (setpriv) on one directly and on the other through the mount, and
 //! compares the two answers operation by operation, including the owner, group and mode of
-//! what the user may create.
+//! what the user may create.  access(2) is among them: the kernel answers it from the modes
+//! (with `default_permissions` it never asks the daemon), so it must agree with the opens.
 
 use lossfs_tests::{run_bounded, Mount, MountSetup, CMD_TIMEOUT};
 use std::ffi::CString;
@@ -46,7 +47,12 @@ def append(path):
         os.close(fd)
 def create(path, mode=0o644):
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+def access(name, path, mode):
+    res[name] = 0 if os.access(path, mode) else 'refused'
 uid, gid = os.getuid(), os.getgid()
+for what, mode in [('F', os.F_OK), ('R', os.R_OK), ('W', os.W_OK), ('X', os.X_OK)]:
+    for name in ['secret', 'public', 'locked', 'groupdir', 'acl', 'sgid']:
+        access('access %s %s' % (what, name), p(name), mode)
 run('read secret', lambda: read(p('secret')))
 run('read public', lambda: read(p('public')))
 run('append public', lambda: append(p('public')))
@@ -87,7 +93,11 @@ print(json.dumps(res))
 "#;
 
 /// Operations the user may never do in these trees, whoever it is here.
-const REFUSED: [&str; 22] = [
+const REFUSED: [&str; 26] = [
+    "access R secret",
+    "access W public",
+    "access X public",
+    "access W locked",
     "read secret",
     "append public",
     "open O_TRUNC public",

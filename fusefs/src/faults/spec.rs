@@ -40,14 +40,13 @@ pub enum Op {
     Getxattr,
     Listxattr,
     Removexattr,
-    Access,
     Fallocate,
     Lseek,
     CopyFileRange,
 }
 
 impl Op {
-    pub const ALL: [Op; 31] = [
+    pub const ALL: [Op; 30] = [
         Op::Lookup,
         Op::Getattr,
         Op::Setattr,
@@ -75,7 +74,6 @@ impl Op {
         Op::Getxattr,
         Op::Listxattr,
         Op::Removexattr,
-        Op::Access,
         Op::Fallocate,
         Op::Lseek,
         Op::CopyFileRange,
@@ -110,7 +108,6 @@ impl Op {
             Op::Getxattr => "getxattr",
             Op::Listxattr => "listxattr",
             Op::Removexattr => "removexattr",
-            Op::Access => "access",
             Op::Fallocate => "fallocate",
             Op::Lseek => "lseek",
             Op::CopyFileRange => "copy_file_range",
