@@ -24,43 +24,16 @@ use lossfs_tests::scenario::{lost_bytes, Verdict};
 const TOPICS: [(&str, &str); 3] = [("acks0", "0"), ("acks1", "1"), ("acksall", "all")];
 /// Records each producer sends.
 const N: usize = 10_000;
+/// Every topic's config: a write needs two replicas in sync.
+const MIN_ISR: &[&str] = &["min.insync.replicas=2"];
 
 #[test]
 fn kafka_4_kraft_acks_settings_under_a_leader_power_cut() {
     let version = Version::Kraft4;
     let mut c = Cluster::start(version, 3, &[]);
-    for (topic, _) in TOPICS {
-        c.create_topic(topic, &[1, 2, 3], &["min.insync.replicas=2"]);
-    }
-    for m in &c.mounts {
-        m.sync();
-    }
+    c.create_topics_synced(&TOPICS.map(|(t, _)| (t, MIN_ISR)));
 
-    let specs: Vec<String> = TOPICS
-        .iter()
-        .map(|(t, acks)| format!("{t}:{acks}:{N}:{t}:0"))
-        .collect();
-    let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
-    let mut producer = c.spawn_client("producer", "produce", &specs);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let acked = records(&producer.log_text(), "ACK");
-        let least = TOPICS
-            .iter()
-            .map(|(t, _)| acked.iter().filter(|r| r.topic == *t).count())
-            .min()
-            .unwrap_or(0);
-        if least >= N / 3 {
-            break;
-        }
-        assert!(
-            producer.exited().is_none() && Instant::now() < deadline,
-            "the producers did not reach {} acknowledgements each:\n{}",
-            N / 3,
-            producer.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut producer = c.produce_until(&TOPICS, N, 0, N / 3, Duration::from_secs(180));
     let rep = c.powercut(1);
 
     // The producers finish against the new leader; every record is answered within the

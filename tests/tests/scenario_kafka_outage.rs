@@ -15,7 +15,7 @@
 //! the outage: both settings lose what they acknowledged. Whether the brokers restart and
 //! whether the replicas agree is printed as found.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lossfs_tests::scenario::kafka::{
     records, replica_batches, tally, Cluster, Leader, Record, Version,
@@ -26,40 +26,15 @@ use lossfs_tests::scenario::Verdict;
 const TOPICS: [(&str, &str); 2] = [("acks1", "1"), ("acksall", "all")];
 /// Acknowledgements each producer must have before the cut.
 const BEFORE_CUT: usize = 300;
+/// Every topic's config: a write needs two replicas in sync.
+const MIN_ISR: &[&str] = &["min.insync.replicas=2"];
 
 fn scenario(version: Version) {
     let mut c = Cluster::start(version, 3, &[]);
-    for (topic, _) in TOPICS {
-        c.create_topic(topic, &[1, 2, 3], &["min.insync.replicas=2"]);
-    }
-    for m in &c.mounts {
-        m.sync();
-    }
+    c.create_topics_synced(&TOPICS.map(|(t, _)| (t, MIN_ISR)));
 
-    let specs: Vec<String> = TOPICS
-        .iter()
-        .map(|(t, acks)| format!("{t}:{acks}:1000000:{t}:2"))
-        .collect();
-    let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
-    let mut producer = c.spawn_client("producer", "produce", &specs);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let acked = records(&producer.log_text(), "ACK");
-        let least = TOPICS
-            .iter()
-            .map(|(t, _)| acked.iter().filter(|r| r.topic == *t).count())
-            .min()
-            .unwrap_or(0);
-        if least >= BEFORE_CUT {
-            break;
-        }
-        assert!(
-            producer.exited().is_none() && Instant::now() < deadline,
-            "the producers did not reach {BEFORE_CUT} acknowledgements each:\n{}",
-            producer.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Steady producers: a record every 2 ms until stopped.
+    let mut producer = c.produce_until(&TOPICS, 1_000_000, 2, BEFORE_CUT, Duration::from_secs(120));
 
     let reports = c.powercut_all();
     let lost_bytes: u64 = reports

@@ -42,12 +42,7 @@ struct Outcome {
 
 fn scenario(version: Version) -> Outcome {
     let mut c = Cluster::start(version, 3, &[]);
-    for (topic, configs) in TOPICS {
-        c.create_topic(topic, &[1, 2, 3], configs);
-    }
-    for m in &c.mounts {
-        m.sync();
-    }
+    c.create_topics_synced(&TOPICS);
 
     c.stop(3);
     for (topic, _) in TOPICS {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{free_port, powercut, Server};
 use crate::{output_text, run_bounded, unique_tmp_dir, Mount, MountSetup};
@@ -641,6 +641,58 @@ impl Cluster {
             KAFKA_READY_TIMEOUT,
         )
         .unwrap_or_else(|e| panic!("topic {topic}: {e}"));
+    }
+
+    /// Creates every topic of `topics` (name, topic configs) with one partition on all
+    /// brokers (broker 1 leads), waits until their replicas are in sync, and syncs every
+    /// mount: the durable starting state a power cut is measured against.
+    pub fn create_topics_synced(&self, topics: &[(&str, &[&str])]) {
+        let all: Vec<usize> = (1..=self.brokers.len()).collect();
+        for (topic, configs) in topics {
+            self.create_topic(topic, &all, configs);
+        }
+        for m in &self.mounts {
+            m.sync();
+        }
+    }
+
+    /// Starts one producer per `(topic, acks)` of `producers` in the background, each
+    /// sending `count` records keyed by its topic's name, one every `interval_ms` (0: as
+    /// fast as it may), and waits, at most `timeout`, until every one of them has `least`
+    /// acknowledgements.  Returns the producer client still running; its log holds the
+    /// `ACK` lines ([`records`]).
+    pub fn produce_until(
+        &self,
+        producers: &[(&str, &str)],
+        count: usize,
+        interval_ms: u64,
+        least: usize,
+        timeout: Duration,
+    ) -> Server {
+        let specs: Vec<String> = producers
+            .iter()
+            .map(|(t, acks)| format!("{t}:{acks}:{count}:{t}:{interval_ms}"))
+            .collect();
+        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        let mut producer = self.spawn_client("producer", "produce", &specs);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let acked = records(&producer.log_text(), "ACK");
+            let fewest = producers
+                .iter()
+                .map(|(t, _)| acked.iter().filter(|r| r.topic == *t).count())
+                .min()
+                .unwrap_or(0);
+            if fewest >= least {
+                return producer;
+            }
+            assert!(
+                producer.exited().is_none() && Instant::now() < deadline,
+                "the producers did not reach {least} acknowledgements each:\n{}",
+                producer.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until partition 0 of `topic` has the `leader` asked for and `min_isr` to
