@@ -7,6 +7,7 @@
 
 pub mod rng;
 pub mod scenario;
+pub mod scratch;
 pub mod stress;
 
 use std::ffi::{CString, OsStr};

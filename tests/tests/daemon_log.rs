@@ -2,14 +2,14 @@
 //! `log_file=` says), plain text when not written to a terminal, and free of messages that
 //! report expected events (a process killed mid-request, a clean unmount) as failures.
 
+use lossfs_tests::scratch::ScratchMount;
 use lossfs_tests::{
-    check_preconditions, fusermount_u, is_lossfs_mounted, lossctl, lossfs_bin, run_bounded,
-    spawn_python, unique_tmp_dir, unmount_all, Mount, MountSetup,
+    fusermount_u, is_lossfs_mounted, lossctl, run_bounded, spawn_python, unique_tmp_dir, Mount,
+    MountSetup,
 };
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,47 +43,23 @@ fn wait_contains(path: &Path, text: &str) -> String {
     }
 }
 
-/// Unmounts and removes a test directory also when the test fails.
-struct Cleanup {
-    root: PathBuf,
-    mnt: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if unmount_all(&self.mnt) {
-            let _ = fs::remove_dir_all(&self.root);
-        }
-    }
-}
-
 #[test]
 fn a_detached_daemon_logs_to_its_state_dir() {
-    check_preconditions();
-    let root = unique_tmp_dir("detached-log");
-    let (backing, mnt) = (root.join("backing"), root.join("mnt"));
-    fs::create_dir(&backing).unwrap();
-    fs::create_dir(&mnt).unwrap();
-    let _cleanup = Cleanup {
-        root: root.clone(),
-        mnt: mnt.clone(),
-    };
+    let dirs = ScratchMount::new("detached-log");
+    let (backing, mnt) = (&dirs.backing, &dirs.mnt);
     // No -f: lossfs returns once the mount is ready and its daemon runs on, detached.
     let out = run_bounded(
-        Command::new(lossfs_bin())
-            .arg(&backing)
-            .arg(&mnt)
-            .args(["-o", "log=info"]),
+        dirs.lossfs().args(["-o", "log=info"]),
         Duration::from_secs(30),
     );
     assert!(out.status.success(), "lossfs: {out:?}");
-    assert!(is_lossfs_mounted(&mnt));
-    let daemon = lossfs_serving(&backing).expect("the detached daemon's pid");
+    assert!(is_lossfs_mounted(mnt));
+    let daemon = lossfs_serving(backing).expect("the detached daemon's pid");
     // A power cut is logged (at info) after the detach: only a log that outlives stderr
     // has it.
     let cut = lossctl(&["powercut", mnt.to_str().unwrap()]);
     assert!(cut.status.success(), "{cut:?}");
-    assert!(fusermount_u(&mnt, false));
+    assert!(fusermount_u(mnt, false));
     let log_path = backing.join(".lossfs/lossfs.log");
     let log = wait_contains(&log_path, "power cut on");
     let deadline = Instant::now() + Duration::from_secs(15);

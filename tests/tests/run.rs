@@ -3,8 +3,10 @@
 //! with `--restart`), SIGTERM is forwarded, and the mount is gone afterwards; as PID 1 of a
 //! PID namespace (a container) it reaps orphans and passes SIGTERM on.
 
+use lossfs_tests::scratch::ScratchMount;
 use lossfs_tests::*;
 use std::fs::{self, File};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -22,29 +24,41 @@ echo written >> "$log"
 exec sleep 300
 "#;
 
+/// The mount's directories (root, backing, mnt), plus PROGRAM's log and script and the
+/// run's stderr.
 struct RunDir {
-    root: PathBuf,
-    backing: PathBuf,
-    mnt: PathBuf,
+    dirs: ScratchMount,
     log: PathBuf,
     prog: PathBuf,
     stderr: PathBuf,
 }
 
+impl Deref for RunDir {
+    type Target = ScratchMount;
+    fn deref(&self) -> &ScratchMount {
+        &self.dirs
+    }
+}
+
+/// `unshare` arguments that make the command after them PID 1 of a new PID namespace with
+/// its own /proc, and so its own mount namespace: its mounts disappear with it.
+const PID_NAMESPACE: [&str; 5] = [
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    "--propagation",
+    "private",
+];
+
 impl RunDir {
     fn new(tag: &str) -> RunDir {
-        check_preconditions();
-        let root = unique_tmp_dir(tag);
+        let dirs = ScratchMount::new(tag);
         let d = RunDir {
-            backing: root.join("backing"),
-            mnt: root.join("mnt"),
-            log: root.join("log"),
-            prog: root.join("prog.sh"),
-            stderr: root.join("run.stderr"),
-            root,
+            log: dirs.root.join("log"),
+            prog: dirs.root.join("prog.sh"),
+            stderr: dirs.root.join("run.stderr"),
+            dirs,
         };
-        fs::create_dir(&d.backing).expect("mkdir backing");
-        fs::create_dir(&d.mnt).expect("mkdir mnt");
         fs::write(&d.prog, PROG).expect("write prog.sh");
         let ok = Command::new("chmod")
             .arg("755")
@@ -59,21 +73,26 @@ impl RunDir {
     fn spawn(&self, extra: &[&str], program: &[&str]) -> ChildGuard {
         let errf = File::create(&self.stderr).expect("create run.stderr");
         let mut cmd = Command::new(lossfs_bin());
-        cmd.arg("run")
-            .arg("--backing")
-            .arg(&self.backing)
-            .arg("--mount")
-            .arg(&self.mnt)
+        cmd.args(self.run_args())
             .args(extra)
             .arg("--")
             .args(program)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(Stdio::from(errf));
-        ChildGuard(
-            cmd.spawn()
-                .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}")),
-        )
+        spawn_guarded(cmd, Stdio::null())
+    }
+
+    /// Starts `lossfs run -- PROGRAM...` as PID 1 of a new PID namespace (a container's
+    /// entrypoint), with stderr to a file and stdout to `stdout`.
+    fn spawn_as_pid1(&self, program: &[&str], stdout: Stdio) -> ChildGuard {
+        let errf = File::create(&self.stderr).expect("create run.stderr");
+        let mut cmd = Command::new("unshare");
+        cmd.args(PID_NAMESPACE)
+            .arg(lossfs_bin())
+            .args(self.run_args())
+            .arg("--")
+            .args(program)
+            .stderr(Stdio::from(errf));
+        spawn_guarded(cmd, stdout)
     }
 
     fn spawn_prog(&self, extra: &[&str]) -> ChildGuard {
@@ -122,12 +141,13 @@ impl RunDir {
     }
 }
 
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if unmount_all(&self.mnt) {
-            let _ = fs::remove_dir_all(&self.root);
-        }
-    }
+/// Spawns `cmd` with no stdin and its stdout to `stdout`; killed and reaped at drop.
+fn spawn_guarded(mut cmd: Command, stdout: Stdio) -> ChildGuard {
+    cmd.stdin(Stdio::null()).stdout(stdout);
+    ChildGuard(
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}")),
+    )
 }
 
 fn powercut(mnt: &Path) -> serde_json::Value {
@@ -361,25 +381,11 @@ fn redis_server_runs_on_the_mount_and_stops_cleanly_on_sigterm() {
 fn a_mount_that_fails_never_starts_program() {
     let d = RunDir::new("run-nomount");
     let marker = d.root.join("started");
-    let missing = d.root.join("missing");
-    let out = run_bounded(
-        Command::new(lossfs_bin())
-            .arg("run")
-            .arg("--backing")
-            .arg(&missing)
-            .arg("--mount")
-            .arg(&d.mnt)
-            .arg("--")
-            .arg("touch")
-            .arg(&marker),
-        Duration::from_secs(30),
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
-        "{}",
-        output_text(&out)
-    );
+    fs::remove_dir(&d.backing).expect("remove the backing directory");
+    let mut g = d.spawn(&[], &["touch", marker.to_str().unwrap()]);
+    let st = d.wait_exit(&mut g.0);
+    assert_eq!(st.code(), Some(1), "{st:?}; stderr:\n{}", d.stderr());
+    assert!(d.stderr().contains("does not exist"), "{}", d.stderr());
     assert!(!marker.exists(), "PROGRAM ran although the mount failed");
     assert!(!is_mounted(&d.mnt));
 }
@@ -468,32 +474,11 @@ fn as_pid_1_it_reaps_orphans_and_keeps_the_exit_status() {
     let prog = d.root.join("orphan.sh");
     fs::write(&prog, ORPHAN_PROG).expect("write orphan.sh");
     let pidfile = d.root.join("orphan.pid");
-    let errf = File::create(&d.stderr).expect("create run.stderr");
     let outf = d.root.join("run.stdout");
-    // A new PID namespace (lossfs run is its PID 1) with its own /proc, and so its own
-    // mount namespace: the mount disappears with the namespace.
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--propagation",
-        "private",
-    ])
-    .arg(lossfs_bin())
-    .arg("run")
-    .arg("--backing")
-    .arg(&d.backing)
-    .arg("--mount")
-    .arg(&d.mnt)
-    .arg("--")
-    .arg("sh")
-    .arg(&prog)
-    .arg(&pidfile)
-    .stdin(Stdio::null())
-    .stdout(Stdio::from(File::create(&outf).expect("create run.stdout")))
-    .stderr(Stdio::from(errf));
-    let mut g = ChildGuard(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")));
+    let mut g = d.spawn_as_pid1(
+        &["sh", prog.to_str().unwrap(), pidfile.to_str().unwrap()],
+        Stdio::from(File::create(&outf).expect("create run.stdout")),
+    );
     let st = d.wait_exit(&mut g.0);
     let out = fs::read_to_string(&outf).unwrap_or_default();
     assert!(
@@ -507,25 +492,7 @@ fn as_pid_1_it_reaps_orphans_and_keeps_the_exit_status() {
     );
 
     // The status of PROGRAM still comes through PID 1.
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--propagation",
-        "private",
-    ])
-    .arg(lossfs_bin())
-    .arg("run")
-    .arg("--backing")
-    .arg(&d.backing)
-    .arg("--mount")
-    .arg(&d.mnt)
-    .args(["--", "sh", "-c", "exit 7"])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let mut g = ChildGuard(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")));
+    let mut g = d.spawn_as_pid1(&["sh", "-c", "exit 7"], Stdio::null());
     let st = d.wait_exit(&mut g.0);
     assert_eq!(st.code(), Some(7), "{st:?}");
 
@@ -535,25 +502,7 @@ fn as_pid_1_it_reaps_orphans_and_keeps_the_exit_status() {
         "trap 'exit 42' TERM; echo up > {}; while :; do sleep 0.05; done",
         up.display()
     );
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--propagation",
-        "private",
-    ])
-    .arg(lossfs_bin())
-    .arg("run")
-    .arg("--backing")
-    .arg(&d.backing)
-    .arg("--mount")
-    .arg(&d.mnt)
-    .args(["--", "sh", "-c", &script])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let mut g = ChildGuard(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")));
+    let mut g = d.spawn_as_pid1(&["sh", "-c", &script], Stdio::null());
     let deadline = Instant::now() + Duration::from_secs(20);
     while !up.exists() {
         assert!(
