@@ -111,43 +111,64 @@ struct ExploreCli {
     state: Option<lossfs::explore::state::State>,
 }
 
+impl From<Cli> for MountArgs {
+    fn from(c: Cli) -> MountArgs {
+        MountArgs {
+            backing: c.backing,
+            mountpoint: c.mountpoint,
+            options: c.options,
+            foreground: c.foreground,
+        }
+    }
+}
+
+impl From<RunCli> for RunArgs {
+    fn from(c: RunCli) -> RunArgs {
+        RunArgs {
+            backing: c.backing,
+            mountpoint: c.mountpoint,
+            options: c.options,
+            restart: c.restart,
+            program: c.program,
+        }
+    }
+}
+
+impl From<ExploreCli> for ExploreArgs {
+    fn from(c: ExploreCli) -> ExploreArgs {
+        ExploreArgs {
+            backing: c.backing,
+            mountpoint: c.mountpoint,
+            options: c.options,
+            workload: c.workload,
+            check: c.check,
+            states: c.states,
+            seed: c.seed,
+            jobs: c.jobs,
+            timeout: std::time::Duration::from_secs(c.timeout.max(1)),
+            json: c.json,
+            only: c.state,
+        }
+    }
+}
+
+/// The arguments after `lossfs NAME` as the subcommand's `C`, named `lossfs NAME` in its
+/// help and errors.
+fn parse_subcommand<C: Parser>(name: &str, argv: Vec<OsString>) -> C {
+    C::parse_from(
+        std::iter::once(OsString::from(format!("lossfs {name}"))).chain(argv.into_iter().skip(2)),
+    )
+}
+
 fn main() {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    if argv.get(1).is_some_and(|a| a == "run") {
-        let cli = RunCli::parse_from(
-            std::iter::once(OsString::from("lossfs run")).chain(argv.into_iter().skip(2)),
-        );
-        std::process::exit(lossfs::run::run(RunArgs {
-            backing: cli.backing,
-            mountpoint: cli.mountpoint,
-            options: cli.options,
-            restart: cli.restart,
-            program: cli.program,
-        }));
-    }
-    if argv.get(1).is_some_and(|a| a == "explore") {
-        let cli = ExploreCli::parse_from(
-            std::iter::once(OsString::from("lossfs explore")).chain(argv.into_iter().skip(2)),
-        );
-        std::process::exit(lossfs::explore::run(ExploreArgs {
-            backing: cli.backing,
-            mountpoint: cli.mountpoint,
-            options: cli.options,
-            workload: cli.workload,
-            check: cli.check,
-            states: cli.states,
-            seed: cli.seed,
-            jobs: cli.jobs,
-            timeout: std::time::Duration::from_secs(cli.timeout.max(1)),
-            json: cli.json,
-            only: cli.state,
-        }));
-    }
-    let cli = Cli::parse_from(argv);
-    std::process::exit(run(MountArgs {
-        backing: cli.backing,
-        mountpoint: cli.mountpoint,
-        options: cli.options,
-        foreground: cli.foreground,
-    }));
+    // `run` and `explore` are words, not paths: a BACKING named so is given as ./run.
+    let status = match argv.get(1).and_then(|a| a.to_str()) {
+        Some("run") => lossfs::run::run(parse_subcommand::<RunCli>("run", argv).into()),
+        Some("explore") => {
+            lossfs::explore::run(parse_subcommand::<ExploreCli>("explore", argv).into())
+        }
+        _ => run(Cli::parse_from(argv).into()),
+    };
+    std::process::exit(status);
 }
