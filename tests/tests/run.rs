@@ -131,6 +131,16 @@ impl RunDir {
         }
     }
 
+    /// Waits for the run to end, and asserts it ended with `code` and said `says` on stderr.
+    fn expect_exit(&self, child: &mut Child, code: i32, says: &str) {
+        let st = self.wait_exit(child);
+        let err = self.stderr();
+        assert!(
+            st.code() == Some(code) && err.contains(says),
+            "run exit {st:?}, expected {code} with {says:?} on stderr:\n{err}"
+        );
+    }
+
     fn wait_exit(&self, child: &mut Child) -> std::process::ExitStatus {
         wait_bounded(child, Duration::from_secs(30)).unwrap_or_else(|| {
             panic!(
@@ -213,13 +223,7 @@ fn exit_status_of_program_is_the_runs() {
 
     // A PROGRAM that does not exist: 127, nothing left mounted.
     let mut g = d.spawn(&[], &["/nonexistent/program"]);
-    let st = d.wait_exit(&mut g.0);
-    assert_eq!(st.code(), Some(127), "run exit; stderr:\n{}", d.stderr());
-    assert!(
-        d.stderr().contains("cannot start /nonexistent/program"),
-        "stderr:\n{}",
-        d.stderr()
-    );
+    d.expect_exit(&mut g.0, 127, "cannot start /nonexistent/program");
     assert!(!is_mounted(&d.mnt), "mount left behind");
 }
 
@@ -231,13 +235,7 @@ fn powercut_ends_the_run_and_keeps_only_synced_data() {
     assert!(is_lossfs_mounted(&d.mnt), "not mounted while PROGRAM runs");
     let report = powercut(&d.mnt);
     assert_eq!(num(&report, "lost_bytes"), 8, "report: {report}");
-    let st = d.wait_exit(&mut g.0);
-    assert_eq!(st.code(), Some(137), "run exit; stderr:\n{}", d.stderr());
-    assert!(
-        d.stderr().contains("was killed by a power cut"),
-        "stderr:\n{}",
-        d.stderr()
-    );
+    d.expect_exit(&mut g.0, 137, "was killed by a power cut");
     assert!(!is_mounted(&d.mnt), "mount left behind after the run");
     assert_eq!(read_all(&d.backing.join("synced")), b"durable");
     assert_eq!(
@@ -383,9 +381,7 @@ fn a_mount_that_fails_never_starts_program() {
     let marker = d.root.join("started");
     fs::remove_dir(&d.backing).expect("remove the backing directory");
     let mut g = d.spawn(&[], &["touch", marker.to_str().unwrap()]);
-    let st = d.wait_exit(&mut g.0);
-    assert_eq!(st.code(), Some(1), "{st:?}; stderr:\n{}", d.stderr());
-    assert!(d.stderr().contains("does not exist"), "{}", d.stderr());
+    d.expect_exit(&mut g.0, 1, "does not exist");
     assert!(!marker.exists(), "PROGRAM ran although the mount failed");
     assert!(!is_mounted(&d.mnt));
 }
