@@ -816,3 +816,17 @@ pub fn spawn_python(script: &str, args: &[&str]) -> ChildGuard {
             .expect("spawn python3 (is python3 installed?)"),
     )
 }
+
+/// The first line a child prints on its piped stdout (taken from it), waited for at most
+/// `timeout` on a thread of its own, so that a child that prints nothing cannot hang the
+/// test; `None` if no line came in time.
+pub fn first_stdout_line(g: &mut ChildGuard, timeout: Duration) -> Option<String> {
+    let out = g.0.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut line = String::new();
+        let _ = io::BufRead::read_line(&mut io::BufReader::new(out), &mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(timeout).ok()
+}

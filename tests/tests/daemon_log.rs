@@ -4,11 +4,10 @@
 
 use lossfs_tests::scratch::ScratchMount;
 use lossfs_tests::{
-    fusermount_u, is_lossfs_mounted, lossctl, run_bounded, spawn_python, unique_tmp_dir, Mount,
-    MountSetup,
+    first_stdout_line, fusermount_u, is_lossfs_mounted, lossctl, run_bounded, spawn_python,
+    unique_tmp_dir, Mount, MountSetup,
 };
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -129,11 +128,12 @@ while True:
 "#;
     let path = m.path("f");
     let mut child = spawn_python(script, &[path.to_str().unwrap()]);
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready", "python: {line:?}");
+    let line = first_stdout_line(&mut child, Duration::from_secs(15));
+    assert_eq!(
+        line.as_deref().map(str::trim),
+        Some("ready"),
+        "python: {line:?}"
+    );
     thread::sleep(Duration::from_millis(300));
     child.0.kill().unwrap();
     child.0.wait().unwrap();

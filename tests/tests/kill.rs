@@ -1,35 +1,29 @@
 //! A power cut kills the processes using the mount and reports them; handles that
 //! survive it (with `--no-kill`) fail with EIO, new handles work.
 
-use lossfs_tests::{num, read_all, spawn_python, wait_bounded, ChildGuard, Mount};
+use lossfs_tests::{
+    first_stdout_line, num, read_all, spawn_python, wait_bounded, ChildGuard, Mount,
+};
 use std::fs::{self, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 /// Waits (bounded) for the child to print a line "ready" on stdout.
 fn wait_ready(g: &mut ChildGuard, what: &str) {
-    let out = g.0.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(out).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    match rx.recv_timeout(Duration::from_secs(15)) {
-        Ok(l) if l.trim() == "ready" => {}
-        Ok(l) => {
+    match first_stdout_line(g, Duration::from_secs(15)) {
+        Some(l) if l.trim() == "ready" => {}
+        Some(l) => {
             let mut err = String::new();
             if let Some(mut e) = g.0.stderr.take() {
                 let _ = e.read_to_string(&mut err);
             }
             panic!("{what} did not get ready: stdout {l:?}, stderr {err:?}")
         }
-        Err(_) => panic!("{what} did not print ready within 15 s"),
+        None => panic!("{what} did not print ready within 15 s"),
     }
 }
 

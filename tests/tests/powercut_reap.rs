@@ -2,10 +2,7 @@
 //! free, as a program checking its pid file needs), except for zombies of the caller's own
 //! family, and reports the ones that were not.
 
-use lossfs_tests::{spawn_python, ChildGuard, Mount};
-use std::io::{BufRead, BufReader};
-use std::sync::mpsc;
-use std::thread;
+use lossfs_tests::{first_stdout_line, spawn_python, ChildGuard, Mount};
 use std::time::Duration;
 
 /// A python3 parent (outside the mount) of a child that sits in the mount; the parent
@@ -29,15 +26,7 @@ fn parent_of_mount_user(m: &Mount, reap: Option<f64>) -> (ChildGuard, i32) {
         reap = reap.map_or("None".to_string(), |r| r.to_string()),
     );
     let mut g = spawn_python(&script, &[]);
-    let out = g.0.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(out).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(15))
+    let line = first_stdout_line(&mut g, Duration::from_secs(15))
         .expect("the python parent did not print its child's pid within 15 s");
     let pid = line
         .trim()
