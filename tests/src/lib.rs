@@ -768,6 +768,27 @@ pub fn last_err() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// renameat2(2) of two paths with `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE); the errno
+/// on failure.
+pub fn renameat2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
+    let (f, t) = (cpath(from), cpath(to));
+    // SAFETY: valid C strings; AT_FDCWD with absolute paths.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
 /// Reads a whole file, panicking with the path on error.
 pub fn read_all(p: &Path) -> Vec<u8> {
     fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))

@@ -4,7 +4,9 @@
 //! location BACKING/.lossfs) is neither visible nor writable by name.  Names with `/` never
 //! reach the daemon through FUSE; the unit tests in fusefs/src/fs.rs check it refuses them.
 
-use lossfs_tests::{cpath, last_err, output_text, read_all, run_bounded, Mount, CMD_TIMEOUT};
+use lossfs_tests::{
+    cpath, last_err, output_text, read_all, renameat2, run_bounded, Mount, CMD_TIMEOUT,
+};
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::process::Command;
@@ -170,17 +172,11 @@ fn the_state_dir_is_neither_visible_nor_writable() {
         errno(fs::rename(m.path("d"), &p), "rename dir onto"),
         libc::EACCES
     );
-    // SAFETY: valid C strings; RENAME_EXCHANGE needs both names, one of them hidden.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            cpath(&m.path("d")).as_ptr(),
-            libc::AT_FDCWD,
-            cpath(&p).as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    assert_eq!(rc, -1, "rename exchange with the state dir");
+    // RENAME_EXCHANGE needs both names, one of them hidden.
+    assert!(
+        renameat2(&m.path("d"), &p, libc::RENAME_EXCHANGE).is_err(),
+        "rename exchange with the state dir"
+    );
     // Removing it: the kernel finds nothing to remove.
     assert_eq!(errno(fs::remove_dir_all(&p), "rmdir"), libc::ENOENT);
     assert_eq!(errno(fs::remove_file(&p), "unlink"), libc::ENOENT);

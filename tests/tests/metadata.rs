@@ -4,7 +4,7 @@
 //! periodic commit, `lossctl status`/`sync`, and the replay after a killed daemon.
 
 use lossfs_tests::{
-    cpath, lossfs_bin, num, output_text, read_all, unique_tmp_dir, unmount_all, wait_bounded,
+    lossfs_bin, num, output_text, read_all, renameat2, unique_tmp_dir, unmount_all, wait_bounded,
     ChildGuard, Mount,
 };
 use std::fs::{self, File, OpenOptions};
@@ -436,25 +436,6 @@ fn posix_refuses_a_state_dir_on_another_filesystem() {
     assert!(!st.success(), "lossfs mounted anyway; stderr:\n{err}");
     assert!(err.contains("same filesystem as BACKING"), "{err}");
     let _ = fs::remove_dir_all(&root);
-}
-
-fn renameat2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
-    let (f, t) = (cpath(from), cpath(to));
-    // SAFETY: valid C strings; AT_FDCWD with absolute paths.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            flags,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! directory fd, a slow fsync not stalling other operations, rename flavours, readdir,
 //! symlinks, xattrs, statfs, and the hidden state directory.
 
-use lossfs_tests::{cpath, cstr, last_err, pattern, read_all, Mount};
+use lossfs_tests::{cpath, cstr, last_err, pattern, read_all, renameat2, Mount};
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -201,30 +201,14 @@ fn rename_readdir_symlink_xattr_statfs() {
     assert_eq!(read_all(&m.path("d/two")), b"1");
     fs::write(m.path("d/three"), b"333").unwrap();
     // RENAME_NOREPLACE and RENAME_EXCHANGE
-    let (two, three) = (cpath(&m.path("d/two")), cpath(&m.path("d/three")));
-    // SAFETY: valid NUL-terminated paths.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            two.as_ptr(),
-            libc::AT_FDCWD,
-            three.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    assert_eq!(rc, -1, "RENAME_NOREPLACE over an existing file succeeded");
-    assert_eq!(last_err().raw_os_error(), Some(libc::EEXIST));
-    // SAFETY: valid NUL-terminated paths.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            two.as_ptr(),
-            libc::AT_FDCWD,
-            three.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    assert_eq!(rc, 0, "RENAME_EXCHANGE: {}", last_err());
+    let (two, three) = (m.path("d/two"), m.path("d/three"));
+    assert_eq!(
+        renameat2(&two, &three, libc::RENAME_NOREPLACE),
+        Err(libc::EEXIST),
+        "RENAME_NOREPLACE over an existing file"
+    );
+    renameat2(&two, &three, libc::RENAME_EXCHANGE)
+        .unwrap_or_else(|e| panic!("RENAME_EXCHANGE: errno {e}"));
     assert_eq!(read_all(&m.path("d/two")), b"333");
     assert_eq!(read_all(&m.path("d/three")), b"1");
     // directory rename
