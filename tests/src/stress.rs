@@ -468,6 +468,27 @@ pub struct Summary {
     pub divergences: Vec<String>,
 }
 
+impl Summary {
+    /// The counts in words: operations, cuts, daemon kills, divergences.
+    pub fn counts(&self) -> String {
+        format!(
+            "{} operations, {} cuts ({} of them daemon kills), {} divergences",
+            self.ops,
+            self.cuts,
+            self.daemon_kills,
+            self.divergences.len()
+        )
+    }
+
+    /// The in-flight operations the cuts caught, by what became of them.
+    pub fn in_flight(&self) -> String {
+        format!(
+            "in-flight operations found applied {}, not applied {}",
+            self.in_flight_applied, self.in_flight_not_applied
+        )
+    }
+}
+
 /// One epoch's worker processes, killed and reaped on drop.
 struct Workers {
     children: Vec<ChildGuard>,
@@ -646,18 +667,8 @@ pub fn run(m: &mut Mount, cfg: &Config) -> Result<Summary, String> {
         if let Some(every) = cfg.progress {
             if last_progress.elapsed() >= every {
                 last_progress = Instant::now();
-                println!(
-                    "{:>6}s: {} operations, {} cuts ({} of them daemon kills), {} divergences",
-                    t0.elapsed().as_secs(),
-                    sum.ops,
-                    sum.cuts,
-                    sum.daemon_kills,
-                    sum.divergences.len()
-                );
-                println!(
-                    "         in-flight operations found applied {}, not applied {}",
-                    sum.in_flight_applied, sum.in_flight_not_applied
-                );
+                println!("{:>6}s: {}", t0.elapsed().as_secs(), sum.counts());
+                println!("         {}", sum.in_flight());
             }
         }
     }

@@ -91,18 +91,11 @@ fn main() {
                 println!("DIVERGENCE: {d}");
             }
             println!(
-                "soak done in {} s: {} operations, {} cuts ({} of them daemon kills), \
-                 {} divergences, daemon alive: {alive}",
+                "soak done in {} s: {}, daemon alive: {alive}",
                 t0.elapsed().as_secs(),
-                sum.ops,
-                sum.cuts,
-                sum.daemon_kills,
-                sum.divergences.len()
+                sum.counts()
             );
-            println!(
-                "in-flight operations at the cuts found applied {}, not applied {} (both are accepted)",
-                sum.in_flight_applied, sum.in_flight_not_applied
-            );
+            println!("{} (both are accepted)", sum.in_flight());
             if !sum.divergences.is_empty() {
                 1
             } else if !alive {
