@@ -155,8 +155,8 @@ impl FuseAdapter {
             if !PASSTHROUGH_REFUSED.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     ino,
-                    "the kernel refused a backing file for read passthrough ({e}); such files \
-                     are read through lossfs"
+                    "no backing file for read passthrough ({e}); files opened for reading are \
+                     read through lossfs when this happens (logged once)"
                 );
             }
         }
