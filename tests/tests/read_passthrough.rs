@@ -160,6 +160,50 @@ fn a_reader_opened_while_a_writer_is_open_reads_through_the_daemon() {
 }
 
 #[test]
+fn readers_and_writers_opening_and_closing_at_once_never_meet_a_mode_conflict() {
+    // The kernel forgets a closed handle before its RELEASE reaches the daemon; opens that
+    // race with those releases must still be answered in a mode the kernel accepts (a
+    // wrong one fails the open with EIO).
+    let m = Mount::new(OPTS);
+    let block = pattern(11, 0, 4096);
+    durable_file(&m, "f", &block.repeat(4));
+    let path = m.path("f");
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            let path = path.clone();
+            let block = block.clone();
+            thread::spawn(move || {
+                for n in 0..300u64 {
+                    if i % 2 == 0 {
+                        let f = File::open(&path).map_err(|e| format!("reader open {n}: {e}"))?;
+                        let mut got = vec![0u8; 4096];
+                        f.read_exact_at(&mut got, (n % 4) * 4096)
+                            .map_err(|e| format!("reader read {n}: {e}"))?;
+                        if got != block {
+                            return Err(format!("reader {n}: other bytes"));
+                        }
+                    } else {
+                        let f = OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(&path)
+                            .map_err(|e| format!("writer open {n}: {e}"))?;
+                        f.write_all_at(&block, (n % 4) * 4096)
+                            .map_err(|e| format!("writer write {n}: {e}"))?;
+                    }
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker panicked").unwrap();
+    }
+    let st = m.status_json();
+    assert_eq!(num(&st, "unsynced_bytes"), 4 * 4096, "{st}");
+}
+
+#[test]
 fn mmap_of_a_passthrough_file_maps_the_backing_file() {
     let m = Mount::new(OPTS);
     let data = pattern(6, 0, 1 << 20);
