@@ -908,6 +908,8 @@ pub fn serve(
         fs: fs.clone(),
         gate: (threads > 1).then(|| crate::readgate::ReadGate::new(threads)),
         pin,
+        passthrough: (opts.passthrough == options::Passthrough::Ro)
+            .then(crate::iomode::IoModes::new),
     };
 
     let mut session = fuser::Session::new(adapter, &mountpoint, &config)

@@ -68,6 +68,12 @@ pub struct OpenFile {
     sync_writes: bool,
 }
 
+impl AsFd for OpenFile {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
 /// An open directory: its own fd, positioned by the offsets the kernel hands back.
 #[derive(Debug)]
 struct OpenDir {
@@ -281,6 +287,12 @@ impl LossFs {
                 .at_level(tracing::Level::INFO));
         }
         Ok(f)
+    }
+
+    /// An open file of this epoch, for the kernel to read its backing file directly
+    /// (`-o passthrough=ro`).
+    pub fn open_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.file(fh)
     }
 
     fn dir(&self, fh: u64) -> FsResult<Arc<OpenDir>> {

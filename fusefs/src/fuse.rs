@@ -12,17 +12,20 @@ use crate::faults::hook::{guarded, guarded_sync, Call, Target};
 use crate::faults::spec::Op;
 use crate::fs::{Caller, DirPlusSink, DirSink, LossFs, SetAttr, SetTime};
 use crate::inode::Inode;
+use crate::iomode::{Grant, IoModes};
 use crate::readgate::{Kind, ReadGate, Turn};
 use fuser::{
-    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,7 +44,18 @@ pub struct FuseAdapter {
     pub gate: Option<ReadGate>,
     /// Pins the thread serving one program's fsyncs (needs the gate to know when).
     pub pin: Option<Arc<CpuPin>>,
+    /// `-o passthrough=ro`: the io mode of every open handle; `None` when off or when the
+    /// kernel offers no passthrough.
+    pub passthrough: Option<IoModes<BackingId>>,
 }
+
+/// Backing files may sit on a stacked file system themselves (overlayfs, as in many
+/// containers); 2 is the kernel's maximum.
+const PASSTHROUGH_STACK_DEPTH: u32 = 2;
+
+/// Set once a backing file could not be registered for passthrough, so that the reason is
+/// logged once, not on every open.
+static PASSTHROUGH_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// One request being served, until its handler returns (i.e. after the reply): its pass
 /// through the read gate, its entered log span, and what its failure is logged with.
@@ -116,6 +130,43 @@ impl FuseAdapter {
         };
         (call, scope)
     }
+}
+
+impl FuseAdapter {
+    /// How to answer the open of handle `fh` of inode `ino` (see [`crate::iomode`]), its
+    /// backing file registered with the kernel through `register` when it is needed.
+    fn grant(
+        &self,
+        ino: u64,
+        fh: u64,
+        read_only: bool,
+        register: impl FnOnce(BorrowedFd<'_>) -> io::Result<BackingId>,
+    ) -> Grant<BackingId> {
+        let Some(modes) = &self.passthrough else {
+            return Grant::Cached;
+        };
+        // Reads a rule or crash point names must reach the daemon.
+        let may = !self.fs.faults.watches(Op::Read);
+        let (grant, failed) = modes.open(ino, fh, read_only, may, || {
+            let f = self.fs.open_file(fh)?;
+            register(f.as_fd()).map_err(FsError::from)
+        });
+        if let Some(e) = failed {
+            if !PASSTHROUGH_REFUSED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    ino,
+                    "no backing file for read passthrough ({e}); files opened for reading are \
+                     read through lossfs when this happens (logged once)"
+                );
+            }
+        }
+        grant
+    }
+}
+
+/// An open for reading only: O_RDONLY, and no O_TRUNC (which would change the file).
+fn reads_only(flags: i32) -> bool {
+    flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0
 }
 
 /// The inode a request is about (the parent directory for name operations).
@@ -296,6 +347,18 @@ impl Filesystem for FuseAdapter {
         }
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_background(64);
+        if self.passthrough.is_some() {
+            if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+                let _ = config.set_max_stack_depth(PASSTHROUGH_STACK_DEPTH);
+            } else {
+                tracing::warn!(
+                    "the kernel offers no read passthrough to FUSE (Linux 6.9 or later with \
+                     CONFIG_FUSE_PASSTHROUGH): passthrough=ro is off, every read goes through \
+                     lossfs"
+                );
+                self.passthrough = None;
+            }
+        }
         Ok(())
     }
 
@@ -494,7 +557,16 @@ impl Filesystem for FuseAdapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (c, s) = self.call(Op::Open, req, Target::Node(ino.0), None);
         match guarded(&self.fs, c, || self.fs.open(ino.0, flags.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => {
+                let h = FileHandle(fh);
+                match self.grant(ino.0, fh, reads_only(flags.0), |fd| reply.open_backing(fd)) {
+                    Grant::Cached => reply.opened(h, FopenFlags::empty()),
+                    Grant::Passthrough(b) => reply.opened_passthrough(h, FopenFlags::empty(), &b),
+                    Grant::Direct(b) => {
+                        reply.opened_passthrough(h, FopenFlags::FOPEN_DIRECT_IO, &b)
+                    }
+                }
+            }
             Err(e) => reply.error(s.fail(&e)),
         }
     }
@@ -569,6 +641,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.fs.release(fh.0);
+        if let Some(modes) = &self.passthrough {
+            modes.release(fh.0);
+        }
         reply.ok();
     }
 
@@ -732,13 +807,26 @@ impl Filesystem for FuseAdapter {
         match guarded(&self.fs, c, || {
             self.fs.create(parent.0, name, mode, flags, caller(req))
         }) {
-            Ok((_, st, fh)) => reply.created(
-                &TTL,
-                &attr(&st),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            // Counted as a writer: a file that existed after all may have passthrough readers.
+            Ok((_, st, fh)) => {
+                match self.grant(st.st_ino, fh, false, |fd| reply.open_backing(fd)) {
+                    Grant::Cached => reply.created(
+                        &TTL,
+                        &attr(&st),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    ),
+                    Grant::Passthrough(b) | Grant::Direct(b) => reply.created_passthrough(
+                        &TTL,
+                        &attr(&st),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_DIRECT_IO,
+                        &b,
+                    ),
+                }
+            }
             Err(e) => reply.error(s.fail(&e)),
         }
     }

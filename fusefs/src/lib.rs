@@ -4,7 +4,8 @@
 //! Layers, bottom up: [`handle`] names backing files; [`rangeset`] and [`journal`] keep the
 //! durability state and the on-disk undo journal ([`keep`] and [`prng`] decide what a partial
 //! power cut keeps, [`writeback`] makes old data durable on its own); [`namespace`] undoes
-//! uncommitted name changes; [`inode`] maps FUSE inodes to backing files; [`fs`] holds every
+//! uncommitted name changes; [`inode`] maps FUSE inodes to backing files ([`iomode`]: which open handles the kernel reads
+//! through to them); [`fs`] holds every
 //! operation's semantics; [`faults`] injects crash points, errors and delays; [`fuse`] is the
 //! thin `fuser` adapter ([`readgate`]: how many of its threads wait for the next request); [`control`] serves `lossctl` (and [`lazyfs`] a LazyFS-style command
 //! FIFO); [`procscan`] and [`mountinfo`] find the processes and mounts a power cut acts on;
@@ -24,6 +25,7 @@ pub mod fuse;
 pub mod handle;
 pub mod init;
 pub mod inode;
+pub mod iomode;
 pub mod irqcpu;
 pub mod journal;
 pub mod keep;

@@ -34,6 +34,17 @@ pub enum SyncCpu {
     Cpu(usize),
 }
 
+/// `passthrough=off|ro`: kernel read passthrough (see `iomode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Passthrough {
+    /// Every read reaches the daemon.
+    #[default]
+    Off,
+    /// Opens for reading only read the backing file in the kernel, when no handle of the
+    /// file is open for writing.
+    Ro,
+}
+
 /// Everything `-o` and `-f` can set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MountOptions {
@@ -67,6 +78,8 @@ pub struct MountOptions {
     pub fsync_error: FsyncError,
     /// `sync_cpu=auto|off|N`.
     pub sync_cpu: SyncCpu,
+    /// `passthrough=off|ro`.
+    pub passthrough: Passthrough,
     pub ro: bool,
     pub noatime: bool,
     pub nosuid: bool,
@@ -147,6 +160,7 @@ pub const OPTION_DOCS: &[OptionDoc] = &[
     doc("recover", "rollback|keep", "after the previous daemon was killed: undo its unsynced data (rollback, default: the same as a power cut) or make it durable (keep)"),
     doc("threads", "N", "FUSE worker threads, 1 to 64 (default 8)"),
     doc("sync_cpu", "off|auto|N", "the CPU serving a program that fsyncs alone: off (default) never pin, auto the backing disk's interrupt CPU when it has a single queue (followed when it moves), N that CPU"),
+    doc("passthrough", "off|ro", "ro: a file opened for reading only is read by the kernel straight from BACKING while no handle of it is open for writing (fault rules and crash points on read do not see those reads); off (default): every read reaches lossfs"),
     doc("read_ahead_kb", "N", "the mount's kernel readahead window in KiB (default 1024; 0 keeps the kernel's own)"),
     doc("metadata", "durable|journal|posix", "namespace durability at a power cut: durable (default: creates, renames, unlinks persist at once), journal (persist in order, at any fsync or every commit=SECONDS), posix (persist when the parent directory is fsynced)"),
     doc("commit", "SECONDS", "metadata=journal: periodic commit (default 5, 0 = never)"),
@@ -201,9 +215,37 @@ fn continue_at(out: &mut String, col: &mut usize, at: usize, word: &str) {
     *col = at.max(*col) + word.len();
 }
 
+/// Option values the kernel will not combine with read passthrough: it silently turns
+/// passthrough off when the writeback cache is asked for too (process_init_reply), and
+/// every passthrough open would then fail.
+const PASSTHROUGH_CONFLICTS: [(&str, &str); 1] = [("cache", "writeback")];
+
+/// Refuses `passthrough=ro` together with an option in [`PASSTHROUGH_CONFLICTS`] (the last
+/// value of each option counts, as for the parser).
+fn check_passthrough_conflicts<'a>(items: impl Iterator<Item = &'a str>) -> Result<(), String> {
+    let mut last: Vec<(&str, &str)> = Vec::new();
+    for item in items {
+        if let Some((n, v)) = item.split_once('=') {
+            last.retain(|(name, _)| *name != n);
+            last.push((n, v));
+        }
+    }
+    if !last.contains(&("passthrough", "ro")) {
+        return Ok(());
+    }
+    match PASSTHROUGH_CONFLICTS.iter().find(|c| last.contains(c)) {
+        Some((n, v)) => Err(format!(
+            "mount options passthrough=ro and {n}={v} cannot be combined: the kernel does not \
+             pass reads through on a mount with its writeback cache; choose one"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Parses `-o` arguments; each element is one comma separated list.
 pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
     let mut o = MountOptions::default();
+    check_passthrough_conflicts(opts.iter().flat_map(|list| list.split(',')))?;
     for item in opts.iter().flat_map(|list| list.split(',')) {
         if item.is_empty() {
             continue;
@@ -308,6 +350,13 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                             "mount option writeback={v}: must be a number of seconds from 1 to {MAX_WRITEBACK}"
                         ))
                     }
+                }
+            }
+            "passthrough" => {
+                o.passthrough = match value? {
+                    "off" => Passthrough::Off,
+                    "ro" => Passthrough::Ro,
+                    v => return Err(format!("mount option passthrough={v}: must be off or ro")),
                 }
             }
             "sync_cpu" => {
@@ -564,6 +613,29 @@ mod tests {
     use crate::testdir::TempDir;
 
     #[test]
+    fn passthrough_is_off_or_ro_and_refused_with_the_writeback_cache() {
+        let o = parse_mount_options(&s(&["passthrough=ro"])).unwrap();
+        assert_eq!(o.passthrough, Passthrough::Ro);
+        let o = parse_mount_options(&s(&["passthrough=ro,passthrough=off"])).unwrap();
+        assert_eq!(o.passthrough, Passthrough::Off);
+        let e = parse_mount_options(&s(&["passthrough=rw"])).unwrap_err();
+        assert!(e.contains("must be off or ro"), "{e}");
+        let e = parse_mount_options(&s(&["passthrough=ro", "cache=writeback"])).unwrap_err();
+        assert!(
+            e.contains("passthrough=ro and cache=writeback cannot be combined"),
+            "{e}"
+        );
+        let e = parse_mount_options(&s(&["cache=writeback,passthrough=ro"])).unwrap_err();
+        assert!(e.contains("cannot be combined"), "{e}");
+        // The last value counts.
+        let r = parse_mount_options(&s(&["cache=writeback,passthrough=ro,passthrough=off"]));
+        assert!(
+            !matches!(&r, Err(e) if e.contains("cannot be combined")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
     fn fstab_style_list_parses() {
         let o = parse_mount_options(&s(&[
             "rw,nofail,allow_other,state_dir=/var/lib/x=y,x-systemd.requires=foo",
@@ -587,7 +659,7 @@ mod tests {
             "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
             "lazyfs_fifo=/tmp/lazyfs.fifo,read_ahead_kb=4096,metadata=posix,commit=0",
             "writeback=30",
-            "fsync_error=retry,sync_cpu=3",
+            "fsync_error=retry,sync_cpu=3,passthrough=ro",
         ]))
         .unwrap();
         assert_eq!(
@@ -607,6 +679,7 @@ mod tests {
                 writeback: Some(30),
                 fsync_error: FsyncError::Retry,
                 sync_cpu: SyncCpu::Cpu(3),
+                passthrough: Passthrough::Ro,
                 ro: true,
                 noatime: true,
                 nosuid: true,

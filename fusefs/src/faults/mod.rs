@@ -242,6 +242,12 @@ impl Faults {
 
     // ---- decisions ----
 
+    /// Whether a fault rule or an armed crash point names `op`: kernel read passthrough is
+    /// not granted while one names reads, since those reads would never reach the engine.
+    pub fn watches(&self, op: Op) -> bool {
+        self.active() && self.state.lock().set.names(op)
+    }
+
     pub fn wants_path(&self, op: Op) -> bool {
         self.state.lock().set.wants_path(op)
     }

@@ -172,6 +172,14 @@ impl RuleSet {
             || self.rules.iter().any(|r| r.wants_path(op))
     }
 
+    /// Whether a rule or an unfired crash point names `op` (whatever its path).
+    pub fn names(&self, op: Op) -> bool {
+        self.crash
+            .as_ref()
+            .is_some_and(|c| !c.fired && c.spec.op == op)
+            || self.rules.iter().any(|r| r.op == op)
+    }
+
     /// Whether any rule or an unfired crash point could act at all.
     pub fn is_armed(&self) -> bool {
         self.crash.as_ref().is_some_and(|c| !c.fired) || !self.rules.is_empty()

@@ -61,6 +61,38 @@ fn active_only_while_something_is_armed() {
 }
 
 #[test]
+fn watches_an_op_while_a_rule_or_an_unfired_crash_point_names_it() {
+    let f = Faults::new();
+    assert!(!f.watches(Op::Read));
+    f.add(delay(1)).unwrap();
+    assert!(f.watches(Op::Write));
+    assert!(!f.watches(Op::Read), "a write rule does not watch reads");
+    f.add(FaultSpec {
+        op: Some(Op::Read),
+        path: Some("only/this".into()),
+        errno: Some("EIO".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(f.watches(Op::Read), "whatever path the rule names");
+    f.clear(None).unwrap();
+    assert!(!f.watches(Op::Read));
+    f.arm(CrashSpec {
+        op: Op::Read,
+        path: None,
+        nth: 1,
+        when: When::Before,
+    })
+    .unwrap();
+    assert!(f.watches(Op::Read));
+    assert_eq!(f.decide(Op::Read, &[]).crash, Some(When::Before));
+    assert!(
+        !f.watches(Op::Read),
+        "a crash point that fired watches nothing"
+    );
+}
+
+#[test]
 fn ids_keep_growing_and_list_in_order() {
     let f = Faults::new();
     f.add(delay(1)).unwrap();
