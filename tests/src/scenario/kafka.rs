@@ -780,7 +780,10 @@ fn cluster_id() -> String {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1)
         ^ u64::from(std::process::id());
-    let bytes = crate::rng::Rng::new(seed).bytes(16);
+    let mut bytes = crate::rng::Rng::new(seed).bytes(16);
+    // An id starting with '-' (one in 64) reads as an option to kafka-storage: keep the
+    // first base64 digit below 32, as Kafka's own random ids avoid a leading '-'.
+    bytes[0] &= 0x7f;
     super::base64(&bytes)
         .trim_end_matches('=')
         .replace('+', "-")
@@ -790,6 +793,15 @@ fn cluster_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_ids_never_start_with_a_dash() {
+        for _ in 0..2000 {
+            let id = cluster_id();
+            assert_eq!(id.len(), 22, "{id}");
+            assert!(!id.starts_with('-'), "{id} reads as an option");
+        }
+    }
 
     fn batch(base: i64, delta: i32, crc: u32, records: usize) -> Vec<u8> {
         let mut v = Vec::new();
