@@ -29,7 +29,8 @@
 #   PG_BIN=/usr/lib/postgresql/15/bin  PG_SCALE=10  PG_SECS=30  PG_CLIENTS=4  PG_JOBS=2
 #   KAFKA_HOME=dir  (default: the newest kafka-4.* under $LOSSFS_KAFKA_CACHE or
 #                   /var/cache/lossfs-kafka)   KAFKA_RECORDS=200000  KAFKA_RECORD_SIZE=1024
-#   KAFKA_ACKS="1 all"   KAFKA_HEAP=-Xmx1g
+#   KAFKA_ACKS="1 all"   KAFKA_HEAP=-Xmx1g   KAFKA_WARMUP=N  records the tool leaves out of its
+#                   steady-state figures (--warmup-records, Kafka 3.9+; default 0: all count)
 #   WAIT_SECS=120   bound of every start, stop and setup step; a measured step gets its own
 #                   length on top of it
 # Every process the script starts is stopped by its pid, at the end and on error or Ctrl-C.
@@ -43,7 +44,7 @@ ROUNDS=${ROUNDS:-2} WAIT_SECS=${WAIT_SECS:-120}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin} PG_SCALE=${PG_SCALE:-10} PG_SECS=${PG_SECS:-30}
 PG_CLIENTS=${PG_CLIENTS:-4} PG_JOBS=${PG_JOBS:-2}
 KAFKA_RECORDS=${KAFKA_RECORDS:-200000} KAFKA_RECORD_SIZE=${KAFKA_RECORD_SIZE:-1024}
-KAFKA_ACKS=${KAFKA_ACKS:-1 all} KAFKA_HEAP=${KAFKA_HEAP:--Xmx1g}
+KAFKA_ACKS=${KAFKA_ACKS:-1 all} KAFKA_HEAP=${KAFKA_HEAP:--Xmx1g} KAFKA_WARMUP=${KAFKA_WARMUP:-0}
 
 die() { echo "realworld.sh: $*" >&2; exit 2; }
 log() { echo "[$(date -u +%T)] $*" >&2; }
@@ -253,9 +254,15 @@ kjava() {  # kjava HEAP LOG4J_CONFIG: sets KJAVA to a JVM command line on the Ka
     -cp "$KAFKA_HOME/libs/*")
 }
 run_kafka() {  # run_kafka ROUND LABEL
-  local round=$1 label=$2 port cport cid props broker i acks topic out line
+  local round=$1 label=$2 port cport cid props broker i acks topic out line warmup
   port=$(free_port) cport=$(free_port)
-  cid=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+  # A cluster id as Kafka makes them: URL-safe base64 of 16 random bytes, never starting with
+  # '-' (the storage tool would take it for an option).
+  cid=$(python3 -c 'import base64, uuid
+while True:
+    c = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not c.startswith("-"): break
+print(c)')
   for lv in INFO WARN; do
     printf '%s\n' "rootLogger.level=$lv" "rootLogger.appenderRef.out.ref=OUT" "appender.out.type=Console" \
       "appender.out.name=OUT" "appender.out.target=SYSTEM_ERR" "appender.out.layout.type=PatternLayout" \
@@ -312,6 +319,8 @@ EOF
       echo "$round $label kafka-acks$acks error topic" | tee -a "$results"; continue
     fi
     out="$OUT/r$round-$label-kafka-acks$acks.log"
+    warmup=()
+    [ "$KAFKA_WARMUP" -gt 0 ] && warmup=(--warmup-records "$KAFKA_WARMUP")
     log "round $round: $label: ProducerPerformance $KAFKA_RECORDS x $KAFKA_RECORD_SIZE B, acks=$acks"
     # Bounded by WAIT_SECS plus a floor of 1 MB/s for the records themselves.
     kjava -Xmx512m "$AUX/log4j2-WARN.properties"
@@ -319,11 +328,12 @@ EOF
         "${KJAVA[@]}" org.apache.kafka.tools.ProducerPerformance \
         --topic "$topic" --num-records "$KAFKA_RECORDS" --record-size "$KAFKA_RECORD_SIZE" \
         --throughput -1 --producer-props "bootstrap.servers=127.0.0.1:$port" "acks=$acks" \
-        >"$out" 2>&1; then
+        "${warmup[@]}" >"$out" 2>&1; then
       echo "$round $label kafka-acks$acks error run" | tee -a "$results"; continue
     fi
-    # The summary: "N records sent, R records/sec (M MB/sec), A ms avg latency, X ms max
-    # latency, P50 ms 50th, P95 ms 95th, P99 ms 99th, P999 ms 99.9th."
+    # The summary, the steady-state one last when there are warm-up records: "N records
+    # sent, R records/sec (M MB/sec), A ms avg latency, X ms max latency, P50 ms 50th,
+    # P95 ms 95th, P99 ms 99th, P999 ms 99.9th."
     line=$(grep -E '^[0-9]+ records sent, .* 99th' "$out" | tail -1)
     python3 - "$round" "$label" "kafka-acks$acks" "$line" <<'PY' | tee -a "$results"
 import re, sys
@@ -345,7 +355,7 @@ PY
        "bindfs=$(bindfs --version 2>&1 | head -1 | tr ' ' _) postgres=$("$PG_BIN/postgres" --version 2>/dev/null | awk '{print $3}')" \
        "kafka=${KAFKA_HOME:-none}"
   echo "# modes=\"$LOSSFS_MODES\" pg: scale=$PG_SCALE secs=$PG_SECS clients=$PG_CLIENTS jobs=$PG_JOBS" \
-       "kafka: records=$KAFKA_RECORDS size=$KAFKA_RECORD_SIZE acks=\"$KAFKA_ACKS\""
+       "kafka: records=$KAFKA_RECORDS size=$KAFKA_RECORD_SIZE acks=\"$KAFKA_ACKS\" warmup=$KAFKA_WARMUP"
   echo "# base=$BASE fs=$(df -T "$BASE" | awk 'NR==2{print $2" "$1}') load=$(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$results" >&2
 
