@@ -331,10 +331,10 @@ EOF
         "${warmup[@]}" >"$out" 2>&1; then
       echo "$round $label kafka-acks$acks error run" | tee -a "$results"; continue
     fi
-    # The summary, the steady-state one last when there are warm-up records: "N records
-    # sent, R records/sec (M MB/sec), A ms avg latency, X ms max latency, P50 ms 50th,
-    # P95 ms 95th, P99 ms 99th, P999 ms 99.9th."
-    line=$(grep -E '^[0-9]+ records sent, .* 99th' "$out" | tail -1)
+    # The summary: "N records sent, R records/sec (M MB/sec), A ms avg latency, X ms max
+    # latency, P50 ms 50th, P95 ms 95th, P99 ms 99th, P999 ms 99.9th."; with warm-up records
+    # a second one follows, "M steady state records sent, ...", which is the one taken.
+    line=$(grep -E '^[0-9]+ (steady state )?records sent, .* 99th' "$out" | tail -1)
     python3 - "$round" "$label" "kafka-acks$acks" "$line" <<'PY' | tee -a "$results"
 import re, sys
 rnd, label, wl, line = sys.argv[1:5]
