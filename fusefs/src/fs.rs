@@ -15,12 +15,13 @@ use crate::faults::Faults;
 use crate::inode::{Inode, InodeTable, PathFd, ROOT};
 use crate::journal::{FileKey, Journal};
 use crate::namespace::{Creating, Kind, Namespace, Parent};
+use crate::sys::{fstat, open_proc, openat, sync_fd};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,43 +141,6 @@ fn write_some_at(file: &File, data: &[u8], off: u64) -> io::Result<usize> {
         }
     }
     Ok(done)
-}
-
-pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero stat is a valid out-buffer.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fd is a valid fd, the path is an empty C string used with AT_EMPTY_PATH, and st
-    // is writable.
-    cvt(unsafe {
-        libc::fstatat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            &mut st,
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(st)
-}
-
-fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
-    // SAFETY: dir is a valid fd and name a valid C string; the result is checked.
-    let fd = cvt(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
-    })?;
-    // SAFETY: openat returned a fresh fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn open_proc(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: path is a valid C string; the result is checked.
-    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    // SAFETY: open returned a fresh fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Runs the rest of the scope with the caller's filesystem credentials (see `ascaller`).
@@ -1087,19 +1051,6 @@ fn with_identity(
         c.done(inode.key);
     }
     r
-}
-
-fn sync_fd(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
-    let fd = fd.as_raw_fd();
-    // SAFETY: valid fd.
-    cvt(unsafe {
-        if datasync {
-            libc::fdatasync(fd)
-        } else {
-            libc::fsync(fd)
-        }
-    })?;
-    Ok(())
 }
 
 fn off(v: u64) -> FsResult<libc::off_t> {

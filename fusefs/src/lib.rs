@@ -1,7 +1,7 @@
 //! lossfs: a FUSE passthrough filesystem that remembers every change not yet made durable
 //! by fsync, and on a power cut throws exactly those changes away.
 //!
-//! Layers, bottom up: [`handle`] names backing files; [`rangeset`] and [`journal`] keep the
+//! Layers, bottom up: [`sys`] wraps the syscalls; [`handle`] names backing files; [`rangeset`] and [`journal`] keep the
 //! durability state and the on-disk undo journal ([`keep`] and [`prng`] decide what a partial
 //! power cut keeps, [`writeback`] makes old data durable on its own); [`namespace`] undoes
 //! uncommitted name changes; [`inode`] maps FUSE inodes to backing files; [`fs`] holds every
@@ -40,6 +40,7 @@ pub mod readahead;
 pub mod readgate;
 pub mod report;
 pub mod run;
+pub mod sys;
 #[cfg(test)]
 mod testdir;
 pub mod writeback;

@@ -1,11 +1,9 @@
-//! The few `*at()` syscalls the namespace models need, on borrowed directory fds and
+//! The syscalls of the filesystem operations and the namespace models, on borrowed fds and
 //! C-string names, with errors that keep their raw OS error.
 
-use std::ffi::{CStr, OsStr};
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
@@ -13,6 +11,61 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(rc)
     }
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is a valid fd, the path is an empty C string used with AT_EMPTY_PATH, and st
+    // is writable.
+    cvt(unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut st,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+pub fn openat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: u32,
+) -> io::Result<OwnedFd> {
+    // SAFETY: dir is a valid fd and name a valid C string; the result is checked.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })?;
+    // SAFETY: openat returned a fresh fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn open_proc(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: path is a valid C string; the result is checked.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: open returned a fresh fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn sync_fd(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: valid fd.
+    cvt(unsafe {
+        if datasync {
+            libc::fdatasync(fd)
+        } else {
+            libc::fsync(fd)
+        }
+    })?;
+    Ok(())
 }
 
 /// lstat of `name` in `dir`; `None` when there is no such entry.
@@ -148,25 +201,5 @@ pub fn dir_is_empty(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<bool> {
             }
             pos += reclen;
         }
-    }
-}
-
-/// The path of the directory `fd` relative to `root` (`.` for the root itself), for reports.
-pub fn dir_path(fd: BorrowedFd<'_>, root: &Path) -> Option<String> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-    let rel = link.strip_prefix(root).ok()?;
-    if rel.as_os_str().is_empty() {
-        return Some(".".into());
-    }
-    Some(String::from_utf8_lossy(rel.as_os_str().as_bytes()).into_owned())
-}
-
-/// `dir/name` for reports, without a leading `./`.
-pub fn join(dir: Option<&str>, name: &[u8]) -> String {
-    let name = String::from_utf8_lossy(OsStr::from_bytes(name).as_bytes()).into_owned();
-    match dir {
-        Some(".") => name,
-        Some(d) => format!("{d}/{name}"),
-        None => format!("(unknown dir)/{name}"),
     }
 }
