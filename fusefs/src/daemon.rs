@@ -57,6 +57,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// The state the control socket acts on.
 pub struct Daemon {
     fs: Arc<LossFs>,
+    /// Crash points and injected faults, shared with the FUSE adapter that applies them.
+    faults: Arc<Faults>,
     notifier: Mutex<Option<Notifier>>,
     mountpoint: PathBuf,
     backing: PathBuf,
@@ -165,7 +167,7 @@ impl Daemon {
         let _one_at_a_time = self.ops.lock();
         let t0 = Instant::now();
         let killed = if no_kill {
-            self.fs.faults.abort_delays();
+            self.faults.abort_delays();
             Vec::new()
         } else {
             let target = self.target()?;
@@ -173,7 +175,7 @@ impl Daemon {
             // its program: the machine is going down), then wait for the deaths (a program
             // cannot die while one of its requests is delayed).
             let signalled = procscan::signal_users(&target);
-            self.fs.faults.abort_delays();
+            self.faults.abort_delays();
             let mut killed = procscan::kill_users(&target, KILL_TIMEOUT)
                 .map_err(|m| FsError::msg(libc::EBUSY, m))?;
             // The first scan saw them alive; a dying process may already have lost its
@@ -275,7 +277,7 @@ impl ControlHandler for Daemon {
                 .name()
                 .into(),
             namespace_uncommitted: self.fs.ns.as_ref().map_or(0, |n| n.uncommitted() as u64),
-            faults: self.fs.faults.status(),
+            faults: self.faults.status(),
         })
     }
 
@@ -300,7 +302,7 @@ impl ControlHandler for Daemon {
     }
 
     fn faults(&self, cmd: FaultCommand) -> FsResult<FaultsStatus> {
-        let f = &self.fs.faults;
+        let f = &self.faults;
         match cmd {
             FaultCommand::Arm(spec) => f.arm(spec).map_err(invalid),
             FaultCommand::Disarm => Ok(f.disarm()),
@@ -308,8 +310,8 @@ impl ControlHandler for Daemon {
             FaultCommand::List => Ok(f.status()),
             FaultCommand::Clear(id) => f.clear(id).map_err(invalid),
             FaultCommand::DiskFull(Some(limit)) => {
-                let used =
-                    faults::hook::measure_disk(&self.fs).map_err(|m| FsError::msg(libc::EIO, m))?;
+                let used = faults::hook::measure_disk(&self.fs, &self.faults)
+                    .map_err(|m| FsError::msg(libc::EIO, m))?;
                 Ok(f.set_disk_full(Some((limit, used))))
             }
             FaultCommand::DiskFull(None) => Ok(f.set_disk_full(None)),
@@ -905,8 +907,10 @@ pub fn serve(
     }
     config.n_threads = Some(threads);
     config.clone_fd = true;
+    let faults = Arc::new(Faults::new());
     let adapter = FuseAdapter {
         fs: fs.clone(),
+        faults: faults.clone(),
         gate: (threads > 1).then(|| crate::readgate::ReadGate::new(threads)),
         pin,
     };
@@ -915,6 +919,7 @@ pub fn serve(
         .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
     let daemon = Arc::new(Daemon {
         fs: fs.clone(),
+        faults: faults.clone(),
         notifier: Mutex::new(Some(session.notifier())),
         mountpoint: mountpoint.clone(),
         backing: backing.clone(),
@@ -936,9 +941,9 @@ pub fn serve(
         }
         None => None,
     };
-    fs.faults.set_fsync_error(opts.fsync_error);
+    faults.set_fsync_error(opts.fsync_error);
     let cutter: Arc<dyn Cutter> = daemon.clone();
-    fs.faults.set_cutter(Arc::downgrade(&cutter));
+    faults.set_cutter(Arc::downgrade(&cutter));
     let default_sock = control::default_socket_path(&mountpoint);
     let sock = opts.control.clone().unwrap_or_else(|| default_sock.clone());
     let server = match ControlServer::start(&sock, daemon.clone()) {
@@ -973,7 +978,7 @@ pub fn serve(
     let unmounter = Arc::new(Unmounter {
         inner: Mutex::new(session.unmount_callable()),
         mountpoint: mountpoint.clone(),
-        faults: fs.faults.clone(),
+        faults: faults.clone(),
     });
     let sig_unmounter = unmounter.clone();
     std::thread::Builder::new()

@@ -11,7 +11,6 @@
 
 use crate::ascaller::AsCaller;
 use crate::error::{cvt, Context, FsError, FsResult};
-use crate::faults::Faults;
 use crate::inode::{Inode, InodeTable, PathFd, ROOT};
 use crate::journal::{FileKey, Journal};
 use crate::namespace::{Creating, Kind, Namespace, Parent};
@@ -108,8 +107,6 @@ pub struct LossFs {
     /// The namespace durability model's undo state; `None` for `metadata=durable`, where
     /// name operations go straight to the backing directory.
     pub ns: Option<Arc<Namespace>>,
-    /// Crash points and injected faults ([`crate::faults`]).
-    pub faults: Arc<Faults>,
 }
 
 fn cstr(name: &OsStr) -> FsResult<CString> {
@@ -174,7 +171,6 @@ impl LossFs {
             gate: RwLock::new(()),
             hidden,
             ns: None,
-            faults: Arc::new(Faults::new()),
         }
     }
 

@@ -10,6 +10,7 @@ use crate::cpupin::CpuPin;
 use crate::error::{event_at, FsError, FsResult};
 use crate::faults::hook::{guarded, guarded_sync, Call, Target};
 use crate::faults::spec::Op;
+use crate::faults::Faults;
 use crate::fs::{Caller, DirPlusSink, DirSink, LossFs, SetAttr, SetTime};
 use crate::inode::Inode;
 use crate::readgate::{Kind, ReadGate, Turn};
@@ -37,6 +38,8 @@ const MAX_WRITE: u32 = 1 << 20;
 
 pub struct FuseAdapter {
     pub fs: Arc<LossFs>,
+    /// Crash points and injected faults ([`crate::faults`]), applied around each request.
+    pub faults: Arc<Faults>,
     /// Turn-taking of the FUSE threads while fsyncs go on; `None` with one thread.
     pub gate: Option<ReadGate>,
     /// Pins the thread serving one program's fsyncs (needs the gate to know when).
@@ -304,7 +307,7 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.lookup(parent.0, name)),
+            guarded(&self.fs, &self.faults, c, || self.fs.lookup(parent.0, name)),
         );
     }
 
@@ -314,7 +317,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let (c, s) = self.call(Op::Getattr, req, Target::Node(ino.0), fh.map(|f| f.0));
-        match guarded(&self.fs, c, || self.fs.getattr(ino.0)) {
+        match guarded(&self.fs, &self.faults, c, || self.fs.getattr(ino.0)) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -353,7 +356,9 @@ impl Filesystem for FuseAdapter {
             mtime: set_time(mtime),
             truncated_by: size.map(|_| req.pid()),
         };
-        match guarded(&self.fs, c, || self.fs.setattr(ino.0, fh.map(|f| f.0), a)) {
+        match guarded(&self.fs, &self.faults, c, || {
+            self.fs.setattr(ino.0, fh.map(|f| f.0), a)
+        }) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -361,7 +366,7 @@ impl Filesystem for FuseAdapter {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let (c, s) = self.call(Op::Readlink, req, Target::Node(ino.0), None);
-        match guarded(&self.fs, c, || self.fs.readlink(ino.0)) {
+        match guarded(&self.fs, &self.faults, c, || self.fs.readlink(ino.0)) {
             Ok(v) => reply.data(&v),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -381,7 +386,7 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, c, || {
+            guarded(&self.fs, &self.faults, c, || {
                 self.fs.mknod(parent.0, name, mode, rdev, caller(req))
             }),
         );
@@ -400,7 +405,7 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, c, || {
+            guarded(&self.fs, &self.faults, c, || {
                 self.fs.mkdir(parent.0, name, mode, caller(req))
             }),
         );
@@ -411,7 +416,7 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.unlink(parent.0, name)),
+            guarded(&self.fs, &self.faults, c, || self.fs.unlink(parent.0, name)),
         );
     }
 
@@ -420,7 +425,7 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.rmdir(parent.0, name)),
+            guarded(&self.fs, &self.faults, c, || self.fs.rmdir(parent.0, name)),
         );
     }
 
@@ -436,7 +441,7 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, c, || {
+            guarded(&self.fs, &self.faults, c, || {
                 self.fs
                     .symlink(parent.0, link_name, target.as_os_str(), caller(req))
             }),
@@ -468,7 +473,7 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || {
+            guarded(&self.fs, &self.faults, c, || {
                 self.fs
                     .rename(parent.0, name, newparent.0, newname, flags.bits())
             }),
@@ -487,13 +492,15 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.link(ino.0, newparent.0, newname)),
+            guarded(&self.fs, &self.faults, c, || {
+                self.fs.link(ino.0, newparent.0, newname)
+            }),
         );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (c, s) = self.call(Op::Open, req, Target::Node(ino.0), None);
-        match guarded(&self.fs, c, || self.fs.open(ino.0, flags.0)) {
+        match guarded(&self.fs, &self.faults, c, || self.fs.open(ino.0, flags.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -513,7 +520,9 @@ impl Filesystem for FuseAdapter {
         let (c, s) = self.call(Op::Read, req, Target::Node(ino.0), Some(fh.0));
         READ_BUF.with(|b| {
             let mut buf = b.borrow_mut();
-            match guarded(&self.fs, c, || self.fs.read(fh.0, offset, size, &mut buf)) {
+            match guarded(&self.fs, &self.faults, c, || {
+                self.fs.read(fh.0, offset, size, &mut buf)
+            }) {
                 Ok(data) => reply.data(data),
                 Err(e) => reply.error(s.fail(&e)),
             }
@@ -540,7 +549,9 @@ impl Filesystem for FuseAdapter {
             frees: false,
         };
         let (c, s) = self.call(Op::Write, req, target, Some(fh.0));
-        match guarded(&self.fs, c, || self.fs.write(fh.0, offset, data, kill)) {
+        match guarded(&self.fs, &self.faults, c, || {
+            self.fs.write(fh.0, offset, data, kill)
+        }) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -555,7 +566,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (c, s) = self.call(Op::Flush, req, Target::Node(ino.0), Some(fh.0));
-        empty(&s, reply, guarded(&self.fs, c, || self.fs.flush(fh.0)));
+        empty(
+            &s,
+            reply,
+            guarded(&self.fs, &self.faults, c, || self.fs.flush(fh.0)),
+        );
     }
 
     fn release(
@@ -585,13 +600,13 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded_sync(&self.fs, c, || self.fs.fsync(fh.0, datasync)),
+            guarded_sync(&self.fs, &self.faults, c, || self.fs.fsync(fh.0, datasync)),
         );
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let (c, s) = self.call(Op::Opendir, req, Target::Node(ino.0), None);
-        match guarded(&self.fs, c, || self.fs.opendir(ino.0)) {
+        match guarded(&self.fs, &self.faults, c, || self.fs.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -606,7 +621,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         let (c, s) = self.call(Op::Readdir, req, Target::Node(ino.0), Some(fh.0));
-        let r = guarded(&self.fs, c, || {
+        let r = guarded(&self.fs, &self.faults, c, || {
             self.fs.readdir(fh.0, offset as i64, &mut Plain(&mut reply))
         });
         match r {
@@ -624,7 +639,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let (c, s) = self.call(Op::Readdir, req, Target::Node(ino.0), Some(fh.0));
-        let r = guarded(&self.fs, c, || {
+        let r = guarded(&self.fs, &self.faults, c, || {
             self.fs
                 .readdirplus(fh.0, offset as i64, &mut Plus(&mut reply))
         });
@@ -658,13 +673,15 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded_sync(&self.fs, c, || self.fs.fsyncdir(fh.0, datasync)),
+            guarded_sync(&self.fs, &self.faults, c, || {
+                self.fs.fsyncdir(fh.0, datasync)
+            }),
         );
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let (c, s) = self.call(Op::Statfs, req, Target::None, None);
-        match guarded(&self.fs, c, || self.fs.statfs()) {
+        match guarded(&self.fs, &self.faults, c, || self.fs.statfs()) {
             Ok(st) => reply.statfs(
                 st.f_blocks,
                 st.f_bfree,
@@ -693,19 +710,23 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.setxattr(ino.0, name, value, flags)),
+            guarded(&self.fs, &self.faults, c, || {
+                self.fs.setxattr(ino.0, name, value, flags)
+            }),
         );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let (c, s) = self.call(Op::Getxattr, req, Target::Node(ino.0), None);
-        let r = guarded(&self.fs, c, || self.fs.getxattr(ino.0, name, size));
+        let r = guarded(&self.fs, &self.faults, c, || {
+            self.fs.getxattr(ino.0, name, size)
+        });
         xattr_reply(&s, reply, size, r);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let (c, s) = self.call(Op::Listxattr, req, Target::Node(ino.0), None);
-        let r = guarded(&self.fs, c, || self.fs.listxattr(ino.0, size));
+        let r = guarded(&self.fs, &self.faults, c, || self.fs.listxattr(ino.0, size));
         xattr_reply(&s, reply, size, r);
     }
 
@@ -714,7 +735,9 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.removexattr(ino.0, name)),
+            guarded(&self.fs, &self.faults, c, || {
+                self.fs.removexattr(ino.0, name)
+            }),
         );
     }
 
@@ -723,7 +746,7 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || {
+            guarded(&self.fs, &self.faults, c, || {
                 self.fs.access(ino.0, mask.bits(), caller(req))
             }),
         );
@@ -740,7 +763,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let (c, s) = self.call(Op::Create, req, Target::Name(parent.0, name), None);
-        match guarded(&self.fs, c, || {
+        match guarded(&self.fs, &self.faults, c, || {
             self.fs.create(parent.0, name, mode, flags, caller(req))
         }) {
             Ok((_, st, fh)) => reply.created(
@@ -774,7 +797,7 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || {
+            guarded(&self.fs, &self.faults, c, || {
                 self.fs.fallocate(fh.0, offset, length, mode)
             }),
         );
@@ -790,7 +813,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyLseek,
     ) {
         let (c, s) = self.call(Op::Lseek, req, Target::Node(ino.0), Some(fh.0));
-        match guarded(&self.fs, c, || self.fs.lseek(fh.0, offset, whence)) {
+        match guarded(&self.fs, &self.faults, c, || {
+            self.fs.lseek(fh.0, offset, whence)
+        }) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -816,7 +841,7 @@ impl Filesystem for FuseAdapter {
             frees: false,
         };
         let (c, s) = self.call(Op::CopyFileRange, req, target, Some(fh_out.0));
-        let r = guarded(&self.fs, c, || {
+        let r = guarded(&self.fs, &self.faults, c, || {
             self.fs.copy_file_range(
                 fh_in.0,
                 offset_in,
