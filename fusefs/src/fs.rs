@@ -11,8 +11,9 @@
 
 use crate::ascaller::AsCaller;
 use crate::error::{cvt, Context, FsError, FsResult};
+use crate::filekey::FileKey;
 use crate::inode::{Inode, InodeTable, PathFd, ROOT};
-use crate::journal::{FileKey, Journal};
+use crate::journal::Journal;
 use crate::namespace::{Creating, Kind, Namespace, Parent};
 use crate::sys::{self, fstat, open_proc, openat, sync_fd};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};

@@ -1,7 +1,7 @@
 //! lossfs: a FUSE passthrough filesystem that remembers every change not yet made durable
 //! by fsync, and on a power cut throws exactly those changes away.
 //!
-//! Layers, bottom up: [`sys`] wraps the syscalls; [`handle`] names backing files; [`rangeset`] and [`journal`] keep the
+//! Layers, bottom up: [`sys`] wraps the syscalls; [`handle`] names backing files and [`filekey`] identifies them; [`rangeset`] and [`journal`] keep the
 //! durability state and the on-disk undo journal ([`keep`] and [`prng`] decide what a partial
 //! power cut keeps, [`writeback`] makes old data durable on its own); [`namespace`] undoes
 //! uncommitted name changes; [`inode`] maps FUSE inodes to backing files; [`fs`] holds every
@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod error;
 pub mod explore;
 pub mod faults;
+pub mod filekey;
 pub mod fs;
 pub mod fuse;
 pub mod handle;

@@ -51,6 +51,7 @@ use self::fileio::{
 };
 use self::log::{Extent, LiveFile, Log, Record};
 use crate::error::{Context as _, FsError};
+use crate::filekey::FileKey;
 use crate::handle::FileHandle;
 use crate::keep::{KeepMode, KeepSpec};
 use crate::rangeset::RangeSet;
@@ -77,13 +78,6 @@ const FALLOC_COLLAPSE_RANGE: i32 = libc::FALLOC_FL_COLLAPSE_RANGE;
 const FALLOC_ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE;
 const FALLOC_INSERT_RANGE: i32 = libc::FALLOC_FL_INSERT_RANGE;
 const FALLOC_UNSHARE_RANGE: i32 = libc::FALLOC_FL_UNSHARE_RANGE;
-
-/// Identity of a backing file: its `st_dev` and `st_ino`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FileKey {
-    pub dev: u64,
-    pub ino: u64,
-}
 
 /// A file's state in the current sync epoch (exists from its first change until it is
 /// durable again).
