@@ -1,16 +1,19 @@
 //! The syscalls of the filesystem operations and the namespace models, on borrowed fds and
 //! C-string names, with errors that keep their raw OS error.
 
-use crate::error::cvt;
+use crate::error::{cvt, Context as _};
 use nix::dir::Dir;
 use nix::fcntl::{AtFlags, FallocateFlags, OFlag, RenameFlags, AT_FDCWD};
 use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 use std::ffi::CStr;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 /// Status of `fd` itself (a symlink's own, for an `O_PATH` fd of one).
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
@@ -331,4 +334,18 @@ pub fn removexattr(path: &CStr, name: &CStr) -> io::Result<()> {
     // SAFETY: valid C strings.
     cvt(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) })?;
     Ok(())
+}
+
+/// Opens (creating, never truncating) a file of the state dir, mode 0600, close-on-exec.
+pub fn open_private(path: &Path, what: &str) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .with_ctx(|| format!("opening {what} {}", path.display()))
+        .map_err(io::Error::from)
 }

@@ -37,7 +37,6 @@ mod fileio;
 #[cfg(test)]
 mod keep_tests;
 mod log;
-pub(crate) use self::log::open_private;
 mod names;
 mod partial;
 #[cfg(test)]
@@ -211,7 +210,7 @@ impl Journal {
     ) -> io::Result<(Journal, Option<Vec<FileLoss>>)> {
         mkdir_private(state_dir)?;
         let lock_path = state_dir.join("lock");
-        let lock_file = log::open_private(&lock_path, "lock file")?;
+        let lock_file = crate::sys::open_private(&lock_path, "lock file")?;
         let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((_, Errno::EWOULDBLOCK)) => {

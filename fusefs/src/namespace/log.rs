@@ -20,7 +20,7 @@
 use crate::error::Context as _;
 use crate::filekey::FileKey;
 use crate::handle::FileHandle;
-use crate::journal::open_private;
+use crate::sys::open_private;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
