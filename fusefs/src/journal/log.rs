@@ -25,7 +25,6 @@
 //! - `B id start len undo_off`: a byte-exact pre-image, in `undo/<id>`, of unsynced bytes
 //!   the next `O` of file `id` overwrites.  The undo bytes are written before the operation.
 
-use super::crashstate::OpRec;
 use crate::error::Context as _;
 use crate::handle::FileHandle;
 use crate::sys::open_private;
@@ -63,6 +62,18 @@ pub(crate) struct Extent {
     pub start: u64,
     pub len: u64,
     pub undo_off: u64,
+}
+
+/// One unsynced operation as the log records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct OpRec {
+    /// File size just before the operation.
+    pub size_before: u64,
+    /// Bytes the operation may have changed (content, not size).
+    pub start: u64,
+    pub end: u64,
+    /// Byte-exact pre-images of the unsynced bytes it overwrote (in the undo file).
+    pub pre: Vec<Extent>,
 }
 
 /// Everything the log says about one file in its current epoch.

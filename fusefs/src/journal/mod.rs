@@ -44,11 +44,11 @@ mod sparse_tests;
 #[cfg(test)]
 mod tests;
 
-use self::crashstate::{OpRec, PrefixBuilder};
+use self::crashstate::PrefixBuilder;
 use self::fileio::{
     byte_ranges, copy_range, hole_bytes, is_deleted, is_gone, path_of, restore, size_of, Restored,
 };
-use self::log::{Extent, LiveFile, Log, Record};
+use self::log::{Extent, LiveFile, Log, OpRec, Record};
 use crate::error::{Context as _, FsError};
 use crate::filekey::FileKey;
 use crate::handle::FileHandle;
