@@ -4,6 +4,7 @@
 
 use super::tests::{pattern, Dirs, TFile, JOURNAL_NEEDS_ROOT};
 use super::*;
+use crate::keep::{KeepMode, KeepSpec};
 use crate::prng::SplitMix64;
 use crate::testdir::require_root;
 use crate::writeback::expired;
