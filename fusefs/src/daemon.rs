@@ -6,8 +6,8 @@
 use crate::control::{self, ControlHandler, ControlServer};
 use crate::cpupin::{self, CpuPin};
 use crate::error::{Context as _, FsError, FsResult};
-use crate::faults::spec::FaultCommand;
 use crate::faults::{self, Cutter, Faults};
+use crate::faultspec::FaultCommand;
 use crate::filekey::FileKey;
 use crate::fs::{Hidden, LossFs};
 use crate::fuse::FuseAdapter;

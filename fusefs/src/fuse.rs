@@ -9,8 +9,8 @@
 use crate::cpupin::CpuPin;
 use crate::error::{event_at, FsError, FsResult};
 use crate::faults::hook::{guarded, guarded_sync, Call, Target};
-use crate::faults::spec::Op;
 use crate::faults::Faults;
+use crate::faultspec::Op;
 use crate::fs::{Caller, DirPlusSink, DirSink, LossFs, SetAttr, SetTime};
 use crate::inode::Inode;
 use crate::readgate::{Kind, ReadGate, Turn};

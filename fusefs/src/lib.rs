@@ -5,7 +5,7 @@
 //! durability state and the on-disk undo journal ([`keep`] and [`prng`] decide what a partial
 //! power cut keeps, [`writeback`] makes old data durable on its own); [`namespace`] undoes
 //! uncommitted name changes; [`inode`] maps FUSE inodes to backing files; [`fs`] holds every
-//! operation's semantics; [`faults`] injects crash points, errors and delays; [`fuse`] is the
+//! operation's semantics; [`faults`] injects crash points, errors and delays ([`faultspec`]: what a user asks of it); [`fuse`] is the
 //! thin `fuser` adapter ([`readgate`]: how many of its threads wait for the next request); [`control`] serves `lossctl` (and [`lazyfs`] a LazyFS-style command
 //! FIFO); [`procscan`] and [`mountinfo`] find the processes and mounts a power cut acts on;
 //! [`options`] reads the command line; [`pause`] holds the crash-test pause points; [`daemon`] wires it all for the `lossfs` binary, and
@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod error;
 pub mod explore;
 pub mod faults;
+pub mod faultspec;
 pub mod filekey;
 pub mod fs;
 pub mod fuse;

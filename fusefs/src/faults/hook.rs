@@ -5,9 +5,9 @@
 //! operation.
 
 use super::diskfull;
-use super::spec::{is_writeback_error, FaultAction, Op, When};
 use super::{Faults, FsyncError, Slept};
 use crate::error::{FsError, FsResult};
+use crate::faultspec::{is_writeback_error, FaultAction, Op, When};
 use crate::fs::LossFs;
 use crate::sys::fstat;
 use std::ffi::{CString, OsStr, OsString};
