@@ -402,23 +402,9 @@ fn raise_fd_limit() -> Option<libc::rlimit> {
 
 fn open_dir_path(p: &Path) -> Result<OwnedFd, String> {
     let c = CString::new(p.as_os_str().as_bytes()).map_err(err)?;
-    // SAFETY: valid C string; the result is checked.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF).
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(format!(
-            "open {}: {}",
-            p.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF).
+    crate::sys::open_proc(&c, libc::O_RDONLY | libc::O_DIRECTORY)
+        .map_err(|e| format!("open {}: {e}", p.display()))
 }
 
 /// Tells systemd (Type=notify) the daemon's state, if it is listening: `READY=1` once the
@@ -750,8 +736,8 @@ pub fn serve(
     // inherits the mask, so termination signals reach only the signal thread.
     let signals = block_signals();
     let pin = pin.map(start_pin_follower);
-    // SAFETY: umask only affects this process; files are created with the caller's mode.
-    let umask = unsafe { libc::umask(0) };
+    // Files are created with the caller's mode.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty()).bits();
     let nofile = raise_fd_limit();
 
     let state_dir = opts
@@ -903,8 +889,7 @@ fn open_state(
         );
     }
     // Whatever is on the backing disk now is the durable baseline.
-    // SAFETY: valid fd.
-    unsafe { libc::syncfs(root.as_raw_fd()) };
+    let _ = nix::unistd::syncfs(&root);
 
     let st = fstat(root.as_fd()).map_err(|e| format!("stat {}: {e}", backing.display()))?;
     let root_key = FileKey {

@@ -1008,14 +1008,7 @@ mod tests {
 
     fn open_path(p: &Path) -> OwnedFd {
         let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-        openat(
-            // SAFETY: AT_FDCWD is a valid "directory fd" for openat.
-            unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
-            &c,
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        )
-        .unwrap()
+        openat(nix::fcntl::AT_FDCWD, &c, libc::O_PATH | libc::O_NOFOLLOW, 0).unwrap()
     }
 
     /// A LossFs over `DIR/backing`, with its state dir at `DIR/backing/.lossfs` (hidden).

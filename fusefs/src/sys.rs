@@ -39,7 +39,8 @@ pub fn openat(
     )?)
 }
 
-/// Opens a path (a `/proc/self/fd/N` link, to reopen a file; close-on-exec added).
+/// Opens a path (the backing root, or a `/proc/self/fd/N` link to reopen a file; close-on-exec
+/// added).
 pub fn open_proc(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(nix::fcntl::open(
         path,
