@@ -4,7 +4,7 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 use lossfs::control::{self, ClientError, Request};
-use lossfs::faults::spec::{CrashSpec, FaultCommand, FaultSpec, Op, When, MAX_DELAY_MS};
+use lossfs::faultspec::{CrashSpec, FaultCommand, FaultSpec, Op, When, MAX_DELAY_MS};
 use lossfs::keep::{check_granularity, KeepMode, KeepRequest};
 use lossfs::mountinfo::{self, MountEntry, FSTYPE};
 use lossfs::report::{FaultsStatus, PowercutReport, StatusReport, SyncReport};

@@ -6,14 +6,15 @@
 use crate::control::{self, ControlHandler, ControlServer};
 use crate::cpupin::{self, CpuPin};
 use crate::error::{Context as _, FsError, FsResult};
-use crate::faults::spec::FaultCommand;
 use crate::faults::{self, Cutter, Faults};
-use crate::fs::{fstat, Hidden, LossFs};
+use crate::faultspec::FaultCommand;
+use crate::filekey::FileKey;
+use crate::fs::{Hidden, LossFs};
 use crate::fuse::FuseAdapter;
 use crate::handle::FileHandle;
 use crate::inode::InodeTable;
 use crate::irqcpu;
-use crate::journal::{FileKey, Journal};
+use crate::journal::Journal;
 use crate::keep::{KeepMode, KeepRequest, KeepSpec};
 use crate::mountinfo;
 use crate::namespace::{Model, Namespace};
@@ -22,6 +23,7 @@ use crate::procscan::{self, MountTarget};
 use crate::readahead;
 use crate::report::FaultsStatus;
 use crate::report::{KilledProcess, PowercutReport, StatusReport, SyncReport};
+use crate::sys::fstat;
 use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 use parking_lot::{Condvar, Mutex};
 use std::ffi::CString;
@@ -56,6 +58,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// The state the control socket acts on.
 pub struct Daemon {
     fs: Arc<LossFs>,
+    /// Crash points and injected faults, shared with the FUSE adapter that applies them.
+    faults: Arc<Faults>,
     notifier: Mutex<Option<Notifier>>,
     mountpoint: PathBuf,
     backing: PathBuf,
@@ -164,7 +168,7 @@ impl Daemon {
         let _one_at_a_time = self.ops.lock();
         let t0 = Instant::now();
         let killed = if no_kill {
-            self.fs.faults.abort_delays();
+            self.faults.abort_delays();
             Vec::new()
         } else {
             let target = self.target()?;
@@ -172,7 +176,7 @@ impl Daemon {
             // its program: the machine is going down), then wait for the deaths (a program
             // cannot die while one of its requests is delayed).
             let signalled = procscan::signal_users(&target);
-            self.fs.faults.abort_delays();
+            self.faults.abort_delays();
             let mut killed = procscan::kill_users(&target, KILL_TIMEOUT)
                 .map_err(|m| FsError::msg(libc::EBUSY, m))?;
             // The first scan saw them alive; a dying process may already have lost its
@@ -274,7 +278,7 @@ impl ControlHandler for Daemon {
                 .name()
                 .into(),
             namespace_uncommitted: self.fs.ns.as_ref().map_or(0, |n| n.uncommitted() as u64),
-            faults: self.fs.faults.status(),
+            faults: self.faults.status(),
         })
     }
 
@@ -299,7 +303,7 @@ impl ControlHandler for Daemon {
     }
 
     fn faults(&self, cmd: FaultCommand) -> FsResult<FaultsStatus> {
-        let f = &self.fs.faults;
+        let f = &self.faults;
         match cmd {
             FaultCommand::Arm(spec) => f.arm(spec).map_err(invalid),
             FaultCommand::Disarm => Ok(f.disarm()),
@@ -307,8 +311,8 @@ impl ControlHandler for Daemon {
             FaultCommand::List => Ok(f.status()),
             FaultCommand::Clear(id) => f.clear(id).map_err(invalid),
             FaultCommand::DiskFull(Some(limit)) => {
-                let used =
-                    faults::hook::measure_disk(&self.fs).map_err(|m| FsError::msg(libc::EIO, m))?;
+                let used = faults::hook::measure_disk(&self.fs, &self.faults)
+                    .map_err(|m| FsError::msg(libc::EIO, m))?;
                 Ok(f.set_disk_full(Some((limit, used))))
             }
             FaultCommand::DiskFull(None) => Ok(f.set_disk_full(None)),
@@ -398,23 +402,9 @@ fn raise_fd_limit() -> Option<libc::rlimit> {
 
 fn open_dir_path(p: &Path) -> Result<OwnedFd, String> {
     let c = CString::new(p.as_os_str().as_bytes()).map_err(err)?;
-    // SAFETY: valid C string; the result is checked.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF).
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(format!(
-            "open {}: {}",
-            p.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF).
+    crate::sys::open_proc(&c, libc::O_RDONLY | libc::O_DIRECTORY)
+        .map_err(|e| format!("open {}: {e}", p.display()))
 }
 
 /// Tells systemd (Type=notify) the daemon's state, if it is listening: `READY=1` once the
@@ -739,6 +729,55 @@ pub fn serve(
     ready: &dyn Fn(Mounted),
     on_signal: Option<SignalHook>,
 ) -> Result<(), String> {
+    let (backing, mountpoint) = check_mount_target(args, opts)?;
+    let threads = opts.threads.unwrap_or(8);
+    let pin = choose_sync_pin(opts, &backing, threads)?;
+    // Before any thread starts (the namespace commit thread, the workers...): every thread
+    // inherits the mask, so termination signals reach only the signal thread.
+    let signals = block_signals();
+    let pin = pin.map(start_pin_follower);
+    // Files are created with the caller's mode.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty()).bits();
+    let nofile = raise_fd_limit();
+
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| backing.join(".lossfs"));
+    let fs = open_state(opts, &backing, &mountpoint, &state_dir)?;
+    let faults = Arc::new(Faults::new());
+    let (mut session, daemon) = mount(opts, &backing, &mountpoint, threads, &fs, &faults, pin)?;
+    let services = start_services(opts, &mut session, &daemon, &faults)?;
+    let unmounter = Arc::new(Unmounter {
+        inner: Mutex::new(session.unmount_callable()),
+        mountpoint: mountpoint.clone(),
+        faults: faults.clone(),
+    });
+    start_signal_thread(signals, on_signal, unmounter.clone())?;
+    start_readahead(opts, &mountpoint);
+
+    tracing::info!(
+        "mounted {} on {} (state {}, control {})",
+        backing.display(),
+        mountpoint.display(),
+        state_dir.display(),
+        services.sock.display()
+    );
+    ready(Mounted {
+        daemon: daemon.clone(),
+        unmounter,
+        umask,
+        nofile,
+        state_dir: state_dir.clone(),
+    });
+    let result = serve_until_unmounted(session);
+    shut_down(&daemon, &fs, services);
+    result.map_err(|e| format!("FUSE session: {e}"))
+}
+
+/// The checks before anything is touched: FUSE is there, BACKING and MOUNTPOINT are usable,
+/// and MOUNTPOINT is not a lossfs mount already.  Returns both paths, canonical.
+fn check_mount_target(args: &MountArgs, opts: &MountOptions) -> Result<(PathBuf, PathBuf), String> {
     options::check_fuse_available()?;
     crate::pause::init();
     let (backing, mountpoint) =
@@ -753,58 +792,63 @@ pub fn serve(
             ));
         }
     }
-    let threads = opts.threads.unwrap_or(8);
-    // Before anything changes (the journal's recovery below), so that a bad `sync_cpu=N`
-    // fails the mount with nothing done.  Pinning follows the gate's turn-taking: with one
-    // thread there is none.
-    let pin = if threads > 1 {
-        let dev = std::fs::metadata(&backing)
+    Ok((backing, mountpoint))
+}
+
+/// The `sync_cpu=` pinning, chosen before anything changes (the journal's recovery), so
+/// that a bad `sync_cpu=N` fails the mount with nothing done.  Pinning follows the gate's
+/// turn-taking: with one thread there is none.
+fn choose_sync_pin(
+    opts: &MountOptions,
+    backing: &Path,
+    threads: usize,
+) -> Result<Option<SyncPin>, String> {
+    if threads > 1 {
+        let dev = std::fs::metadata(backing)
             .map_err(|e| format!("stat {}: {e}", backing.display()))?
             .dev();
-        sync_cpu_pin(opts.sync_cpu, dev)?
+        sync_cpu_pin(opts.sync_cpu, dev)
     } else {
         if opts.sync_cpu != SyncCpu::Off {
             tracing::warn!("sync_cpu: threads=1 leaves no thread to pin; not pinning");
         }
-        None
-    };
-    // Before any thread starts (the namespace commit thread, the workers...): every thread
-    // inherits the mask, so termination signals reach only the signal thread.
-    let signals = block_signals();
-    let pin = pin.map(|(pin, follow)| {
-        if let Some(mut follow) = follow {
-            let weak = Arc::downgrade(&pin);
-            if let Err(e) = cpupin::follow(weak, cpupin::FOLLOW_EVERY, move || follow.changed()) {
-                tracing::warn!(
-                    "sync_cpu=auto: cannot start the thread that follows the interrupt: {e}"
-                );
-            }
-        }
-        pin
-    });
-    // SAFETY: umask only affects this process; files are created with the caller's mode.
-    let umask = unsafe { libc::umask(0) };
-    let nofile = raise_fd_limit();
+        Ok(None)
+    }
+}
 
-    let state_dir = opts
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| backing.join(".lossfs"));
-    let root = open_dir_path(&backing)?;
-    let (journal, recovered) = open_journal_waiting(
-        &state_dir,
-        &root,
-        &backing,
-        opts.recover == Recover::Rollback,
-    )?;
+/// For `sync_cpu=auto`: starts the thread that moves the pin with the interrupt (once the
+/// signals are blocked, as for every thread).
+fn start_pin_follower((pin, follow): SyncPin) -> Arc<CpuPin> {
+    if let Some(mut follow) = follow {
+        let weak = Arc::downgrade(&pin);
+        if let Err(e) = cpupin::follow(weak, cpupin::FOLLOW_EVERY, move || follow.changed()) {
+            tracing::warn!(
+                "sync_cpu=auto: cannot start the thread that follows the interrupt: {e}"
+            );
+        }
+    }
+    pin
+}
+
+/// Opens the durability state (journal and namespace log in `state_dir`), recovering what
+/// a killed daemon left, and builds the filesystem on BACKING with it.
+fn open_state(
+    opts: &MountOptions,
+    backing: &Path,
+    mountpoint: &Path,
+    state_dir: &Path,
+) -> Result<Arc<LossFs>, String> {
+    let root = open_dir_path(backing)?;
+    let (journal, recovered) =
+        open_journal_waiting(state_dir, &root, backing, opts.recover == Recover::Rollback)?;
     let journal = Arc::new(journal);
     let ns_root = root
         .try_clone()
         .map_err(|e| format!("dup backing fd: {e}"))?;
     let (ns, ns_recovered) = Namespace::open(
-        &state_dir,
+        state_dir,
         ns_root,
-        &backing,
+        backing,
         journal.clone(),
         opts.metadata,
         opts.recover == Recover::Rollback,
@@ -845,8 +889,7 @@ pub fn serve(
         );
     }
     // Whatever is on the backing disk now is the durable baseline.
-    // SAFETY: valid fd.
-    unsafe { libc::syncfs(root.as_raw_fd()) };
+    let _ = nix::unistd::syncfs(&root);
 
     let st = fstat(root.as_fd()).map_err(|e| format!("stat {}: {e}", backing.display()))?;
     let root_key = FileKey {
@@ -859,7 +902,7 @@ pub fn serve(
             backing.display()
         )
     })?;
-    let hidden = hidden_state_dir(&state_dir, &backing);
+    let hidden = hidden_state_dir(state_dir, backing);
     let mut fs = LossFs::new(
         InodeTable::new(root, root_key, root_handle),
         journal,
@@ -870,8 +913,11 @@ pub fn serve(
             .map_err(|e| e.to_string())?;
         fs = fs.with_namespace(ns);
     }
-    let fs = Arc::new(fs);
+    Ok(Arc::new(fs))
+}
 
+/// The FUSE mount options and session settings the mount options ask for.
+fn mount_config(opts: &MountOptions, backing: &Path, threads: usize) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(backing.display().to_string()),
@@ -891,7 +937,7 @@ pub fn serve(
         (opts.nosuid, MountOption::NoSuid),
         (opts.nodev, MountOption::NoDev),
         (
-            opts.noexec || backing_is_noexec(&backing),
+            opts.noexec || backing_is_noexec(backing),
             MountOption::NoExec,
         ),
     ] {
@@ -904,26 +950,64 @@ pub fn serve(
     }
     config.n_threads = Some(threads);
     config.clone_fd = true;
+    config
+}
+
+/// Mounts `fs` on MOUNTPOINT behind the FUSE adapter (not served yet) and makes the daemon
+/// state the control socket acts on.
+fn mount(
+    opts: &MountOptions,
+    backing: &Path,
+    mountpoint: &Path,
+    threads: usize,
+    fs: &Arc<LossFs>,
+    faults: &Arc<Faults>,
+    pin: Option<Arc<CpuPin>>,
+) -> Result<(fuser::Session<FuseAdapter>, Arc<Daemon>), String> {
+    let config = mount_config(opts, backing, threads);
     let adapter = FuseAdapter {
         fs: fs.clone(),
+        faults: faults.clone(),
         gate: (threads > 1).then(|| crate::readgate::ReadGate::new(threads)),
         pin,
         passthrough: (opts.passthrough == options::Passthrough::Ro)
             .then(crate::iomode::IoModes::new),
     };
 
-    let mut session = fuser::Session::new(adapter, &mountpoint, &config)
+    let session = fuser::Session::new(adapter, mountpoint, &config)
         .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
     let daemon = Arc::new(Daemon {
         fs: fs.clone(),
+        faults: faults.clone(),
         notifier: Mutex::new(Some(session.notifier())),
-        mountpoint: mountpoint.clone(),
-        backing: backing.clone(),
+        mountpoint: mountpoint.to_path_buf(),
+        backing: backing.to_path_buf(),
         powercuts: AtomicU64::new(0),
         cuts: Mutex::new(CutCounts::default()),
         cut_ended: Condvar::new(),
         ops: Mutex::new(()),
     });
+    Ok((session, daemon))
+}
+
+/// What runs beside the FUSE session until it ends.
+struct Services {
+    writeback: Option<crate::writeback::Writeback>,
+    server: ControlServer,
+    sock: PathBuf,
+    default_sock: PathBuf,
+}
+
+/// Starts the writeback thread, arms the fault engine, and starts the control server (and
+/// the LazyFS FIFO); on failure unmounts.
+fn start_services(
+    opts: &MountOptions,
+    session: &mut fuser::Session<FuseAdapter>,
+    daemon: &Arc<Daemon>,
+    faults: &Arc<Faults>,
+) -> Result<Services, String> {
+    let fs = &daemon.fs;
+    let mountpoint = &daemon.mountpoint;
     let writeback = match opts.writeback {
         Some(secs) => {
             match crate::writeback::Writeback::start(fs.journal.clone(), Duration::from_secs(secs))
@@ -937,10 +1021,10 @@ pub fn serve(
         }
         None => None,
     };
-    fs.faults.set_fsync_error(opts.fsync_error);
+    faults.set_fsync_error(opts.fsync_error);
     let cutter: Arc<dyn Cutter> = daemon.clone();
-    fs.faults.set_cutter(Arc::downgrade(&cutter));
-    let default_sock = control::default_socket_path(&mountpoint);
+    faults.set_cutter(Arc::downgrade(&cutter));
+    let default_sock = control::default_socket_path(mountpoint);
     let sock = opts.control.clone().unwrap_or_else(|| default_sock.clone());
     let server = match ControlServer::start(&sock, daemon.clone()) {
         Ok(s) => s,
@@ -970,13 +1054,21 @@ pub fn serve(
             );
         }
     }
+    Ok(Services {
+        writeback,
+        server,
+        sock,
+        default_sock,
+    })
+}
 
-    let unmounter = Arc::new(Unmounter {
-        inner: Mutex::new(session.unmount_callable()),
-        mountpoint: mountpoint.clone(),
-        faults: fs.faults.clone(),
-    });
-    let sig_unmounter = unmounter.clone();
+/// The thread that takes the blocked termination signals: each unmounts, or with
+/// `on_signal` is handed to it first.
+fn start_signal_thread(
+    signals: nix::sys::signal::SigSet,
+    on_signal: Option<SignalHook>,
+    sig_unmounter: Arc<Unmounter>,
+) -> Result<(), String> {
     std::thread::Builder::new()
         .name("lossfs-signals".into())
         .spawn(move || {
@@ -992,10 +1084,15 @@ pub fn serve(
             }
         })
         .map_err(|e| format!("signal thread: {e}"))?;
+    Ok(())
+}
 
+/// Sets the mount's readahead window once the kernel has initialised it (on a thread of
+/// its own: that happens when the session starts serving).
+fn start_readahead(opts: &MountOptions, mountpoint: &Path) {
     let read_ahead = opts.read_ahead_kb.unwrap_or(options::DEFAULT_READ_AHEAD_KB);
     if read_ahead > 0 {
-        let mp = mountpoint.clone();
+        let mp = mountpoint.to_path_buf();
         // Not fatal: only sequential read speed depends on it.
         let spawned = std::thread::Builder::new()
             .name("lossfs-readahead".into())
@@ -1007,31 +1104,26 @@ pub fn serve(
             tracing::warn!("readahead thread: {e}");
         }
     }
+}
 
-    tracing::info!(
-        "mounted {} on {} (state {}, control {})",
-        backing.display(),
-        mountpoint.display(),
-        state_dir.display(),
-        sock.display()
-    );
-    ready(Mounted {
-        daemon: daemon.clone(),
-        unmounter,
-        umask,
-        nofile,
-        state_dir: state_dir.clone(),
-    });
+/// Serves FUSE requests on the calling thread until the mount goes away.
+fn serve_until_unmounted(session: fuser::Session<FuseAdapter>) -> std::io::Result<()> {
     sd_notify("READY=1");
     let result = session.run();
     sd_notify("STOPPING=1");
+    result
+}
+
+/// After the session: stops what ran beside it, and makes everything durable, as a clean
+/// unmount writes everything back.
+fn shut_down(daemon: &Daemon, fs: &LossFs, services: Services) {
     *daemon.notifier.lock() = None;
-    if let Some(w) = writeback {
+    if let Some(w) = services.writeback {
         w.stop();
     }
-    server.shutdown();
-    if sock != default_sock {
-        let _ = std::fs::remove_file(&default_sock);
+    services.server.shutdown();
+    if services.sock != services.default_sock {
+        let _ = std::fs::remove_file(&services.default_sock);
     }
     // A clean unmount is a clean shutdown: the kernel would write everything back.
     if let Err(e) = fs.journal.sync_all() {
@@ -1042,7 +1134,6 @@ pub fn serve(
             tracing::error!("final namespace commit after unmount: {e}");
         }
     }
-    result.map_err(|e| format!("FUSE session: {e}"))
 }
 
 /// Opens the journal, waiting up to [`LOCK_WAIT`] while another lossfs holds the state

@@ -11,16 +11,17 @@
 
 use crate::ascaller::AsCaller;
 use crate::error::{cvt, Context, FsError, FsResult};
-use crate::faults::Faults;
+use crate::filekey::FileKey;
 use crate::inode::{Inode, InodeTable, PathFd, ROOT};
-use crate::journal::{FileKey, Journal};
+use crate::journal::Journal;
 use crate::namespace::{Creating, Kind, Namespace, Parent};
+use crate::sys::{self, fstat, open_proc, openat, sync_fd};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,8 +114,6 @@ pub struct LossFs {
     /// The namespace durability model's undo state; `None` for `metadata=durable`, where
     /// name operations go straight to the backing directory.
     pub ns: Option<Arc<Namespace>>,
-    /// Crash points and injected faults ([`crate::faults`]).
-    pub faults: Arc<Faults>,
 }
 
 fn cstr(name: &OsStr) -> FsResult<CString> {
@@ -148,43 +147,6 @@ fn write_some_at(file: &File, data: &[u8], off: u64) -> io::Result<usize> {
     Ok(done)
 }
 
-pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero stat is a valid out-buffer.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fd is a valid fd, the path is an empty C string used with AT_EMPTY_PATH, and st
-    // is writable.
-    cvt(unsafe {
-        libc::fstatat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            &mut st,
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(st)
-}
-
-fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
-    // SAFETY: dir is a valid fd and name a valid C string; the result is checked.
-    let fd = cvt(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
-    })?;
-    // SAFETY: openat returned a fresh fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn open_proc(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: path is a valid C string; the result is checked.
-    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    // SAFETY: open returned a fresh fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Runs the rest of the scope with the caller's filesystem credentials (see `ascaller`).
 fn as_caller(c: Caller) -> FsResult<AsCaller> {
     AsCaller::new(c.uid, c.gid, c.pid).ctx("switch to the caller's credentials")
@@ -216,7 +178,6 @@ impl LossFs {
             gate: RwLock::new(()),
             hidden,
             ns: None,
-            faults: Arc::new(Faults::new()),
         }
     }
 
@@ -382,8 +343,7 @@ impl LossFs {
         let creating = self.before_create(&p, &pfd, &c, Kind::Dir)?;
         {
             let _as = as_caller(who)?;
-            // SAFETY: valid dir fd and C string.
-            cvt(unsafe { libc::mkdirat(pfd.fd().as_raw_fd(), c.as_ptr(), mode) }).ctx("mkdir")?;
+            sys::mkdir_at(pfd.fd(), &c, mode).ctx("mkdir")?;
         }
         with_identity(creating, self.lookup_new(&pfd, &c))
     }
@@ -400,11 +360,7 @@ impl LossFs {
         let creating = self.before_create(&p, &pfd, &c, Kind::Node)?;
         {
             let _as = as_caller(who)?;
-            // SAFETY: valid dir fd and C string.
-            cvt(unsafe {
-                libc::mknodat(pfd.fd().as_raw_fd(), c.as_ptr(), mode, rdev as libc::dev_t)
-            })
-            .ctx("mknod")?;
+            sys::mknod_at(pfd.fd(), &c, mode, rdev).ctx("mknod")?;
         }
         with_identity(creating, self.lookup_new(&pfd, &c))
     }
@@ -421,9 +377,7 @@ impl LossFs {
         let creating = self.before_create(&p, &pfd, &c, Kind::Symlink)?;
         {
             let _as = as_caller(who)?;
-            // SAFETY: valid C strings and dir fd.
-            cvt(unsafe { libc::symlinkat(t.as_ptr(), pfd.fd().as_raw_fd(), c.as_ptr()) })
-                .ctx("symlink")?;
+            sys::symlink_at(&t, pfd.fd(), &c).ctx("symlink")?;
         }
         with_identity(creating, self.lookup_new(&pfd, &c))
     }
@@ -438,17 +392,7 @@ impl LossFs {
         let fd = self.path_fd(&inode)?;
         let (p, pfd, c) = self.parent_dir(newparent, newname)?;
         let creating = self.before_create(&p, &pfd, &c, Kind::HardLink)?;
-        // SAFETY: valid fds and C strings; AT_EMPTY_PATH links the inode the O_PATH fd names.
-        cvt(unsafe {
-            libc::linkat(
-                fd.fd().as_raw_fd(),
-                c"".as_ptr(),
-                pfd.fd().as_raw_fd(),
-                c.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            )
-        })
-        .ctx("link")?;
+        sys::link_fd_at(fd.fd(), pfd.fd(), &c).ctx("link")?;
         with_identity(creating, self.lookup_new(&pfd, &c))
     }
 
@@ -470,8 +414,7 @@ impl LossFs {
         if let Some(ns) = &self.ns {
             return ns.remove(parent_of(&p, &pfd), &c, false).ctx("unlink");
         }
-        // SAFETY: valid dir fd and C string.
-        cvt(unsafe { libc::unlinkat(pfd.fd().as_raw_fd(), c.as_ptr(), 0) }).ctx("unlink")?;
+        sys::unlink_at(pfd.fd(), &c, false).ctx("unlink")?;
         Ok(())
     }
 
@@ -480,9 +423,7 @@ impl LossFs {
         if let Some(ns) = &self.ns {
             return ns.remove(parent_of(&p, &pfd), &c, true).ctx("rmdir");
         }
-        // SAFETY: valid dir fd and C string.
-        cvt(unsafe { libc::unlinkat(pfd.fd().as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
-            .ctx("rmdir")?;
+        sys::unlink_at(pfd.fd(), &c, true).ctx("rmdir")?;
         Ok(())
     }
 
@@ -501,38 +442,14 @@ impl LossFs {
                 .rename(parent_of(&p, &pfd), &c, parent_of(&np, &npfd), &nc, flags)
                 .ctx("rename");
         }
-        // SAFETY: valid dir fds and C strings; flags are passed through to the kernel, which
-        // validates them.
-        cvt(unsafe {
-            libc::renameat2(
-                pfd.fd().as_raw_fd(),
-                c.as_ptr(),
-                npfd.fd().as_raw_fd(),
-                nc.as_ptr(),
-                flags,
-            )
-        })
-        .ctx("rename")?;
+        sys::rename_at(pfd.fd(), &c, npfd.fd(), &nc, flags).ctx("rename")?;
         Ok(())
     }
 
     pub fn readlink(&self, nodeid: u64) -> FsResult<Vec<u8>> {
         let inode = self.inode(nodeid)?;
         let fd = self.path_fd(&inode)?;
-        let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-        // SAFETY: valid fd, empty path (the O_PATH fd names the link), writable buffer of the
-        // given length.
-        let n = cvt(unsafe {
-            libc::readlinkat(
-                fd.fd().as_raw_fd(),
-                c"".as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        })
-        .ctx("readlink")?;
-        buf.truncate(n as usize);
-        Ok(buf)
+        sys::readlink_fd(fd.fd()).ctx("readlink")
     }
 
     // ---- attributes ----
@@ -550,23 +467,10 @@ impl LossFs {
             if is_link {
                 return Err(FsError::new(libc::EOPNOTSUPP, "chmod of a symlink"));
             }
-            // SAFETY: the /proc path is a valid C string naming our own fd.
-            cvt(unsafe { libc::chmod(pfd.proc_path().as_ptr(), mode & 0o7777) }).ctx("chmod")?;
+            sys::chmod_path(&pfd.proc_path(), mode & 0o7777).ctx("chmod")?;
         }
         if a.uid.is_some() || a.gid.is_some() {
-            let uid = a.uid.unwrap_or(u32::MAX);
-            let gid = a.gid.unwrap_or(u32::MAX);
-            // SAFETY: valid fd, empty path with AT_EMPTY_PATH; -1 leaves an id unchanged.
-            cvt(unsafe {
-                libc::fchownat(
-                    pfd.fd().as_raw_fd(),
-                    c"".as_ptr(),
-                    uid,
-                    gid,
-                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-                )
-            })
-            .ctx("chown")?;
+            sys::chown_fd(pfd.fd(), a.uid, a.gid).ctx("chown")?;
         }
         if let Some(size) = a.size {
             let kill = |fd: BorrowedFd<'_>| match a.truncated_by {
@@ -595,8 +499,7 @@ impl LossFs {
     fn truncate(&self, inode: &Inode, file: BorrowedFd<'_>, size: u64) -> FsResult<()> {
         let mut g = self.journal.lock(inode.key, &inode.handle);
         g.before_truncate(file, size).ctx("journal truncate")?;
-        // SAFETY: valid fd; the size is checked to fit off_t.
-        cvt(unsafe { libc::ftruncate(file.as_raw_fd(), off(size)?) }).ctx("truncate")?;
+        sys::ftruncate(file.as_fd(), off(size)?).ctx("truncate")?;
         Ok(())
     }
 
@@ -608,31 +511,15 @@ impl LossFs {
         if is_link {
             // The /proc path would follow the link; the O_PATH fd names the link itself, and
             // utimensat takes it with AT_EMPTY_PATH (as `touch -h` on the backing would).
-            // SAFETY: valid fd, empty C string used with AT_EMPTY_PATH, ts holds two timespecs.
-            cvt(unsafe {
-                libc::utimensat(
-                    pfd.fd().as_raw_fd(),
-                    c"".as_ptr(),
-                    ts.as_ptr(),
-                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-                )
-            })
-            .ctx("utimens of a symlink")?;
+            sys::utimens_fd(pfd.fd(), ts).ctx("utimens of a symlink")?;
             return Ok(());
         }
-        // SAFETY: the /proc path is a valid C string and ts holds two timespecs.
-        cvt(unsafe { libc::utimensat(libc::AT_FDCWD, pfd.proc_path().as_ptr(), ts.as_ptr(), 0) })
-            .ctx("utimens")?;
+        sys::utimens_path(&pfd.proc_path(), ts).ctx("utimens")?;
         Ok(())
     }
 
     pub fn statfs(&self) -> FsResult<libc::statvfs> {
-        // SAFETY: an all-zero statvfs is a valid out-buffer.
-        let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: the backing root fd is valid and sv is writable.
-        cvt(unsafe { libc::fstatvfs(self.inodes.backing_root().as_raw_fd(), &mut sv) })
-            .ctx("statfs")?;
-        Ok(sv)
+        sys::fstatvfs(self.inodes.backing_root().as_fd()).ctx("statfs")
     }
 
     // ---- files ----
@@ -824,9 +711,7 @@ impl LossFs {
         let mut g = self.journal.lock(f.inode.key, &f.inode.handle);
         g.before_fallocate(f.file.as_fd(), mode, offset, length)
             .ctx("journal fallocate")?;
-        // SAFETY: valid fd; offsets checked to fit off_t.
-        cvt(unsafe { libc::fallocate(f.file.as_raw_fd(), mode, off(offset)?, off(length)?) })
-            .ctx("fallocate")?;
+        sys::fallocate(f.file.as_fd(), mode, off(offset)?, off(length)?).ctx("fallocate")?;
         Ok(())
     }
 
@@ -848,17 +733,14 @@ impl LossFs {
             .ctx("journal copy_file_range")?;
         let mut oi = off(off_in)?;
         let mut oo = off(off_out)?;
-        // SAFETY: valid fds and offset pointers; the kernel checks len and flags.
-        let n = cvt(unsafe {
-            libc::copy_file_range(
-                fin.file.as_raw_fd(),
-                &mut oi,
-                fout.file.as_raw_fd(),
-                &mut oo,
-                len as usize,
-                flags,
-            )
-        })
+        let n = sys::copy_file_range(
+            fin.file.as_fd(),
+            &mut oi,
+            fout.file.as_fd(),
+            &mut oo,
+            len as usize,
+            flags,
+        )
         .ctx("copy_file_range");
         // A short copy (the source ends first) leaves the file smaller than announced; the
         // journal's idea of the size must follow (it becomes the next durable size).
@@ -870,8 +752,7 @@ impl LossFs {
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
         let f = self.file(fh)?;
-        // SAFETY: valid fd; the kernel validates offset and whence.
-        let r = cvt(unsafe { libc::lseek(f.file.as_raw_fd(), offset, whence) }).ctx("lseek")?;
+        let r = sys::lseek(f.file.as_fd(), offset, whence).ctx("lseek")?;
         Ok(r)
     }
 
@@ -917,16 +798,12 @@ impl LossFs {
         mut each: impl FnMut(u64, i64, u8, &OsStr) -> bool,
     ) -> FsResult<()> {
         let _one_reader = d.lock.lock();
-        let fd = d.fd.as_raw_fd();
-        // SAFETY: valid directory fd; directory offsets are the cookies getdents returned.
-        cvt(unsafe { libc::lseek(fd, offset, libc::SEEK_SET) }).ctx("seekdir")?;
+        let fd = d.fd.as_fd();
+        // Directory offsets are the cookies getdents returned.
+        sys::lseek(fd, offset, libc::SEEK_SET).ctx("seekdir")?;
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            // SAFETY: valid fd and writable buffer of the given size.
-            let n = cvt(unsafe {
-                libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len())
-            })
-            .ctx("getdents")? as usize;
+            let n = sys::getdents64(fd, &mut buf).ctx("getdents")?;
             if n == 0 {
                 return Ok(());
             }
@@ -1007,17 +884,7 @@ impl LossFs {
             return Err(FsError::new(libc::EPERM, "xattr on a symlink"));
         }
         let n = cstr(name)?;
-        // SAFETY: valid C strings and a value buffer of the given length.
-        cvt(unsafe {
-            libc::setxattr(
-                pfd.proc_path().as_ptr(),
-                n.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                flags,
-            )
-        })
-        .ctx("setxattr")?;
+        sys::setxattr(&pfd.proc_path(), &n, value, flags).ctx("setxattr")?;
         Ok(())
     }
 
@@ -1029,16 +896,7 @@ impl LossFs {
         }
         let n = cstr(name)?;
         let mut buf = vec![0u8; size as usize];
-        // SAFETY: valid C strings; buf is writable for buf.len() bytes (0 = size query).
-        let r = cvt(unsafe {
-            libc::getxattr(
-                pfd.proc_path().as_ptr(),
-                n.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        })
-        .ctx("getxattr")?;
+        let r = sys::getxattr(&pfd.proc_path(), &n, &mut buf).ctx("getxattr")?;
         if size == 0 {
             return Ok(vec![0u8; r as usize]);
         }
@@ -1052,11 +910,7 @@ impl LossFs {
             return Ok(Vec::new());
         }
         let mut buf = vec![0u8; size as usize];
-        // SAFETY: valid C string; buf is writable for buf.len() bytes (0 = size query).
-        let r = cvt(unsafe {
-            libc::listxattr(pfd.proc_path().as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        })
-        .ctx("listxattr")?;
+        let r = sys::listxattr(&pfd.proc_path(), &mut buf).ctx("listxattr")?;
         if size == 0 {
             return Ok(vec![0u8; r as usize]);
         }
@@ -1070,9 +924,7 @@ impl LossFs {
             return Err(FsError::new(libc::EPERM, "xattr on a symlink"));
         }
         let n = cstr(name)?;
-        // SAFETY: valid C strings.
-        cvt(unsafe { libc::removexattr(pfd.proc_path().as_ptr(), n.as_ptr()) })
-            .ctx("removexattr")?;
+        sys::removexattr(&pfd.proc_path(), &n).ctx("removexattr")?;
         Ok(())
     }
 }
@@ -1094,19 +946,6 @@ fn with_identity(
         c.done(inode.key);
     }
     r
-}
-
-fn sync_fd(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
-    let fd = fd.as_raw_fd();
-    // SAFETY: valid fd.
-    cvt(unsafe {
-        if datasync {
-            libc::fdatasync(fd)
-        } else {
-            libc::fsync(fd)
-        }
-    })?;
-    Ok(())
 }
 
 fn off(v: u64) -> FsResult<libc::off_t> {
@@ -1153,8 +992,7 @@ fn kill_suid(fd: BorrowedFd<'_>) -> FsResult<()> {
         mode &= !libc::S_ISGID;
     }
     if mode != before {
-        // SAFETY: valid fd.
-        cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).ctx("clear set-id bits")?;
+        sys::fchmod(fd, mode).ctx("clear set-id bits")?;
     }
     Ok(())
 }
@@ -1177,14 +1015,7 @@ mod tests {
 
     fn open_path(p: &Path) -> OwnedFd {
         let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-        openat(
-            // SAFETY: AT_FDCWD is a valid "directory fd" for openat.
-            unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
-            &c,
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        )
-        .unwrap()
+        openat(nix::fcntl::AT_FDCWD, &c, libc::O_PATH | libc::O_NOFOLLOW, 0).unwrap()
     }
 
     /// A LossFs over `DIR/backing`, with its state dir at `DIR/backing/.lossfs` (hidden).

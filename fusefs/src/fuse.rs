@@ -9,7 +9,8 @@
 use crate::cpupin::CpuPin;
 use crate::error::{event_at, FsError, FsResult};
 use crate::faults::hook::{guarded, guarded_sync, Call, Target};
-use crate::faults::spec::Op;
+use crate::faults::Faults;
+use crate::faultspec::Op;
 use crate::fs::{Caller, DirPlusSink, DirSink, LossFs, SetAttr, SetTime};
 use crate::inode::Inode;
 use crate::iomode::{Grant, IoModes};
@@ -40,6 +41,8 @@ const MAX_WRITE: u32 = 1 << 20;
 
 pub struct FuseAdapter {
     pub fs: Arc<LossFs>,
+    /// Crash points and injected faults ([`crate::faults`]), applied around each request.
+    pub faults: Arc<Faults>,
     /// Turn-taking of the FUSE threads while fsyncs go on; `None` with one thread.
     pub gate: Option<ReadGate>,
     /// Pins the thread serving one program's fsyncs (needs the gate to know when).
@@ -146,7 +149,7 @@ impl FuseAdapter {
             return Grant::Cached;
         };
         // Reads a rule or crash point names must reach the daemon.
-        let may = !self.fs.faults.watches(Op::Read);
+        let may = !self.faults.watches(Op::Read);
         let (grant, failed) = modes.open(ino, fh, read_only, may, || {
             let f = self.fs.open_file(fh)?;
             register(f.as_fd()).map_err(FsError::from)
@@ -367,7 +370,7 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.lookup(parent.0, name)),
+            guarded(&self.fs, &self.faults, c, || self.fs.lookup(parent.0, name)),
         );
     }
 
@@ -377,7 +380,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let (c, s) = self.call(Op::Getattr, req, Target::Node(ino.0), fh.map(|f| f.0));
-        match guarded(&self.fs, c, || self.fs.getattr(ino.0)) {
+        match guarded(&self.fs, &self.faults, c, || self.fs.getattr(ino.0)) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -416,7 +419,9 @@ impl Filesystem for FuseAdapter {
             mtime: set_time(mtime),
             truncated_by: size.map(|_| req.pid()),
         };
-        match guarded(&self.fs, c, || self.fs.setattr(ino.0, fh.map(|f| f.0), a)) {
+        match guarded(&self.fs, &self.faults, c, || {
+            self.fs.setattr(ino.0, fh.map(|f| f.0), a)
+        }) {
             Ok(st) => reply.attr(&TTL, &attr(&st)),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -424,7 +429,7 @@ impl Filesystem for FuseAdapter {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let (c, s) = self.call(Op::Readlink, req, Target::Node(ino.0), None);
-        match guarded(&self.fs, c, || self.fs.readlink(ino.0)) {
+        match guarded(&self.fs, &self.faults, c, || self.fs.readlink(ino.0)) {
             Ok(v) => reply.data(&v),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -444,7 +449,7 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, c, || {
+            guarded(&self.fs, &self.faults, c, || {
                 self.fs.mknod(parent.0, name, mode, rdev, caller(req))
             }),
         );
@@ -463,7 +468,7 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, c, || {
+            guarded(&self.fs, &self.faults, c, || {
                 self.fs.mkdir(parent.0, name, mode, caller(req))
             }),
         );
@@ -474,7 +479,7 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.unlink(parent.0, name)),
+            guarded(&self.fs, &self.faults, c, || self.fs.unlink(parent.0, name)),
         );
     }
 
@@ -483,7 +488,7 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.rmdir(parent.0, name)),
+            guarded(&self.fs, &self.faults, c, || self.fs.rmdir(parent.0, name)),
         );
     }
 
@@ -499,7 +504,7 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, c, || {
+            guarded(&self.fs, &self.faults, c, || {
                 self.fs
                     .symlink(parent.0, link_name, target.as_os_str(), caller(req))
             }),
@@ -531,7 +536,7 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || {
+            guarded(&self.fs, &self.faults, c, || {
                 self.fs
                     .rename(parent.0, name, newparent.0, newname, flags.bits())
             }),
@@ -550,13 +555,15 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.link(ino.0, newparent.0, newname)),
+            guarded(&self.fs, &self.faults, c, || {
+                self.fs.link(ino.0, newparent.0, newname)
+            }),
         );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (c, s) = self.call(Op::Open, req, Target::Node(ino.0), None);
-        match guarded(&self.fs, c, || self.fs.open(ino.0, flags.0)) {
+        match guarded(&self.fs, &self.faults, c, || self.fs.open(ino.0, flags.0)) {
             Ok(fh) => {
                 let h = FileHandle(fh);
                 match self.grant(ino.0, fh, reads_only(flags.0), |fd| reply.open_backing(fd)) {
@@ -585,7 +592,9 @@ impl Filesystem for FuseAdapter {
         let (c, s) = self.call(Op::Read, req, Target::Node(ino.0), Some(fh.0));
         READ_BUF.with(|b| {
             let mut buf = b.borrow_mut();
-            match guarded(&self.fs, c, || self.fs.read(fh.0, offset, size, &mut buf)) {
+            match guarded(&self.fs, &self.faults, c, || {
+                self.fs.read(fh.0, offset, size, &mut buf)
+            }) {
                 Ok(data) => reply.data(data),
                 Err(e) => reply.error(s.fail(&e)),
             }
@@ -612,7 +621,9 @@ impl Filesystem for FuseAdapter {
             frees: false,
         };
         let (c, s) = self.call(Op::Write, req, target, Some(fh.0));
-        match guarded(&self.fs, c, || self.fs.write(fh.0, offset, data, kill)) {
+        match guarded(&self.fs, &self.faults, c, || {
+            self.fs.write(fh.0, offset, data, kill)
+        }) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -627,7 +638,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (c, s) = self.call(Op::Flush, req, Target::Node(ino.0), Some(fh.0));
-        empty(&s, reply, guarded(&self.fs, c, || self.fs.flush(fh.0)));
+        empty(
+            &s,
+            reply,
+            guarded(&self.fs, &self.faults, c, || self.fs.flush(fh.0)),
+        );
     }
 
     fn release(
@@ -660,13 +675,13 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded_sync(&self.fs, c, || self.fs.fsync(fh.0, datasync)),
+            guarded_sync(&self.fs, &self.faults, c, || self.fs.fsync(fh.0, datasync)),
         );
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let (c, s) = self.call(Op::Opendir, req, Target::Node(ino.0), None);
-        match guarded(&self.fs, c, || self.fs.opendir(ino.0)) {
+        match guarded(&self.fs, &self.faults, c, || self.fs.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -681,7 +696,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         let (c, s) = self.call(Op::Readdir, req, Target::Node(ino.0), Some(fh.0));
-        let r = guarded(&self.fs, c, || {
+        let r = guarded(&self.fs, &self.faults, c, || {
             self.fs.readdir(fh.0, offset as i64, &mut Plain(&mut reply))
         });
         match r {
@@ -699,7 +714,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let (c, s) = self.call(Op::Readdir, req, Target::Node(ino.0), Some(fh.0));
-        let r = guarded(&self.fs, c, || {
+        let r = guarded(&self.fs, &self.faults, c, || {
             self.fs
                 .readdirplus(fh.0, offset as i64, &mut Plus(&mut reply))
         });
@@ -733,13 +748,15 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded_sync(&self.fs, c, || self.fs.fsyncdir(fh.0, datasync)),
+            guarded_sync(&self.fs, &self.faults, c, || {
+                self.fs.fsyncdir(fh.0, datasync)
+            }),
         );
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let (c, s) = self.call(Op::Statfs, req, Target::None, None);
-        match guarded(&self.fs, c, || self.fs.statfs()) {
+        match guarded(&self.fs, &self.faults, c, || self.fs.statfs()) {
             Ok(st) => reply.statfs(
                 st.f_blocks,
                 st.f_bfree,
@@ -768,19 +785,23 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.setxattr(ino.0, name, value, flags)),
+            guarded(&self.fs, &self.faults, c, || {
+                self.fs.setxattr(ino.0, name, value, flags)
+            }),
         );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let (c, s) = self.call(Op::Getxattr, req, Target::Node(ino.0), None);
-        let r = guarded(&self.fs, c, || self.fs.getxattr(ino.0, name, size));
+        let r = guarded(&self.fs, &self.faults, c, || {
+            self.fs.getxattr(ino.0, name, size)
+        });
         xattr_reply(&s, reply, size, r);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let (c, s) = self.call(Op::Listxattr, req, Target::Node(ino.0), None);
-        let r = guarded(&self.fs, c, || self.fs.listxattr(ino.0, size));
+        let r = guarded(&self.fs, &self.faults, c, || self.fs.listxattr(ino.0, size));
         xattr_reply(&s, reply, size, r);
     }
 
@@ -789,7 +810,9 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.removexattr(ino.0, name)),
+            guarded(&self.fs, &self.faults, c, || {
+                self.fs.removexattr(ino.0, name)
+            }),
         );
     }
 
@@ -804,7 +827,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let (c, s) = self.call(Op::Create, req, Target::Name(parent.0, name), None);
-        match guarded(&self.fs, c, || {
+        match guarded(&self.fs, &self.faults, c, || {
             self.fs.create(parent.0, name, mode, flags, caller(req))
         }) {
             // Counted as a writer: a file that existed after all may have passthrough readers.
@@ -851,7 +874,7 @@ impl Filesystem for FuseAdapter {
         empty(
             &s,
             reply,
-            guarded(&self.fs, c, || {
+            guarded(&self.fs, &self.faults, c, || {
                 self.fs.fallocate(fh.0, offset, length, mode)
             }),
         );
@@ -867,7 +890,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyLseek,
     ) {
         let (c, s) = self.call(Op::Lseek, req, Target::Node(ino.0), Some(fh.0));
-        match guarded(&self.fs, c, || self.fs.lseek(fh.0, offset, whence)) {
+        match guarded(&self.fs, &self.faults, c, || {
+            self.fs.lseek(fh.0, offset, whence)
+        }) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(s.fail(&e)),
         }
@@ -893,7 +918,7 @@ impl Filesystem for FuseAdapter {
             frees: false,
         };
         let (c, s) = self.call(Op::CopyFileRange, req, target, Some(fh_out.0));
-        let r = guarded(&self.fs, c, || {
+        let r = guarded(&self.fs, &self.faults, c, || {
             self.fs.copy_file_range(
                 fh_in.0,
                 offset_in,

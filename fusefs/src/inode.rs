@@ -5,8 +5,8 @@
 //! fds are a cache on top: our machines cap fds at 20,000, so at most [`FD_CACHE`] inodes hold
 //! one at a time and the rest are reopened with `open_by_handle_at` when used again.
 
+use crate::filekey::FileKey;
 use crate::handle::FileHandle;
-use crate::journal::FileKey;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
 use std::io;

@@ -1,12 +1,12 @@
 //! lossfs: a FUSE passthrough filesystem that remembers every change not yet made durable
 //! by fsync, and on a power cut throws exactly those changes away.
 //!
-//! Layers, bottom up: [`handle`] names backing files; [`rangeset`] and [`journal`] keep the
+//! Layers, bottom up: [`sys`] wraps the syscalls; [`handle`] names backing files and [`filekey`] identifies them; [`rangeset`] and [`journal`] keep the
 //! durability state and the on-disk undo journal ([`keep`] and [`prng`] decide what a partial
 //! power cut keeps, [`writeback`] makes old data durable on its own); [`namespace`] undoes
 //! uncommitted name changes; [`inode`] maps FUSE inodes to backing files ([`iomode`]: which open handles the kernel reads
 //! through to them); [`fs`] holds every
-//! operation's semantics; [`faults`] injects crash points, errors and delays; [`fuse`] is the
+//! operation's semantics; [`faults`] injects crash points, errors and delays ([`faultspec`]: what a user asks of it); [`fuse`] is the
 //! thin `fuser` adapter ([`readgate`]: how many of its threads wait for the next request); [`control`] serves `lossctl` (and [`lazyfs`] a LazyFS-style command
 //! FIFO); [`procscan`] and [`mountinfo`] find the processes and mounts a power cut acts on;
 //! [`options`] reads the command line; [`pause`] holds the crash-test pause points; [`daemon`] wires it all for the `lossfs` binary, and
@@ -20,6 +20,8 @@ pub mod daemon;
 pub mod error;
 pub mod explore;
 pub mod faults;
+pub mod faultspec;
+pub mod filekey;
 pub mod fs;
 pub mod fuse;
 pub mod handle;
@@ -42,6 +44,7 @@ pub mod readahead;
 pub mod readgate;
 pub mod report;
 pub mod run;
+pub mod sys;
 #[cfg(test)]
 mod testdir;
 pub mod writeback;

@@ -2,7 +2,7 @@
 //! state), shared by the daemon, the control protocol and `lossctl`, with their
 //! human-readable renderings.
 
-use crate::faults::spec::{ordinal, path_text, CrashSpec, FaultSpec, Op, When};
+use crate::faultspec::{ordinal, path_text, CrashSpec, FaultSpec, Op, When};
 use crate::keep::KeepMode;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;

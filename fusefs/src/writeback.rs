@@ -53,7 +53,8 @@ impl Writeback {
                         return;
                     }
                 }
-                let n = journal.writeback_expired(Instant::now(), expire);
+                let now = Instant::now();
+                let n = journal.writeback_expired(|t| expired(t, now, expire));
                 if n > 0 {
                     tracing::debug!(files = n, "writeback: made old unsynced data durable");
                 }

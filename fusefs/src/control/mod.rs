@@ -14,7 +14,7 @@ pub use protocol::{
 pub use server::{ControlServer, ServerOptions};
 
 use crate::error::{FsError, FsResult};
-use crate::faults::spec::FaultCommand;
+use crate::faultspec::FaultCommand;
 use crate::report::{FaultsStatus, PowercutReport, StatusReport, SyncReport};
 
 /// What the daemon does for each control request.  Calls are serialized by the server: at

@@ -5,8 +5,8 @@
 //! through `to_line`.  They run under `cargo test` with proptest's default 256 cases each.
 
 use super::protocol::{parse_request, Request, MAX_LINE, PROTOCOL_VERSION};
-use crate::faults::glob::Glob;
-use crate::faults::spec::{CrashSpec, FaultCommand, Op, When};
+use crate::faultspec::glob::Glob;
+use crate::faultspec::{CrashSpec, FaultCommand, Op, When};
 use crate::keep::{check_granularity, KeepMode, KeepRequest};
 use proptest::prelude::*;
 use serde_json::{Map, Value};

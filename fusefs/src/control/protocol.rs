@@ -2,7 +2,7 @@
 //! and where a mount's control socket lives by default.  Requests and replies are serde types
 //! (the request an enum tagged by `"cmd"`, unknown fields refused); pure functions, no I/O.
 
-use crate::faults::spec::{CrashSpec, FaultCommand, FaultSpec};
+use crate::faultspec::{CrashSpec, FaultCommand, FaultSpec};
 use crate::keep::{check_granularity, KeepMode, KeepRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -527,7 +527,7 @@ mod tests {
 
     #[test]
     fn parses_fault_requests() {
-        use crate::faults::spec::{CrashSpec, FaultSpec, Op, When};
+        use crate::faultspec::{CrashSpec, FaultSpec, Op, When};
         assert_eq!(
             parse_request(
                 br#"{"v":1,"cmd":"arm","op":"fsync","path":"wal","nth":3,"when":"after"}"#

@@ -5,13 +5,15 @@
 //! operation.
 
 use super::diskfull;
-use super::spec::{is_writeback_error, FaultAction, Op, When};
-use super::{FsyncError, Slept};
+use super::{Faults, FsyncError, Slept};
 use crate::error::{FsError, FsResult};
-use crate::fs::{fstat, LossFs};
+use crate::faultspec::{is_writeback_error, FaultAction, Op, When};
+use crate::fs::LossFs;
+use crate::sys::fstat;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What an operation acts on, as far as rules care.
@@ -53,31 +55,41 @@ fn cut_error() -> FsError {
 }
 
 /// Runs `f` (the operation) under the power-cut gate, with the armed faults applied.
-pub fn guarded<T>(fs: &LossFs, call: Call<'_>, f: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
-    if !fs.faults.active() {
+pub fn guarded<T>(
+    fs: &LossFs,
+    faults: &Arc<Faults>,
+    call: Call<'_>,
+    f: impl FnOnce() -> FsResult<T>,
+) -> FsResult<T> {
+    if !faults.active() {
         let _gate = fs.enter();
         return f();
     }
-    slow(fs, call, f, || None)
+    slow(fs, faults, call, f, || None)
 }
 
 /// [`guarded`] for fsync, fdatasync and fsyncdir, which a `lie` rule may answer with
 /// success without doing anything.
-pub fn guarded_sync(fs: &LossFs, call: Call<'_>, f: impl FnOnce() -> FsResult<()>) -> FsResult<()> {
-    if !fs.faults.active() {
+pub fn guarded_sync(
+    fs: &LossFs,
+    faults: &Arc<Faults>,
+    call: Call<'_>,
+    f: impl FnOnce() -> FsResult<()>,
+) -> FsResult<()> {
+    if !faults.active() {
         let _gate = fs.enter();
         return f();
     }
-    slow(fs, call, f, || Some(()))
+    slow(fs, faults, call, f, || Some(()))
 }
 
 fn slow<T>(
     fs: &LossFs,
+    faults: &Arc<Faults>,
     call: Call<'_>,
     f: impl FnOnce() -> FsResult<T>,
     lie: impl FnOnce() -> Option<T>,
 ) -> FsResult<T> {
-    let faults = &fs.faults;
     if !faults.caller_survives_cut(call.pid) {
         return Err(FsError::new(
             libc::EIO,
@@ -86,7 +98,7 @@ fn slow<T>(
         .at_level(tracing::Level::INFO));
     }
     let paths = if faults.wants_path(call.op) {
-        paths_of(fs, &call.target)
+        paths_of(fs, faults, &call.target)
     } else {
         Vec::new()
     };
@@ -114,7 +126,7 @@ fn slow<T>(
                 && faults.fsync_error() == FsyncError::Drop
             {
                 if let Target::Node(ino) = call.target {
-                    discard_unsynced(fs, ino);
+                    discard_unsynced(fs, faults, ino);
                 }
             }
             return Err(FsError::new(e, "injected by a fault rule"));
@@ -127,14 +139,14 @@ fn slow<T>(
         Some(FaultAction::DelayMs(_)) | None => {}
     }
     let disk = if faults.disk_full_on() {
-        Some(disk_before(fs, &call)?)
+        Some(disk_before(fs, faults, &call)?)
     } else {
         None
     };
     let r = f();
     if let Some(before) = disk {
         if r.is_ok() {
-            disk_after(fs, before);
+            disk_after(fs, faults, before);
         }
     }
     if d.crash == Some(When::After) {
@@ -153,7 +165,7 @@ fn slow<T>(
 
 /// Linux semantics of a failed fsync: the unsynced data of the file will never be durable.
 /// lossfs rolls it back at once and invalidates the kernel's cache of the file.
-fn discard_unsynced(fs: &LossFs, ino: u64) {
+fn discard_unsynced(fs: &LossFs, faults: &Faults, ino: u64) {
     let Some(inode) = fs.inodes.get(ino) else {
         return;
     };
@@ -168,7 +180,7 @@ fn discard_unsynced(fs: &LossFs, ino: u64) {
             tracing::warn!(ino, error = %e, "injected fsync error: cannot drop the unsynced data")
         }
     }
-    fs.faults.invalidate_later(ino);
+    faults.invalidate_later(ino);
 }
 
 /// The names an operation may have changed, which the kernel must forget when it is told
@@ -203,26 +215,26 @@ fn readlink(path: &CString) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-fn backing_root(fs: &LossFs) -> Option<Vec<u8>> {
-    if let Some(root) = fs.faults.backing_root.get() {
+fn backing_root(fs: &LossFs, faults: &Faults) -> Option<Vec<u8>> {
+    if let Some(root) = faults.backing_root.get() {
         return Some(root.clone());
     }
     let fd = fs.inodes.backing_root().as_raw_fd();
     let c = CString::new(format!("/proc/self/fd/{fd}")).ok()?;
     let root = readlink(&c)?;
-    Some(fs.faults.backing_root.get_or_init(|| root).clone())
+    Some(faults.backing_root.get_or_init(|| root).clone())
 }
 
 /// Path of an inode relative to the mount root (`""` for the root); `None` if it has no
 /// name any more or lies outside the backing directory.
-fn node_path(fs: &LossFs, ino: u64) -> Option<String> {
+fn node_path(fs: &LossFs, faults: &Faults, ino: u64) -> Option<String> {
     let inode = fs.inodes.get(ino)?;
     let pfd = fs.inodes.path_fd(&inode).ok()?;
     let full = readlink(&pfd.proc_path())?;
     if full.ends_with(b" (deleted)") {
         return None;
     }
-    let root = backing_root(fs)?;
+    let root = backing_root(fs, faults)?;
     let rel = if full == root {
         &[][..]
     } else {
@@ -237,8 +249,8 @@ fn node_path(fs: &LossFs, ino: u64) -> Option<String> {
     Some(String::from_utf8_lossy(rel).into_owned())
 }
 
-fn child_path(fs: &LossFs, parent: u64, name: &OsStr) -> Option<String> {
-    let p = node_path(fs, parent)?;
+fn child_path(fs: &LossFs, faults: &Faults, parent: u64, name: &OsStr) -> Option<String> {
+    let p = node_path(fs, faults, parent)?;
     let name = String::from_utf8_lossy(name.as_bytes());
     Some(if p.is_empty() {
         name.into_owned()
@@ -247,20 +259,22 @@ fn child_path(fs: &LossFs, parent: u64, name: &OsStr) -> Option<String> {
     })
 }
 
-fn paths_of(fs: &LossFs, t: &Target<'_>) -> Vec<String> {
+fn paths_of(fs: &LossFs, faults: &Faults, t: &Target<'_>) -> Vec<String> {
     match *t {
         Target::None => Vec::new(),
-        Target::Node(ino) | Target::Data { ino, .. } => node_path(fs, ino).into_iter().collect(),
-        Target::Name(parent, name) => child_path(fs, parent, name).into_iter().collect(),
+        Target::Node(ino) | Target::Data { ino, .. } => {
+            node_path(fs, faults, ino).into_iter().collect()
+        }
+        Target::Name(parent, name) => child_path(fs, faults, parent, name).into_iter().collect(),
         Target::Rename {
             parent,
             name,
             newparent,
             newname,
             ..
-        } => child_path(fs, parent, name)
+        } => child_path(fs, faults, parent, name)
             .into_iter()
-            .chain(child_path(fs, newparent, newname))
+            .chain(child_path(fs, faults, newparent, newname))
             .collect(),
     }
 }
@@ -316,8 +330,7 @@ fn no_space() -> FsError {
 /// Space a new directory entry or inode is counted to need.
 const ENTRY_BYTES: u64 = 4096;
 
-fn disk_before(fs: &LossFs, call: &Call<'_>) -> FsResult<DiskBefore> {
-    let faults = &fs.faults;
+fn disk_before(fs: &LossFs, faults: &Faults, call: &Call<'_>) -> FsResult<DiskBefore> {
     let mut out = DiskBefore {
         node: None,
         freed: 0,
@@ -372,21 +385,21 @@ fn disk_before(fs: &LossFs, call: &Call<'_>) -> FsResult<DiskBefore> {
     Ok(out)
 }
 
-fn disk_after(fs: &LossFs, before: DiskBefore) {
+fn disk_after(fs: &LossFs, faults: &Faults, before: DiskBefore) {
     if let Some((ino, alloc)) = before.node {
         if let Some(st) = stat_node(fs, ino) {
             let now = diskfull::allocated(&st);
-            fs.faults.account(now as i64 - alloc as i64);
+            faults.account(now as i64 - alloc as i64);
         }
     }
     if before.freed > 0 {
-        fs.faults.account(-(before.freed as i64));
+        faults.account(-(before.freed as i64));
     }
 }
 
 /// Counts what the mount holds now, for `lossctl fault disk-full`.
-pub fn measure_disk(fs: &LossFs) -> Result<u64, String> {
-    let root = backing_root(fs).ok_or("cannot name the backing directory")?;
+pub fn measure_disk(fs: &LossFs, faults: &Faults) -> Result<u64, String> {
+    let root = backing_root(fs, faults).ok_or("cannot name the backing directory")?;
     let root = std::path::PathBuf::from(std::ffi::OsString::from_vec(root));
     diskfull::walk(&root, fs.journal.state_dir())
         .map_err(|e| format!("measuring {}: {e}", root.display()))

@@ -1,8 +1,8 @@
 //! The fault engine: crash points (`lossctl arm powercut`), injected errors, delays and
 //! fsync lies (`lossctl fault add`), and the disk-full mode.  [`Faults`] holds the state and
 //! makes the decisions; [`hook`] is the one call every FUSE operation goes through;
-//! [`spec`] is the user-facing data, [`rules`] the matching (drawing from the seeded
-//! [`crate::prng`]), [`glob`] the path patterns, [`diskfull`] the byte accounting.
+//! [`crate::faultspec`] is the user-facing data (with its path patterns), [`rules`] the
+//! matching (drawing from the seeded [`crate::prng`]), [`diskfull`] the byte accounting.
 //!
 //! When nothing is armed an operation pays one atomic load: no path is computed, no lock
 //! taken.
@@ -17,17 +17,15 @@
 //! being applied, so nothing they do after the crash point becomes durable.
 
 pub mod diskfull;
-pub mod glob;
 pub mod hook;
 pub mod rules;
-pub mod spec;
 
 use crate::error::{Context as _, FsResult};
+use crate::faultspec::{CrashSpec, FaultSpec, Op, When};
 use crate::report::{DiskFullStatus, FaultsStatus, LastCut};
 use crate::report::{KilledProcess, PowercutReport};
 use parking_lot::{Condvar, Mutex};
 use rules::{CrashPoint, Decision, Rule, RuleSet};
-use spec::{CrashSpec, FaultSpec, Op, When};
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

@@ -2,8 +2,8 @@
 //! matches fire (nth, seeded probability, count).  Pure state, no I/O: the decisions are
 //! unit-tested without a mount.
 
-use super::glob::Glob;
-use super::spec::{CrashSpec, FaultAction, FaultSpec, Op, When};
+use crate::faultspec::glob::Glob;
+use crate::faultspec::{CrashSpec, FaultAction, FaultSpec, Op, When};
 use crate::prng::SplitMix64;
 use crate::report::{CrashPointStatus, RuleStatus};
 

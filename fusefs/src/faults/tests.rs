@@ -1,7 +1,7 @@
 //! Engine-level tests of [`Faults`] without a mount: the fast-path flag, status, delays.
 
-use super::spec::{CrashSpec, FaultSpec, Op, When};
 use super::*;
+use crate::faultspec::{CrashSpec, FaultSpec, Op, When};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -21,7 +21,7 @@
 //!   overwrote unsynced bytes, the durable content otherwise).
 
 use super::fileio::{copy_range, zero_range};
-use super::log::Extent;
+use super::log::{Extent, OpRec};
 use crate::prng::SplitMix64;
 use crate::rangeset::RangeSet;
 use std::io;
@@ -44,18 +44,6 @@ pub(crate) struct Piece {
     pub start: u64,
     pub end: u64,
     pub source: Source,
-}
-
-/// One unsynced operation as the log records it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct OpRec {
-    /// File size just before the operation.
-    pub size_before: u64,
-    /// Bytes the operation may have changed (content, not size).
-    pub start: u64,
-    pub end: u64,
-    /// Byte-exact pre-images of the unsynced bytes it overwrote (in the undo file).
-    pub pre: Vec<Extent>,
 }
 
 /// The crash state of one file.

@@ -4,8 +4,10 @@
 
 use super::tests::{pattern, Dirs, TFile, JOURNAL_NEEDS_ROOT};
 use super::*;
+use crate::keep::{KeepMode, KeepSpec};
 use crate::prng::SplitMix64;
 use crate::testdir::require_root;
+use crate::writeback::expired;
 use std::time::Duration;
 
 fn spec(mode: KeepMode, seed: u64, granularity: u64) -> KeepSpec {
@@ -154,11 +156,14 @@ fn writeback_makes_only_files_dirtied_before_the_window_durable() {
     old.write(&j, 100, b"old data");
     let window = Duration::from_secs(30);
     // Nothing is due inside the window.
-    assert_eq!(j.writeback_expired(t0 + Duration::from_secs(29), window), 0);
+    assert_eq!(
+        j.writeback_expired(|t| expired(t, t0 + Duration::from_secs(29), window)),
+        0
+    );
     let later = Instant::now() + window;
     fresh.write(&j, 100, b"fresh data");
     // `later` is past old's window (dirtied before it was computed) but not fresh's.
-    let due = j.writeback_expired(later, window);
+    let due = j.writeback_expired(|t| expired(t, later, window));
     assert_eq!(due, 1);
     assert_eq!(j.tracked_files(), 1);
     // Written back data is durable: a cut keeps it; the fresh write is lost.
@@ -167,7 +172,7 @@ fn writeback_makes_only_files_dirtied_before_the_window_durable() {
     assert_eq!(fresh.content().len(), 100);
     // A later write starts a new window.
     old.write(&j, 0, b"x");
-    assert_eq!(j.writeback_expired(later, window), 0);
+    assert_eq!(j.writeback_expired(|t| expired(t, later, window)), 0);
 }
 
 #[test]

@@ -25,14 +25,14 @@
 //! - `B id start len undo_off`: a byte-exact pre-image, in `undo/<id>`, of unsynced bytes
 //!   the next `O` of file `id` overwrites.  The undo bytes are written before the operation.
 
-use super::crashstate::OpRec;
 use crate::error::Context as _;
 use crate::handle::FileHandle;
+use crate::sys::open_private;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write as _};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Log format version written in the header.
@@ -62,6 +62,18 @@ pub(crate) struct Extent {
     pub start: u64,
     pub len: u64,
     pub undo_off: u64,
+}
+
+/// One unsynced operation as the log records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct OpRec {
+    /// File size just before the operation.
+    pub size_before: u64,
+    /// Bytes the operation may have changed (content, not size).
+    pub start: u64,
+    pub end: u64,
+    /// Byte-exact pre-images of the unsynced bytes it overwrote (in the undo file).
+    pub pre: Vec<Extent>,
 }
 
 /// Everything the log says about one file in its current epoch.
@@ -333,20 +345,6 @@ pub(crate) struct Log {
 
 fn open_log(path: &Path) -> io::Result<File> {
     open_private(path, "journal log")
-}
-
-/// Opens (creating, never truncating) a file of the state dir, mode 0600, close-on-exec.
-pub(crate) fn open_private(path: &Path, what: &str) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .with_ctx(|| format!("opening {what} {}", path.display()))
-        .map_err(io::Error::from)
 }
 
 impl Log {
@@ -789,7 +787,7 @@ mod tests {
     #[test]
     fn a_failed_log_write_keeps_the_os_errno() {
         let path = Path::new("/dev/full");
-        let file = OpenOptions::new().write(true).open(path).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
         let mut log = Log::with_file(path, file, 0);
         let e = log.append(&Record::Durable { id: 1 }).unwrap_err();
         assert_eq!(errno_of(&e), libc::ENOSPC, "{e}");

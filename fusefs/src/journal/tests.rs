@@ -9,7 +9,7 @@ use crate::testdir::{require_root, TempDir};
 /// Why most journal tests need root (the ones that make it reopen a file).
 pub(super) const JOURNAL_NEEDS_ROOT: &str =
     "the journal reopens files with open_by_handle_at, which needs CAP_DAC_READ_SEARCH";
-use std::fs;
+use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 pub(super) struct Dirs {

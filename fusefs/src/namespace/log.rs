@@ -18,8 +18,9 @@
 //! - `D seq`: change `seq` is settled (committed, cancelled or undone): forget it.
 
 use crate::error::Context as _;
+use crate::filekey::FileKey;
 use crate::handle::FileHandle;
-use crate::journal::{open_private, FileKey};
+use crate::sys::open_private;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;

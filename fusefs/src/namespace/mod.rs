@@ -32,16 +32,18 @@
 //! undoes names).
 
 mod log;
-mod sys;
+mod path;
 #[cfg(test)]
 mod tests;
 
 pub use self::log::Kind;
 use self::log::{Change, DirRef, NsLog, Record};
 use crate::error::Context as _;
+use crate::filekey::FileKey;
 use crate::handle::FileHandle;
-use crate::journal::{FileKey, Journal};
+use crate::journal::Journal;
 use crate::report::NamespaceUndo;
+use crate::sys;
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{CStr, CString};
@@ -161,7 +163,7 @@ impl Namespace {
             std::fs::File::open(&graveyard_path).ctx_path("opening", &graveyard_path)?;
         if model != Model::Durable {
             let g = graveyard.metadata().ctx_path("stat", &graveyard_path)?;
-            let r = crate::fs::fstat(backing_root.as_fd()).ctx_path("stat", backing_root_path)?;
+            let r = sys::fstat(backing_root.as_fd()).ctx_path("stat", backing_root_path)?;
             if g.dev() != r.st_dev {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -622,7 +624,10 @@ impl Namespace {
     }
 
     fn path_in(&self, dir: &OwnedFd, name: &[u8]) -> String {
-        sys::join(sys::dir_path(dir.as_fd(), &self.root_path).as_deref(), name)
+        path::join(
+            path::dir_path(dir.as_fd(), &self.root_path).as_deref(),
+            name,
+        )
     }
 
     fn try_undo(&self, seq: u64, change: &Change, u: &mut NamespaceUndo) -> io::Result<()> {

@@ -65,7 +65,7 @@ struct DirFd {
 impl DirFd {
     fn new(p: &Path) -> DirFd {
         let fd: OwnedFd = fs::File::open(p).unwrap().into();
-        let st = crate::fs::fstat(fd.as_fd()).unwrap();
+        let st = crate::sys::fstat(fd.as_fd()).unwrap();
         let handle = FileHandle::of_fd(fd.as_fd()).unwrap();
         DirFd {
             fd,
@@ -454,7 +454,7 @@ fn exchange_and_rename_over_an_empty_dir_are_undone() {
 
 /// What `LossFs` reports for the inode at `p`, or at an open `f` whose names may be gone.
 fn visible_nlink(ns: &Namespace, f: &fs::File) -> u64 {
-    let mut st = crate::fs::fstat(f.as_fd()).unwrap();
+    let mut st = crate::sys::fstat(f.as_fd()).unwrap();
     ns.hide_graves(&mut st);
     st.st_nlink
 }

@@ -1,9 +1,12 @@
 //! What a user can ask of the fault engine, as data: the operations rules match, crash
 //! point and fault rule specifications with their strict validation, and errno names.
 //! Shared by the daemon, the control protocol and `lossctl`; what the engine reports back
-//! is in `report` (which depends on this module, not the other way round).
+//! is in `report` (which depends on this module, not the other way round); the engine,
+//! [`crate::faults`], uses both.
 
-use super::glob::Glob;
+pub mod glob;
+
+use self::glob::Glob;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
