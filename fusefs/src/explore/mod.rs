@@ -5,12 +5,16 @@
 //!
 //! Each state is rebuilt by running the workload again, from a fresh copy of the template,
 //! with the cut armed at its operation; not by applying recorded operations to the
-//! template.  A rerun needs nothing recorded but operation counts, cuts with exactly the
+//! template.  A rerun needs nothing recorded but where the operations are, cuts with exactly the
 //! journal, crash point and `--keep` code a user's own `lossctl` cut runs, and makes every
 //! state replayable with the lossctl commands a user would type; the price is one workload
 //! run per state, and a workload that does not do the same operations from run to run
 //! (threads racing, timers) reaches some states differently or not at all (counted as
 //! unreached).  How a state is reached:
+//!
+//! The recording run numbers the workload's operations in order (path, offset, length,
+//! which are durability points) through the daemon's operation record; the states are cut
+//! at those operations, and findings name them.
 //!
 //! - crash states (`crash:OP:N:before|after`): `lossctl arm powercut --op OP --nth N`;
 //! - partial states (`pause:OP:N:KEEP:SEED`): a fault rule holds the Nth OP before it is
@@ -30,8 +34,8 @@ use self::output::{Finding, Outcome, Summary};
 use self::session::{Binaries, Job, Running};
 use self::state::State;
 use self::verdict::{keys, CheckEnd, Verdict};
+use crate::faults::record::{self, RecordedOp};
 use crate::keep::KeepMode;
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -151,12 +155,12 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
         options.clone(),
     )?;
     let started = Instant::now();
-    let (states, counts, acked_in_recording) = match &args.only {
-        Some(s) => (vec![s.clone()], BTreeMap::new(), 0),
+    let (states, ops, acked_in_recording) = match &args.only {
+        Some(s) => (vec![s.clone()], Vec::new(), 0),
         None => {
-            let (counts, acked) = record(&mut first, args)?;
-            let all = state::enumerate(&counts, seed);
-            (state::choose(all, args.states.max(1)), counts, acked)
+            let (ops, acked) = record(&mut first, &work.join("operations.jsonl"), args)?;
+            let all = state::enumerate(&ops, seed);
+            (state::choose(all, args.states.max(1)), ops, acked)
         }
     };
     let total = states.len();
@@ -223,33 +227,24 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
     let outcomes: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
     Ok(Summary::new(
         seed,
-        counts,
+        ops,
         acked_in_recording,
         outcomes,
         started.elapsed(),
     ))
 }
 
-/// The recording run: the workload once on a fresh copy, every change and durability
-/// operation counted by a fault rule that never fires.  Returns the counts and how many keys
-/// the workload acknowledged.
-fn record(job: &mut Job, args: &ExploreArgs) -> Result<(BTreeMap<String, u64>, usize), String> {
-    job.start()?;
-    let ops = state::recorded_ops();
-    for op in &ops {
-        // Matches every OP and fires from the 2^64-1th on: a counter.
-        job.ctl(&[
-            "fault",
-            "add",
-            "--op",
-            op,
-            "--errno",
-            "EIO",
-            "--nth",
-            &u64::MAX.to_string(),
-        ])?;
-    }
+/// The recording run: the workload once on a fresh copy, on a daemon that records every
+/// change and durability operation in order (see [`crate::faults::record`]).  Returns the
+/// operations and how many keys the workload acknowledged.
+fn record(
+    job: &mut Job,
+    file: &Path,
+    args: &ExploreArgs,
+) -> Result<(Vec<RecordedOp>, usize), String> {
+    job.start_recording(file)?;
     let ran = Running::spawn(&args.workload, &job.mnt, &job.env(), args.timeout)?.finish();
+    job.stop()?;
     if ran.end != CheckEnd::Exit(0) {
         return Err(format!(
             "the workload failed on a fresh copy of the template, before any cut ({}): {}",
@@ -257,20 +252,7 @@ fn record(job: &mut Job, args: &ExploreArgs) -> Result<(BTreeMap<String, u64>, u
             last_lines(&ran.stderr, &ran.stdout)
         ));
     }
-    let list = job.ctl(&["fault", "list"])?;
-    let mut counts = BTreeMap::new();
-    for r in list["faults"].as_array().into_iter().flatten() {
-        if let (Some(op), Some(n)) = (r["spec"]["op"].as_str(), r["matched"].as_u64()) {
-            *counts.entry(op.to_string()).or_insert(0) += n;
-        }
-    }
-    if counts.len() != ops.len() {
-        return Err(format!(
-            "lossctl fault list did not give a count for every operation: {list}"
-        ));
-    }
-    job.stop()?;
-    Ok((counts, keys(&ran.stdout, "ACK").len()))
+    Ok((record::read(file)?, keys(&ran.stdout, "ACK").len()))
 }
 
 fn describe(end: &CheckEnd) -> String {

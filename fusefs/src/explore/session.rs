@@ -87,6 +87,15 @@ impl Job {
     /// Puts a fresh copy of the template in place (reflinked where the file system can)
     /// and mounts it.  The template's own state dir, if it was ever mounted, stays out.
     pub fn start(&mut self) -> Result<(), String> {
+        self.start_with(None)
+    }
+
+    /// [`Job::start`], with the daemon recording its operations to `file`.
+    pub fn start_recording(&mut self, file: &Path) -> Result<(), String> {
+        self.start_with(Some(file))
+    }
+
+    fn start_with(&mut self, record: Option<&Path>) -> Result<(), String> {
         self.stop()?;
         if self.backing.exists() {
             std::fs::remove_dir_all(&self.backing)
@@ -123,6 +132,10 @@ impl Job {
         for o in &self.options {
             cmd.arg("-o").arg(o);
         }
+        match record {
+            Some(f) => cmd.env(crate::faults::record::RECORD_ENV, f),
+            None => cmd.env_remove(crate::faults::record::RECORD_ENV),
+        };
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)

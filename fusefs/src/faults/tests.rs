@@ -34,7 +34,7 @@ fn active_only_while_something_is_armed() {
         st.to_text()
     );
     // Firing disarms the fast path (no cutter here: nothing is killed).
-    assert_eq!(f.decide(Op::Fsync, &[]).crash, Some(When::After));
+    assert_eq!(f.decide(Op::Fsync, &[], None).crash, Some(When::After));
     assert!(!f.active());
     assert!(f.status().crash_point.unwrap().fired);
     f.disarm();
