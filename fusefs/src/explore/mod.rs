@@ -22,10 +22,14 @@
 //!   `lossctl powercut --keep KEEP --seed SEED` cuts (and kills the workload);
 //! - end states (`end:KEEP[:SEED]`): the workload runs to its end, then the same cut.
 //!
+//! Explore is a child subreaper: what a workload or check daemonizes is killed and reaped
+//! after its run ([`reaper`]).
+//!
 //! [`state`] says which states exist and which a bounded run visits, [`verdict`] judges one,
 //! [`session`] drives the mount and the commands, [`output`] prints the report.
 
 pub mod output;
+pub mod reaper;
 pub mod session;
 pub mod state;
 pub mod verdict;
@@ -128,6 +132,7 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
         ));
     }
     let bins = Binaries::find()?;
+    reaper::become_subreaper()?;
     let options = mount_options(&args.options);
     let work = std::env::temp_dir().join(format!("lossfs-explore-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(work.clone());
@@ -243,7 +248,7 @@ fn record(
     args: &ExploreArgs,
 ) -> Result<(Vec<RecordedOp>, usize), String> {
     job.start_recording(file)?;
-    let ran = Running::spawn(&args.workload, &job.mnt, &job.env(), args.timeout)?.finish();
+    let ran = Running::spawn(&args.workload, &job.mnt, &job.env(), args.timeout)?.finish()?;
     job.stop()?;
     if ran.end != CheckEnd::Exit(0) {
         return Err(format!(
@@ -284,7 +289,7 @@ fn visit(job: &mut Job, st: &State, args: &ExploreArgs) -> Result<Outcome, Strin
                 &nth.to_string(),
                 if *after { "--after" } else { "--before" },
             ])?;
-            let ran = Running::spawn(&args.workload, &job.mnt, &env, args.timeout)?.finish();
+            let ran = Running::spawn(&args.workload, &job.mnt, &env, args.timeout)?.finish()?;
             let fired = wait_cut_done(job)?;
             Reached::from(fired, ran)
         }
@@ -328,24 +333,21 @@ fn visit(job: &mut Job, st: &State, args: &ExploreArgs) -> Result<Outcome, Strin
                 std::thread::sleep(Duration::from_millis(20));
                 cut(job, *keep, *seed)?;
             }
-            let ran = w.finish();
+            let ran = w.finish()?;
             Reached::from(held, ran)
         }
         State::End { keep, seed } => {
-            let ran = Running::spawn(&args.workload, &job.mnt, &env, args.timeout)?.finish();
+            let ran = Running::spawn(&args.workload, &job.mnt, &env, args.timeout)?.finish()?;
             if ran.end != CheckEnd::Exit(0) {
                 job.stop()?;
-                return Ok(Outcome {
-                    state: st.clone(),
-                    reached: false,
-                    acked: 0,
-                    finding: None,
-                    error: Some(format!(
+                return Ok(Outcome::not_reached(
+                    st,
+                    Some(format!(
                         "the workload failed without any cut ({}): {}",
                         describe(&ran.end),
                         last_lines(&ran.stderr, &ran.stdout)
                     )),
-                });
+                ));
             }
             cut(job, *keep, *seed)?;
             Reached::from(true, ran)
@@ -353,15 +355,9 @@ fn visit(job: &mut Job, st: &State, args: &ExploreArgs) -> Result<Outcome, Strin
     };
     let Reached::Yes { acked } = reached else {
         job.stop()?;
-        return Ok(Outcome {
-            state: st.clone(),
-            reached: false,
-            acked: 0,
-            finding: None,
-            error: None,
-        });
+        return Ok(Outcome::not_reached(st, None));
     };
-    let check = Running::spawn(&args.check, &job.mnt, &env, args.timeout)?.finish();
+    let check = Running::spawn(&args.check, &job.mnt, &env, args.timeout)?.finish()?;
     job.stop()?;
     let have = keys(&check.stdout, "HAVE");
     let v = Verdict::judge(&acked, &have, &check.end);

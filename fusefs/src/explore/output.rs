@@ -24,6 +24,19 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+impl Outcome {
+    /// A state not reached (the workload did fewer operations), or not built (`error`).
+    pub fn not_reached(state: &State, error: Option<String>) -> Outcome {
+        Outcome {
+            state: state.clone(),
+            reached: false,
+            acked: 0,
+            finding: None,
+            error,
+        }
+    }
+}
+
 /// A state that broke the program.
 #[derive(Clone, Debug)]
 pub struct Finding {
