@@ -1022,6 +1022,13 @@ fn start_services(
         None => None,
     };
     faults.set_fsync_error(opts.fsync_error);
+    // `lossfs explore`'s recording run (see faults::record).
+    if let Some(p) = std::env::var_os(crate::faults::record::RECORD_ENV) {
+        if let Err(e) = faults.record_to(std::path::Path::new(&p)) {
+            let _ = session.unmount();
+            return Err(format!("cannot record operations to {p:?}: {e}"));
+        }
+    }
     let cutter: Arc<dyn Cutter> = daemon.clone();
     faults.set_cutter(Arc::downgrade(&cutter));
     let default_sock = control::default_socket_path(mountpoint);

@@ -238,6 +238,11 @@ impl LossFs {
         }
     }
 
+    /// Whether writes through `fh` are durable when they return (opened O_SYNC/O_DSYNC).
+    pub fn writes_are_sync(&self, fh: u64) -> bool {
+        self.files.read().get(&fh).is_some_and(|f| f.sync_writes)
+    }
+
     fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
         let f = self.files.read().get(&fh).cloned().ok_or(
             FsError::new(libc::EIO, "handle from before a power cut")

@@ -123,6 +123,7 @@ impl FuseAdapter {
             op,
             pid: req.pid(),
             target,
+            fh,
         };
         let scope = Scope {
             _turn: turn,

@@ -24,18 +24,19 @@ impl Setup {
         Setup { root }
     }
 
-    fn script(&self, name: &str, text: &str) -> String {
+    /// Writes `text` to `name` and returns the command running it with `interpreter`.
+    fn script(&self, name: &str, interpreter: &str, text: &str) -> String {
         let p = self.root.join(name);
         fs::write(&p, text).unwrap();
-        format!("python3 {}", p.display())
+        format!("{interpreter} {}", p.display())
     }
 
     fn template(&self) -> PathBuf {
         self.root.join("template")
     }
 
-    /// `lossfs explore ... --json EXTRA`: the parsed report (exit 0 or 1 both fine).
-    fn explore(&self, opts: &[&str], workload: &str, check: &str, extra: &[&str]) -> Value {
+    /// `lossfs explore` on this setup's template and mount.
+    fn command(&self, opts: &[&str], workload: &str, check: &str) -> Command {
         let mut c = Command::new(lossfs_bin());
         c.arg("explore")
             .arg("--backing")
@@ -45,9 +46,23 @@ impl Setup {
         for o in opts {
             c.args(["-o", o]);
         }
-        c.args(["--workload", workload, "--check", check, "--timeout", "60"])
-            .args(["--seed", "1", "--json"])
-            .args(extra);
+        c.args(["--workload", workload, "--check", check, "--timeout", "60"]);
+        c
+    }
+
+    /// `lossfs explore ... --state STATE --json`: the report of that one state.
+    fn state(&self, workload: &str, check: &str, state: &str) -> Value {
+        let mut c = self.command(&[], workload, check);
+        c.args(["--state", state, "--json"]);
+        let out = run_bounded(&mut c, Duration::from_secs(300));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("--state {state}: not JSON ({e}): {}", output_text(&out)))
+    }
+
+    /// `lossfs explore ... --json EXTRA`: the parsed report (exit 0 or 1 both fine).
+    fn explore(&self, opts: &[&str], workload: &str, check: &str, extra: &[&str]) -> Value {
+        let mut c = self.command(opts, workload, check);
+        c.args(["--seed", "1", "--json"]).args(extra);
         let out = run_bounded(&mut c, Duration::from_secs(900));
         assert!(
             matches!(out.status.code(), Some(0 | 1)),
@@ -71,10 +86,44 @@ impl Drop for Setup {
     }
 }
 
+/// One port per explore job (two jobs), as one quoted shell word.
+fn job_ports() -> String {
+    format!(
+        "'{} {}'",
+        lossfs_tests::scenario::free_port(),
+        lossfs_tests::scenario::free_port()
+    )
+}
+
 fn findings(v: &Value) -> &Vec<Value> {
     v["findings"]
         .as_array()
         .unwrap_or_else(|| panic!("no findings list: {v}"))
+}
+
+/// The first finding `pred` accepts; `expected` says what was looked for when none is.
+fn finding<'a>(v: &'a Value, expected: &str, pred: impl Fn(&Value) -> bool) -> &'a Value {
+    findings(v)
+        .iter()
+        .find(|f| pred(f))
+        .unwrap_or_else(|| panic!("{expected}: {v}"))
+}
+
+/// Whether the text field `key` of `f` satisfies `pred`.
+fn field(f: &Value, key: &str, pred: impl Fn(&str) -> bool) -> bool {
+    f[key].as_str().is_some_and(pred)
+}
+
+/// Whether a finding lost acknowledged keys.
+fn lost_keys(f: &Value) -> bool {
+    f["missing"].as_array().is_some_and(|m| !m.is_empty())
+}
+
+/// The recorded operations of a report.
+fn recording(v: &Value) -> &Vec<Value> {
+    v["recording"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no recording: {v}"))
 }
 
 /// Runs a finding's replay command (with this build's lossfs) and returns its report.
@@ -125,8 +174,8 @@ if db.execute("SELECT count(*) FROM sqlite_master WHERE name='t'").fetchone()[0]
 fn sqlite(tag: &str, mode: &str, sync: &str, states: &str) -> (Setup, Value) {
     check_preconditions();
     let s = Setup::new(tag);
-    let w = s.script("w.py", SQLITE_WORKLOAD);
-    let c = s.script("c.py", SQLITE_CHECK);
+    let w = s.script("w.py", "python3", SQLITE_WORKLOAD);
+    let c = s.script("c.py", "python3", SQLITE_CHECK);
     let v = s.explore(
         &[],
         &format!("{w} {mode} {sync} 3"),
@@ -150,17 +199,14 @@ fn sqlite_wal_with_synchronous_full_survives_every_state() {
 #[test]
 fn sqlite_wal_with_synchronous_off_loses_acknowledged_rows() {
     let (_s, v) = sqlite("ex_wal_off", "wal", "off", "30");
-    let f = findings(&v);
-    let end_none = f
-        .iter()
-        .find(|f| f["state"] == "end:none")
-        .unwrap_or_else(|| panic!("a cut after the run loses the commits: {v}"));
+    let end_none = finding(&v, "a cut after the run loses the commits", |f| {
+        f["state"] == "end:none"
+    });
     assert_eq!(end_none["missing"], serde_json::json!(["k0", "k1", "k2"]));
     // The replay rebuilds a partial state exactly.
-    let partial = f
-        .iter()
-        .find(|f| f["state"].as_str().is_some_and(|s| s.starts_with("pause:")))
-        .unwrap_or_else(|| panic!("a partial cut loses rows too: {v}"));
+    let partial = finding(&v, "a partial cut loses rows too", |f| {
+        field(f, "state", |s| s.starts_with("pause:"))
+    });
     let r = replay(partial);
     assert_eq!(r["states"], 1, "{r}");
     let again = &findings(&r)[0];
@@ -173,11 +219,7 @@ fn sqlite_wal_with_synchronous_off_loses_acknowledged_rows() {
 fn sqlite_rollback_journal_with_synchronous_off_loses_rows_and_corrupts() {
     let (_s, v) = sqlite("ex_del_off", "delete", "off", "40");
     let f = findings(&v);
-    assert!(
-        f.iter()
-            .any(|f| f["missing"].as_array().is_some_and(|m| !m.is_empty())),
-        "lost acknowledged rows: {v}"
-    );
+    assert!(f.iter().any(lost_keys), "lost acknowledged rows: {v}");
     assert!(
         f.iter().any(|f| f["check"] != "exit status 0"),
         "some state leaves a database SQLite itself calls broken: {v}"
@@ -220,8 +262,8 @@ fn rename_program(tag: &str, model: &str, variant: &str) -> (Setup, Value) {
     check_preconditions();
     let s = Setup::new(tag);
     fs::write(s.template().join("data"), b"0").unwrap();
-    let w = s.script("w.py", RENAME_WORKLOAD);
-    let c = s.script("c.py", RENAME_CHECK);
+    let w = s.script("w.py", "python3", RENAME_WORKLOAD);
+    let c = s.script("c.py", "python3", RENAME_CHECK);
     let v = s.explore(
         &[&format!("metadata={model}")],
         &format!("{w} {variant} 3"),
@@ -234,22 +276,14 @@ fn rename_program(tag: &str, model: &str, variant: &str) -> (Setup, Value) {
 #[test]
 fn rename_without_fsync_of_the_file_is_flagged_under_metadata_journal() {
     let (_s, v) = rename_program("ex_ren_bad", "journal", "wrong");
-    let f = findings(&v);
     // The directory fsync commits the rename, not the file's data: an empty `data`.
-    let empty = f
-        .iter()
-        .find(|f| {
-            f["check_output"]
-                .as_str()
-                .is_some_and(|o| o.contains("data holds ''"))
-        })
-        .unwrap_or_else(|| panic!("the zero-length file after a committed rename: {v}"));
+    let empty = finding(&v, "the zero-length file after a committed rename", |f| {
+        field(f, "check_output", |o| o.contains("data holds ''"))
+    });
     assert!(
-        empty["state"]
-            .as_str()
-            .is_some_and(|s| s.starts_with("crash:fsyncdir:")
-                || s.starts_with("end:")
-                || s.starts_with("pause:")),
+        field(empty, "state", |s| s.starts_with("crash:fsyncdir:")
+            || s.starts_with("end:")
+            || s.starts_with("pause:")),
         "{empty}"
     );
 }
@@ -261,6 +295,217 @@ fn rename_with_its_fsyncs_passes_under_metadata_posix() {
     assert_eq!(v["operations"]["fsyncdir"], 3, "{v}");
     assert_eq!(v["operations"]["rename"], 3, "{v}");
     assert!(v["states"].as_u64() >= Some(30), "{v}");
+    assert!(findings(&v).is_empty(), "{v}");
+    // The recording keeps the program's operations in order, with their files and bytes.
+    let ops: Vec<String> = recording(&v)
+        .iter()
+        .map(|o| {
+            let paths: Vec<&str> = o["paths"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let mut t = format!(
+                "{}#{} {}",
+                o["op"].as_str().unwrap_or("?"),
+                o["nth"],
+                paths.join(">")
+            );
+            if let Some(off) = o["offset"].as_u64() {
+                t.push_str(&format!(" @{off}+{}", o["length"]));
+            }
+            t
+        })
+        .collect();
+    let expected: Vec<String> = (1..=3)
+        .flat_map(|i| {
+            [
+                format!("create#{i} data.tmp"),
+                format!("write#{i} data.tmp @0+1"),
+                format!("fsync#{i} data.tmp"),
+                format!("rename#{i} data.tmp>data"),
+                format!("fsyncdir#{i} "),
+            ]
+        })
+        .collect();
+    assert_eq!(ops, expected, "{v}");
+}
+
+/// Findings name the operation they cut at, with its file.
+#[test]
+fn findings_name_the_operation_of_their_state() {
+    let (_s, v) = rename_program("ex_ren_named", "durable", "wrong");
+    let f = finding(&v, "the committed rename of an unsynced file", |f| {
+        f["state"] == "crash:fsyncdir:1:after"
+    });
+    assert_eq!(
+        f["what"],
+        "power cut right after fsyncdir #1 of / (every unsynced byte lost)"
+    );
+    assert!(
+        field(f, "replay", |r| r
+            .ends_with(" --state crash:fsyncdir:1:after")),
+        "{f}"
+    );
+    let partial = finding(&v, "a partial cut before the second rename", |f| {
+        field(f, "state", |s| s.starts_with("pause:rename:2:"))
+    });
+    assert!(
+        field(partial, "what", |w| w.starts_with(
+            "power cut right before rename #2 of /data.tmp to /data, keeping "
+        )),
+        "{partial}"
+    );
+}
+
+/// Appends records through an O_SYNC handle, acknowledging each after its write returned.
+const OSYNC_WORKLOAD: &str = r#"
+import os
+fd = os.open("log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_SYNC, 0o644)
+for i in range(3):
+    os.write(fd, f"{i}\n".encode())
+    print(f"ACK {i}", flush=True)
+"#;
+
+const OSYNC_CHECK: &str = r#"
+import os
+if os.path.exists("log"):
+    for line in open("log"):
+        print("HAVE", line.strip())
+"#;
+
+/// An O_SYNC write is a durability point: recorded as one, cut right before and after, and
+/// what it acknowledged survives every state.
+#[test]
+fn o_sync_writes_are_durability_points() {
+    check_preconditions();
+    let s = Setup::new("ex_osync");
+    let w = s.script("w.py", "python3", OSYNC_WORKLOAD);
+    let c = s.script("c.py", "python3", OSYNC_CHECK);
+    let v = s.explore(&[], &w, &c, &["--states", "40"]);
+    let writes: Vec<&Value> = recording(&v)
+        .iter()
+        .filter(|o| o["op"] == "write")
+        .collect();
+    assert_eq!(writes.len(), 3, "{v}");
+    for w in &writes {
+        assert_eq!(w["sync"], true, "{v}");
+        assert_eq!(w["paths"], serde_json::json!(["log"]), "{v}");
+    }
+    assert!(findings(&v).is_empty(), "{v}");
+    let r = s.state(&w, &c, "crash:write:2:after");
+    assert_eq!(r["states"], 1, "{r}");
+    assert!(findings(&r).is_empty(), "{r}");
+}
+
+/// The workload and the check each leave a daemonized sleeper behind (a new session, its
+/// working directory off the mount, so no cut would kill it); each records its pid.
+const DAEMONIZE: &str = r#"
+set -eu
+(cd / && exec setsid sleep 600 </dev/null >/dev/null 2>&1) &
+echo $! >> "$1"
+"#;
+
+#[test]
+fn what_the_workload_and_check_daemonize_is_killed_and_reaped() {
+    check_preconditions();
+    let s = Setup::new("ex_reaper");
+    let pids = s.root.join("pids");
+    let d = s.script("d.sh", "sh", DAEMONIZE);
+    let w = format!(
+        "{d} {p} && dd if=/dev/zero of=f bs=10 count=1 conv=fsync 2>/dev/null && echo ACK f",
+        p = pids.display()
+    );
+    let c = format!(
+        "{d} {p} && if test -s f; then echo HAVE f; fi",
+        p = pids.display()
+    );
+    let v = s.explore(&[], &w, &c, &["--states", "6"]);
+    assert!(findings(&v).is_empty(), "{v}");
+    let text = fs::read_to_string(&pids).unwrap();
+    let pids: Vec<i32> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
+    // The recording run, then a workload and a check per state.
+    assert_eq!(pids.len(), 1 + 2 * 6, "{text}");
+    let alive: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    for &p in &alive {
+        // SAFETY: kill(2) of a sleeper this test's workload started, by its pid.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    assert!(
+        alive.is_empty(),
+        "left running or unreaped: {alive:?} of {pids:?}"
+    );
+}
+
+/// LevelDB (python3-plyvel): one put per key with `sync=True|False`, acknowledged once put
+/// returned; the DB is created by the run.
+const LEVELDB_WORKLOAD: &str = r#"
+import plyvel, sys
+sync, n = sys.argv[1] == "sync", int(sys.argv[2])
+db = plyvel.DB("db", create_if_missing=True)
+for i in range(n):
+    db.put(f"k{i}".encode(), b"v" * 1000, sync=sync)
+    print(f"ACK k{i}", flush=True)
+db.close()
+"#;
+
+/// LevelDB's own recovery (opening replays its log; paranoid_checks turns corruption it
+/// notices into an error), then every key, each with the value written.
+const LEVELDB_CHECK: &str = r#"
+import plyvel, sys
+try:
+    db = plyvel.DB("db", create_if_missing=True, paranoid_checks=True)
+    for k, v in db:
+        if v != b"v" * 1000:
+            print(f"{k.decode()} holds {len(v)} bytes, not the value written")
+            sys.exit(1)
+        print("HAVE", k.decode())
+except plyvel.Error as e:
+    print(f"{type(e).__name__}: {e}")
+    sys.exit(1)
+"#;
+
+/// Debian's python3 with python3-plyvel (a python3 earlier on PATH may lack the module).
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+fn leveldb(tag: &str, sync: &str) -> (Setup, Value) {
+    check_preconditions();
+    lossfs_tests::scenario::require_program(DEBIAN_PYTHON, "python3");
+    let probe = run_bounded(
+        Command::new(DEBIAN_PYTHON).args(["-c", "import plyvel"]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        probe.status.success(),
+        "LevelDB test cannot run: {DEBIAN_PYTHON} has no plyvel (apt-get install \
+         python3-plyvel): {}",
+        output_text(&probe)
+    );
+    let s = Setup::new(tag);
+    let w = s.script("w.py", DEBIAN_PYTHON, LEVELDB_WORKLOAD);
+    let c = s.script("c.py", DEBIAN_PYTHON, LEVELDB_CHECK);
+    let v = s.explore(
+        &[],
+        &format!("{w} {sync} 5"),
+        &c,
+        &["--states", "60", "--jobs", "2"],
+    );
+    (s, v)
+}
+
+#[test]
+fn leveldb_sync_writes_survive_every_state() {
+    let (_s, v) = leveldb("ex_ldb_sync", "sync");
+    assert_eq!(v["acked_in_recording"], 5, "{v}");
+    assert!(
+        v["operations"]["fdatasync"].as_u64() >= Some(5),
+        "one log sync per put at least: {v}"
+    );
     assert!(findings(&v).is_empty(), "{v}");
 }
 
@@ -302,19 +547,13 @@ fn redis(tag: &str, appendfsync: &str) -> (Setup, Value) {
     check_preconditions();
     lossfs_tests::scenario::require_program("redis-server", "redis-server");
     let s = Setup::new(tag);
-    let ports = format!(
-        "'{} {}'",
-        lossfs_tests::scenario::free_port(),
-        lossfs_tests::scenario::free_port()
-    );
-    let w = s.root.join("w.sh");
-    let c = s.root.join("c.sh");
-    fs::write(&w, REDIS_WORKLOAD).unwrap();
-    fs::write(&c, REDIS_CHECK).unwrap();
+    let ports = job_ports();
+    let w = s.script("w.sh", "sh", REDIS_WORKLOAD);
+    let c = s.script("c.sh", "sh", REDIS_CHECK);
     let v = s.explore(
         &[],
-        &format!("sh {} {ports} {appendfsync} 20", w.display()),
-        &format!("sh {} {ports}", c.display()),
+        &format!("{w} {ports} {appendfsync} 20"),
+        &format!("{c} {ports}"),
         &["--states", "30", "--jobs", "2"],
     );
     (s, v)
@@ -333,12 +572,7 @@ fn redis_appendfsync_always_survives_every_state() {
 #[test]
 fn redis_appendfsync_everysec_loses_acknowledged_keys() {
     let (_s, v) = redis("ex_redis_everysec", "everysec");
-    assert!(
-        findings(&v)
-            .iter()
-            .any(|f| f["missing"].as_array().is_some_and(|m| !m.is_empty())),
-        "{v}"
-    );
+    assert!(findings(&v).iter().any(lost_keys), "{v}");
 }
 
 /// PostgreSQL 15 (Debian's), one INSERT per psql call, each acknowledged once psql returned.
@@ -457,20 +691,14 @@ fn postgres(tag: &str, fsync: &str) -> (Setup, Value) {
         output_text(&created)
     );
     assert!(o.status.success(), "pg_ctl stop: {}", output_text(&o));
-    let ports = format!(
-        "'{} {}'",
-        lossfs_tests::scenario::free_port(),
-        lossfs_tests::scenario::free_port()
-    );
-    let w = s.root.join("w.sh");
-    let c = s.root.join("c.sh");
-    fs::write(&w, PG_WORKLOAD).unwrap();
-    fs::write(&c, PG_CHECK).unwrap();
+    let ports = job_ports();
+    let w = s.script("w.sh", "sh", PG_WORKLOAD);
+    let c = s.script("c.sh", "sh", PG_CHECK);
     let prefix = s.root.join("sock");
     let v = s.explore(
         &["allow_other,default_permissions"],
-        &format!("sh {} {ports} {fsync} {} 4", w.display(), prefix.display()),
-        &format!("sh {} {ports} {}", c.display(), prefix.display()),
+        &format!("{w} {ports} {fsync} {} 4", prefix.display()),
+        &format!("{c} {ports} {}", prefix.display()),
         &["--states", "12", "--jobs", "2"],
     );
     (s, v)
@@ -491,13 +719,29 @@ fn postgres_fsync_on_loses_no_acknowledged_row() {
 #[test]
 fn postgres_fsync_off_loses_acknowledged_rows() {
     let (_s, v) = postgres("ex_pg_off", "off");
-    let end_none = findings(&v)
-        .iter()
-        .find(|f| f["state"] == "end:none")
-        .unwrap_or_else(|| panic!("nothing was synced: a cut after the run loses the rows: {v}"));
+    let end_none = finding(
+        &v,
+        "nothing was synced: a cut after the run loses the rows",
+        |f| f["state"] == "end:none",
+    );
     assert_eq!(
         end_none["missing"],
         serde_json::json!(["1", "2", "3", "4"]),
+        "{v}"
+    );
+}
+
+/// Without sync the log is never synced while the program runs (only the files of the
+/// DB's creation are): a cut after the run loses every acknowledged key.
+#[test]
+fn leveldb_unsynced_writes_lose_acknowledged_keys() {
+    let (_s, v) = leveldb("ex_ldb_nosync", "nosync");
+    let end_none = finding(&v, "a cut after the run loses the puts", |f| {
+        f["state"] == "end:none"
+    });
+    assert_eq!(
+        end_none["missing"],
+        serde_json::json!(["k0", "k1", "k2", "k3", "k4"]),
         "{v}"
     );
 }

@@ -5,12 +5,16 @@
 //!
 //! Each state is rebuilt by running the workload again, from a fresh copy of the template,
 //! with the cut armed at its operation; not by applying recorded operations to the
-//! template.  A rerun needs nothing recorded but operation counts, cuts with exactly the
+//! template.  A rerun needs nothing recorded but where the operations are, cuts with exactly the
 //! journal, crash point and `--keep` code a user's own `lossctl` cut runs, and makes every
 //! state replayable with the lossctl commands a user would type; the price is one workload
 //! run per state, and a workload that does not do the same operations from run to run
 //! (threads racing, timers) reaches some states differently or not at all (counted as
 //! unreached).  How a state is reached:
+//!
+//! The recording run numbers the workload's operations in order (path, offset, length,
+//! which are durability points) through the daemon's operation record; the states are cut
+//! at those operations, and findings name them.
 //!
 //! - crash states (`crash:OP:N:before|after`): `lossctl arm powercut --op OP --nth N`;
 //! - partial states (`pause:OP:N:KEEP:SEED`): a fault rule holds the Nth OP before it is
@@ -18,10 +22,14 @@
 //!   `lossctl powercut --keep KEEP --seed SEED` cuts (and kills the workload);
 //! - end states (`end:KEEP[:SEED]`): the workload runs to its end, then the same cut.
 //!
+//! Explore is a child subreaper: what a workload or check daemonizes is killed and reaped
+//! after its run ([`reaper`]).
+//!
 //! [`state`] says which states exist and which a bounded run visits, [`verdict`] judges one,
 //! [`session`] drives the mount and the commands, [`output`] prints the report.
 
 pub mod output;
+pub mod reaper;
 pub mod session;
 pub mod state;
 pub mod verdict;
@@ -30,8 +38,8 @@ use self::output::{Finding, Outcome, Summary};
 use self::session::{Binaries, Job, Running};
 use self::state::State;
 use self::verdict::{keys, CheckEnd, Verdict};
+use crate::faults::record::{self, RecordedOp};
 use crate::keep::KeepMode;
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -124,6 +132,7 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
         ));
     }
     let bins = Binaries::find()?;
+    reaper::become_subreaper()?;
     let options = mount_options(&args.options);
     let work = std::env::temp_dir().join(format!("lossfs-explore-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(work.clone());
@@ -151,12 +160,12 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
         options.clone(),
     )?;
     let started = Instant::now();
-    let (states, counts, acked_in_recording) = match &args.only {
-        Some(s) => (vec![s.clone()], BTreeMap::new(), 0),
+    let (states, ops, acked_in_recording) = match &args.only {
+        Some(s) => (vec![s.clone()], Vec::new(), 0),
         None => {
-            let (counts, acked) = record(&mut first, args)?;
-            let all = state::enumerate(&counts, seed);
-            (state::choose(all, args.states.max(1)), counts, acked)
+            let (ops, acked) = record(&mut first, &work.join("operations.jsonl"), args)?;
+            let all = state::enumerate(&ops, seed);
+            (state::choose(all, args.states.max(1)), ops, acked)
         }
     };
     let total = states.len();
@@ -223,33 +232,24 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
     let outcomes: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
     Ok(Summary::new(
         seed,
-        counts,
+        ops,
         acked_in_recording,
         outcomes,
         started.elapsed(),
     ))
 }
 
-/// The recording run: the workload once on a fresh copy, every change and durability
-/// operation counted by a fault rule that never fires.  Returns the counts and how many keys
-/// the workload acknowledged.
-fn record(job: &mut Job, args: &ExploreArgs) -> Result<(BTreeMap<String, u64>, usize), String> {
-    job.start()?;
-    let ops = state::recorded_ops();
-    for op in &ops {
-        // Matches every OP and fires from the 2^64-1th on: a counter.
-        job.ctl(&[
-            "fault",
-            "add",
-            "--op",
-            op,
-            "--errno",
-            "EIO",
-            "--nth",
-            &u64::MAX.to_string(),
-        ])?;
-    }
-    let ran = Running::spawn(&args.workload, &job.mnt, &job.env(), args.timeout)?.finish();
+/// The recording run: the workload once on a fresh copy, on a daemon that records every
+/// change and durability operation in order (see [`crate::faults::record`]).  Returns the
+/// operations and how many keys the workload acknowledged.
+fn record(
+    job: &mut Job,
+    file: &Path,
+    args: &ExploreArgs,
+) -> Result<(Vec<RecordedOp>, usize), String> {
+    job.start_recording(file)?;
+    let ran = Running::spawn(&args.workload, &job.mnt, &job.env(), args.timeout)?.finish()?;
+    job.stop()?;
     if ran.end != CheckEnd::Exit(0) {
         return Err(format!(
             "the workload failed on a fresh copy of the template, before any cut ({}): {}",
@@ -257,20 +257,7 @@ fn record(job: &mut Job, args: &ExploreArgs) -> Result<(BTreeMap<String, u64>, u
             last_lines(&ran.stderr, &ran.stdout)
         ));
     }
-    let list = job.ctl(&["fault", "list"])?;
-    let mut counts = BTreeMap::new();
-    for r in list["faults"].as_array().into_iter().flatten() {
-        if let (Some(op), Some(n)) = (r["spec"]["op"].as_str(), r["matched"].as_u64()) {
-            *counts.entry(op.to_string()).or_insert(0) += n;
-        }
-    }
-    if counts.len() != ops.len() {
-        return Err(format!(
-            "lossctl fault list did not give a count for every operation: {list}"
-        ));
-    }
-    job.stop()?;
-    Ok((counts, keys(&ran.stdout, "ACK").len()))
+    Ok((record::read(file)?, keys(&ran.stdout, "ACK").len()))
 }
 
 fn describe(end: &CheckEnd) -> String {
@@ -302,7 +289,7 @@ fn visit(job: &mut Job, st: &State, args: &ExploreArgs) -> Result<Outcome, Strin
                 &nth.to_string(),
                 if *after { "--after" } else { "--before" },
             ])?;
-            let ran = Running::spawn(&args.workload, &job.mnt, &env, args.timeout)?.finish();
+            let ran = Running::spawn(&args.workload, &job.mnt, &env, args.timeout)?.finish()?;
             let fired = wait_cut_done(job)?;
             Reached::from(fired, ran)
         }
@@ -346,24 +333,21 @@ fn visit(job: &mut Job, st: &State, args: &ExploreArgs) -> Result<Outcome, Strin
                 std::thread::sleep(Duration::from_millis(20));
                 cut(job, *keep, *seed)?;
             }
-            let ran = w.finish();
+            let ran = w.finish()?;
             Reached::from(held, ran)
         }
         State::End { keep, seed } => {
-            let ran = Running::spawn(&args.workload, &job.mnt, &env, args.timeout)?.finish();
+            let ran = Running::spawn(&args.workload, &job.mnt, &env, args.timeout)?.finish()?;
             if ran.end != CheckEnd::Exit(0) {
                 job.stop()?;
-                return Ok(Outcome {
-                    state: st.clone(),
-                    reached: false,
-                    acked: 0,
-                    finding: None,
-                    error: Some(format!(
+                return Ok(Outcome::not_reached(
+                    st,
+                    Some(format!(
                         "the workload failed without any cut ({}): {}",
                         describe(&ran.end),
                         last_lines(&ran.stderr, &ran.stdout)
                     )),
-                });
+                ));
             }
             cut(job, *keep, *seed)?;
             Reached::from(true, ran)
@@ -371,15 +355,9 @@ fn visit(job: &mut Job, st: &State, args: &ExploreArgs) -> Result<Outcome, Strin
     };
     let Reached::Yes { acked } = reached else {
         job.stop()?;
-        return Ok(Outcome {
-            state: st.clone(),
-            reached: false,
-            acked: 0,
-            finding: None,
-            error: None,
-        });
+        return Ok(Outcome::not_reached(st, None));
     };
-    let check = Running::spawn(&args.check, &job.mnt, &env, args.timeout)?.finish();
+    let check = Running::spawn(&args.check, &job.mnt, &env, args.timeout)?.finish()?;
     job.stop()?;
     let have = keys(&check.stdout, "HAVE");
     let v = Verdict::judge(&acked, &have, &check.end);

@@ -3,6 +3,7 @@
 
 use super::state::State;
 use super::{replay_command, ExploreArgs};
+use crate::faults::record::RecordedOp;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -23,6 +24,19 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+impl Outcome {
+    /// A state not reached (the workload did fewer operations), or not built (`error`).
+    pub fn not_reached(state: &State, error: Option<String>) -> Outcome {
+        Outcome {
+            state: state.clone(),
+            reached: false,
+            acked: 0,
+            finding: None,
+            error,
+        }
+    }
+}
+
 /// A state that broke the program.
 #[derive(Clone, Debug)]
 pub struct Finding {
@@ -37,7 +51,9 @@ pub struct Finding {
 /// A whole run.
 pub struct Summary {
     pub seed: u64,
-    /// Operations per kind in the recording run (empty for a replay of one state).
+    /// The recording run's operations, in order (empty for a replay of one state).
+    pub ops: Vec<RecordedOp>,
+    /// How many of each kind.
     pub counts: BTreeMap<String, u64>,
     /// Keys the workload acknowledged in the recording run.
     pub acked: usize,
@@ -49,7 +65,7 @@ pub struct Summary {
 impl Summary {
     pub fn new(
         seed: u64,
-        counts: BTreeMap<String, u64>,
+        ops: Vec<RecordedOp>,
         acked: usize,
         outcomes: Vec<Outcome>,
         elapsed: Duration,
@@ -60,8 +76,13 @@ impl Summary {
             .filter(|(_, o)| o.finding.is_some())
             .map(|(i, _)| i)
             .collect();
+        let mut counts = BTreeMap::new();
+        for o in &ops {
+            *counts.entry(o.op.clone()).or_insert(0) += 1;
+        }
         Summary {
             seed,
+            ops,
             counts,
             acked,
             outcomes,
@@ -95,40 +116,46 @@ impl Summary {
         }
         groups
     }
-}
 
-/// What a state means, in words.
-pub fn describe(st: &State) -> String {
-    match st {
-        State::Crash { op, nth, after } => format!(
-            "power cut {} the {} {op} (every unsynced byte lost)",
-            if *after {
-                "right after"
-            } else {
-                "right before"
-            },
-            ordinal(*nth)
-        ),
-        State::Pause {
-            op,
-            nth,
-            keep,
-            seed,
-        } => format!(
-            "power cut before the {} {op}, keeping {} of the unsynced data (seed {seed})",
-            ordinal(*nth),
-            keep_words(*keep)
-        ),
-        State::End { keep, seed } => {
-            let s = if keep.is_seeded() {
-                format!(" (seed {seed})")
-            } else {
-                String::new()
-            };
-            format!(
-                "power cut after the whole workload, keeping {}{s}",
+    /// The recorded operation a state cuts at, in words (`fsync #3 of /wal`), else its
+    /// kind and number.
+    fn operation(&self, op: &str, nth: u64) -> String {
+        self.ops
+            .iter()
+            .find(|o| o.op == op && o.nth == nth)
+            .map(RecordedOp::describe)
+            .unwrap_or_else(|| format!("{op} #{nth}"))
+    }
+
+    /// What a state means, in words, naming its operation.
+    pub fn describe(&self, st: &State) -> String {
+        match st {
+            State::Crash { op, nth, after } => format!(
+                "power cut right {} {} (every unsynced byte lost)",
+                if *after { "after" } else { "before" },
+                self.operation(op, *nth)
+            ),
+            State::Pause {
+                op,
+                nth,
+                keep,
+                seed,
+            } => format!(
+                "power cut right before {}, keeping {} of the unsynced data (seed {seed})",
+                self.operation(op, *nth),
                 keep_words(*keep)
-            )
+            ),
+            State::End { keep, seed } => {
+                let s = if keep.is_seeded() {
+                    format!(" (seed {seed})")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "power cut after the whole workload, keeping {}{s}",
+                    keep_words(*keep)
+                )
+            }
         }
     }
 }
@@ -141,17 +168,6 @@ fn keep_words(k: crate::keep::KeepMode) -> &'static str {
         KeepMode::Prefix => "a random prefix per file",
         KeepMode::Random => "a random subset of the blocks",
     }
-}
-
-fn ordinal(n: u64) -> String {
-    let suffix = match (n % 10, n % 100) {
-        (_, 11..=13) => "th",
-        (1, _) => "st",
-        (2, _) => "nd",
-        (3, _) => "rd",
-        _ => "th",
-    };
-    format!("{n}{suffix}")
 }
 
 fn counts_text(counts: &BTreeMap<String, u64>) -> String {
@@ -202,7 +218,7 @@ pub fn text(s: &Summary, args: &ExploreArgs) -> String {
         let _ = writeln!(t, "\n{cause}: {} states", v.len());
         for o in v.iter().take(5) {
             let Some(f) = &o.finding else { continue };
-            let _ = writeln!(t, "  {} ({})", o.state, describe(&o.state));
+            let _ = writeln!(t, "  {} ({})", o.state, s.describe(&o.state));
             if !f.missing.is_empty() {
                 let shown: Vec<&str> = f
                     .missing
@@ -242,7 +258,7 @@ pub fn json(s: &Summary, args: &ExploreArgs) -> String {
             let f = o.finding.as_ref()?;
             Some(json!({
                 "state": o.state.to_string(),
-                "what": describe(&o.state),
+                "what": s.describe(&o.state),
                 "cause": f.cause,
                 "acked": o.acked,
                 "missing": f.missing,
@@ -271,6 +287,7 @@ pub fn json(s: &Summary, args: &ExploreArgs) -> String {
         })).collect::<Vec<_>>(),
         "seed": s.seed,
         "operations": s.counts,
+        "recording": s.ops,
         "acked_in_recording": s.acked,
         "elapsed_ms": s.elapsed.as_millis() as u64,
         "findings": findings,

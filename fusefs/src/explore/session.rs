@@ -3,6 +3,7 @@
 //! calls on that mount, and the workload and check commands run bounded in a process group
 //! of their own.
 
+use super::reaper::{kill_orphans, JOB_ENV};
 use super::verdict::CheckEnd;
 use serde_json::Value;
 use std::ffi::OsString;
@@ -44,6 +45,7 @@ impl Binaries {
 /// Runs a program to its end, bounded; its output as text.
 fn run_quiet(cmd: &mut Command, what: &str) -> Result<std::process::Output, String> {
     cmd.stdin(Stdio::null())
+        .env_remove(JOB_ENV)
         .output()
         .map_err(|e| format!("{what}: cannot start {:?}: {e}", cmd.get_program()))
 }
@@ -87,6 +89,15 @@ impl Job {
     /// Puts a fresh copy of the template in place (reflinked where the file system can)
     /// and mounts it.  The template's own state dir, if it was ever mounted, stays out.
     pub fn start(&mut self) -> Result<(), String> {
+        self.start_with(None)
+    }
+
+    /// [`Job::start`], with the daemon recording its operations to `file`.
+    pub fn start_recording(&mut self, file: &Path) -> Result<(), String> {
+        self.start_with(Some(file))
+    }
+
+    fn start_with(&mut self, record: Option<&Path>) -> Result<(), String> {
         self.stop()?;
         if self.backing.exists() {
             std::fs::remove_dir_all(&self.backing)
@@ -123,6 +134,11 @@ impl Job {
         for o in &self.options {
             cmd.arg("-o").arg(o);
         }
+        match record {
+            Some(f) => cmd.env(crate::faults::record::RECORD_ENV, f),
+            None => cmd.env_remove(crate::faults::record::RECORD_ENV),
+        };
+        cmd.env_remove(JOB_ENV);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)
@@ -223,7 +239,7 @@ impl Job {
     pub fn env(&self) -> Vec<(&'static str, OsString)> {
         vec![
             ("LOSSFS_MOUNT", self.mnt.clone().into_os_string()),
-            ("LOSSFS_EXPLORE_JOB", self.index.to_string().into()),
+            (JOB_ENV, self.index.to_string().into()),
         ]
     }
 
@@ -263,6 +279,8 @@ impl Drop for Job {
 /// A shell command running in a process group of its own, its output collected.
 pub struct Running {
     child: Child,
+    /// The explore job it runs for (from its environment): whose orphans to kill after it.
+    job: Option<usize>,
     pgid: i32,
     started: Instant,
     timeout: Duration,
@@ -313,8 +331,13 @@ impl Running {
             outputs.push(rx);
         }
         let pgid = child.id() as i32;
+        let job = env
+            .iter()
+            .find(|(k, _)| *k == JOB_ENV)
+            .and_then(|(_, v)| v.to_str()?.parse().ok());
         Ok(Running {
             child,
+            job,
             pgid,
             started: Instant::now(),
             timeout,
@@ -332,8 +355,10 @@ impl Running {
     }
 
     /// Waits for the end (killing the group at the timeout), then kills whatever of the
-    /// group is left and collects the output.
-    pub fn finish(mut self) -> Ran {
+    /// group is left, and the processes that left the group (daemonized, see
+    /// [`super::reaper`]), and collects the output.  Fails only when a left-behind process
+    /// cannot be killed.
+    pub fn finish(mut self) -> Result<Ran, String> {
         let mut timed_out = false;
         let status = loop {
             if let Some(st) = self.exited() {
@@ -349,6 +374,9 @@ impl Running {
         // our child, so the group id cannot name anyone else's processes while it exists.
         unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
         let status = status.or_else(|| self.child.wait().ok());
+        if let Some(job) = self.job {
+            kill_orphans(job)?;
+        }
         let mut text = self.outputs.iter().map(|rx| {
             // A process that left the group may keep a pipe open: do not wait for it long.
             rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
@@ -363,10 +391,10 @@ impl Running {
                 (None, None) => CheckEnd::Exit(-1),
             },
         };
-        Ran {
+        Ok(Ran {
             stdout,
             stderr,
             end,
-        }
+        })
     }
 }

@@ -1,50 +1,18 @@
 //! The crash states `lossfs explore` visits: what each one is (a crash point at a durability
 //! point, a pause before an operation followed by a partial cut, or a cut after the whole
 //! run), how it is written on a command line (`--state SPEC`), and which ones a run visits
-//! given the operation counts of the recording run and the `--states` bound.
+//! given the ordered operations of the recording run and the `--states` bound.
 
+use crate::faults::record::{recorded, RecordedOp};
 use crate::keep::KeepMode;
 use crate::prng::SplitMix64;
-use std::collections::BTreeMap;
 use std::fmt;
-
-/// Operations after which (or before which) the data or the names a program relies on may
-/// have become durable: a cut right before and right after each one.
-pub const DURABILITY_OPS: [&str; 4] = ["fsync", "fdatasync", "fsyncdir", "rename"];
-
-/// Operations that change data or names: a partial cut (`--keep prefix|random`) right
-/// before each one.
-pub const CHANGE_OPS: [&str; 12] = [
-    "write",
-    "truncate",
-    "fallocate",
-    "copy_file_range",
-    "create",
-    "mknod",
-    "mkdir",
-    "unlink",
-    "rmdir",
-    "symlink",
-    "link",
-    "rename",
-];
-
-/// Every operation kind the recording run counts.
-pub fn recorded_ops() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = DURABILITY_OPS.to_vec();
-    for op in CHANGE_OPS {
-        if !v.contains(&op) {
-            v.push(op);
-        }
-    }
-    v
-}
 
 /// One crash state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum State {
     /// `lossctl arm powercut --op OP --nth N --before|--after`: the program dies at that
-    /// operation and every unsynced byte is lost.
+    /// operation (a durability point) and every unsynced byte is lost.
     Crash { op: String, nth: u64, after: bool },
     /// The program is held before its Nth operation OP, then `lossctl powercut --keep KEEP
     /// --seed SEED` cuts: part of what it wrote since its last durability point survives.
@@ -79,13 +47,14 @@ impl fmt::Display for State {
     }
 }
 
-fn known_op(op: &str, list: &[&str]) -> Result<String, String> {
-    if list.contains(&op) {
+fn known_op(op: &str) -> Result<String, String> {
+    if recorded(op) {
         Ok(op.to_string())
     } else {
         Err(format!(
-            "operation {op:?} is not one explore cuts at (expected one of {})",
-            list.join(", ")
+            "operation {op:?} is not one explore cuts at (expected a change or a sync: {}, {})",
+            crate::faults::record::CHANGE_OPS.join(", "),
+            crate::faults::record::DURABILITY_OPS[..3].join(", ")
         ))
     }
 }
@@ -113,7 +82,7 @@ impl State {
         };
         match f.as_slice() {
             ["crash", op, n, when] => Ok(State::Crash {
-                op: known_op(op, &DURABILITY_OPS)?,
+                op: known_op(op)?,
                 nth: positive(n)?,
                 after: match *when {
                     "before" => false,
@@ -122,7 +91,7 @@ impl State {
                 },
             }),
             ["pause", op, n, keep, seed] => Ok(State::Pause {
-                op: known_op(op, &CHANGE_OPS)?,
+                op: known_op(op)?,
                 nth: positive(n)?,
                 keep: seeded(keep)?,
                 seed: number(seed, "seed")?,
@@ -160,11 +129,12 @@ fn state_seed(seed: u64, label: &str) -> u64 {
     SplitMix64::for_item(seed, label.as_bytes()).next_u64()
 }
 
-/// Every state of a run whose recording counted `counts` operations per kind, in the order
-/// they are visited: the cuts after the whole run, then the crash points at each durability
-/// point, then the partial cuts before each change.
-pub fn enumerate(counts: &BTreeMap<String, u64>, seed: u64) -> Vec<Vec<State>> {
-    let count = |op: &str| counts.get(op).copied().unwrap_or(0);
+/// Every state of a run whose recording run did `ops` (in order), in groups: the cuts after
+/// the whole run; a crash point right before and right after each durability point; and,
+/// at each operation boundary with unsynced changes before it (since the last durability
+/// point), a partial cut keeping a prefix of each file's operations, and one keeping a
+/// seeded random subset of the blocks.  Within a group, in the order of the recording.
+pub fn enumerate(ops: &[RecordedOp], seed: u64) -> Vec<Vec<State>> {
     let mut end = vec![
         // The state with nothing lost: a check failing here is a broken check, not a
         // crash bug, and says so early.
@@ -183,37 +153,42 @@ pub fn enumerate(counts: &BTreeMap<String, u64>, seed: u64) -> Vec<Vec<State>> {
             seed: state_seed(seed, &format!("end:{keep}")),
         });
     }
-    let mut crash = Vec::new();
-    for op in DURABILITY_OPS {
-        for nth in 1..=count(op) {
-            for after in [false, true] {
-                crash.push(State::Crash {
-                    op: op.into(),
-                    nth,
-                    after,
-                });
-            }
-        }
-    }
-    let mut pause = Vec::new();
-    for op in CHANGE_OPS {
-        for nth in 1..=count(op) {
-            for keep in [KeepMode::Prefix, KeepMode::Random] {
-                pause.push(State::Pause {
-                    op: op.into(),
+    let (mut crash, mut prefix, mut random) = (Vec::new(), Vec::new(), Vec::new());
+    let mut unsynced = 0usize;
+    for o in ops {
+        let (op, nth) = (o.op.clone(), o.nth);
+        if unsynced > 0 {
+            for (keep, group) in [
+                (KeepMode::Prefix, &mut prefix),
+                (KeepMode::Random, &mut random),
+            ] {
+                group.push(State::Pause {
+                    op: op.clone(),
                     nth,
                     keep,
                     seed: state_seed(seed, &format!("pause:{op}:{nth}:{keep}")),
                 });
             }
         }
+        if o.durable() {
+            for after in [false, true] {
+                crash.push(State::Crash {
+                    op: op.clone(),
+                    nth,
+                    after,
+                });
+            }
+            unsynced = 0;
+        } else if o.changes() {
+            unsynced += 1;
+        }
     }
-    vec![end, crash, pause]
+    vec![end, crash, prefix, random]
 }
 
 /// At most `limit` states out of the groups [`enumerate`] made, chosen without randomness:
-/// the cuts after the run first, then the budget left shared between crash points and
-/// partial cuts (what one group does not use goes to the other), each group's share taken
+/// the cuts after the run first, then the budget left shared between crash points, prefix
+/// and random partial cuts (what one group does not use goes to the others), each group's share taken
 /// evenly spaced over its whole length so that early and late operations are both visited.
 pub fn choose(groups: Vec<Vec<State>>, limit: usize) -> Vec<State> {
     let mut out = Vec::new();
@@ -265,8 +240,36 @@ fn evenly<T>(v: Vec<T>, m: usize) -> Vec<T> {
 mod tests {
     use super::*;
 
-    fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
-        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    /// Operations in order, `KIND` or `KIND!` for an O_SYNC write; numbered per kind.
+    fn ops(spec: &str) -> Vec<RecordedOp> {
+        let mut n = std::collections::HashMap::new();
+        spec.split_whitespace()
+            .map(|k| {
+                let (op, sync) = match k.strip_suffix('!') {
+                    Some(op) => (op, true),
+                    None => (k, false),
+                };
+                let nth = n.entry(op).or_insert(0);
+                *nth += 1;
+                RecordedOp {
+                    op: op.into(),
+                    nth: *nth,
+                    paths: vec!["f".into()],
+                    offset: None,
+                    length: None,
+                    sync,
+                }
+            })
+            .collect()
+    }
+
+    fn names(v: &[State]) -> Vec<String> {
+        v.iter()
+            .map(|s| match s {
+                State::Pause { op, nth, keep, .. } => format!("pause:{op}:{nth}:{keep}"),
+                s => s.to_string(),
+            })
+            .collect()
     }
 
     #[test]
@@ -274,8 +277,9 @@ mod tests {
         for s in [
             "crash:fsync:3:after",
             "crash:rename:1:before",
+            "crash:write:2:after",
             "pause:write:5:prefix:42",
-            "pause:unlink:2:random:18446744073709551615",
+            "pause:fsync:2:random:18446744073709551615",
             "end:none",
             "end:all",
             "end:random:7",
@@ -285,11 +289,12 @@ mod tests {
         }
         for s in [
             "",
-            "crash:write:1:after",
+            "crash:read:1:after",
             "crash:fsync:0:after",
             "crash:fsync:1:later",
             "pause:write:1:none:3",
             "pause:write:1:prefix",
+            "pause:getattr:1:prefix:3",
             "end:prefix",
             "end:none:3",
             "end:random:x",
@@ -300,20 +305,55 @@ mod tests {
     }
 
     #[test]
-    fn every_durability_point_and_change_gets_its_states() {
-        let g = enumerate(&counts(&[("fsync", 2), ("write", 3), ("rename", 1)]), 9);
-        assert_eq!(g[0].len(), 4, "end: all, none, prefix, random");
-        // fsync 1..2 and rename 1, before and after each.
-        assert_eq!(g[1].len(), 6);
-        assert!(g[1].contains(&State::Crash {
-            op: "rename".into(),
-            nth: 1,
-            after: true
-        }));
-        // write 1..3 and rename 1, prefix and random each.
-        assert_eq!(g[2].len(), 8);
+    fn cuts_around_each_durability_point_and_at_each_unsynced_boundary() {
+        let rec = ops("create write write fsync write! write rename fsyncdir");
+        let g = enumerate(&rec, 9);
+        assert_eq!(g.len(), 4);
+        assert_eq!(names(&g[0][..2]), ["end:all", "end:none"]);
+        assert!(matches!(
+            g[0][2],
+            State::End {
+                keep: KeepMode::Prefix,
+                ..
+            }
+        ));
+        assert!(matches!(
+            g[0][3],
+            State::End {
+                keep: KeepMode::Random,
+                ..
+            }
+        ));
+        assert_eq!(
+            names(&g[1]),
+            [
+                "crash:fsync:1:before",
+                "crash:fsync:1:after",
+                "crash:write:3:before",
+                "crash:write:3:after",
+                "crash:rename:1:before",
+                "crash:rename:1:after",
+                "crash:fsyncdir:1:before",
+                "crash:fsyncdir:1:after",
+            ],
+            "fsync, the O_SYNC write, rename and fsyncdir, in the recording's order"
+        );
+        // Before the first op nothing is unsynced; right after a durability point neither
+        // (that state is the crash after it).
+        assert_eq!(
+            names(&g[2]),
+            [
+                "pause:write:1:prefix",
+                "pause:write:2:prefix",
+                "pause:fsync:1:prefix",
+                "pause:rename:1:prefix",
+            ]
+        );
+        assert_eq!(names(&g[3]).len(), 4);
+        assert!(names(&g[3]).iter().all(|n| n.ends_with(":random")));
         let seeds: Vec<u64> = g[2]
             .iter()
+            .chain(&g[3])
             .map(|s| match s {
                 State::Pause { seed, .. } => *seed,
                 _ => unreachable!(),
@@ -323,21 +363,24 @@ mod tests {
         distinct.sort();
         distinct.dedup();
         assert_eq!(distinct.len(), seeds.len(), "one seed per state");
+        let again = enumerate(&ops("create write write fsync"), 9);
         assert_eq!(
-            enumerate(&counts(&[("fsync", 2), ("write", 3)]), 9)[2][0],
-            g[2][0],
-            "a state's seed depends on the run's seed and its place only"
+            again[2][0], g[2][0],
+            "a seed depends on the run's seed and the state"
         );
-        assert_ne!(enumerate(&counts(&[("write", 3)]), 10)[2][0], g[2][0]);
+        assert_ne!(enumerate(&rec, 10)[2][0], g[2][0]);
     }
 
     #[test]
     fn the_bound_keeps_the_end_states_and_shares_the_rest_evenly() {
-        let g = enumerate(&counts(&[("fsync", 50), ("write", 100)]), 1);
-        let (crash_total, pause_total) = (g[1].len(), g[2].len());
-        assert_eq!((crash_total, pause_total), (100, 200));
-        let chosen = choose(g.clone(), 24);
-        assert_eq!(chosen.len(), 24);
+        // 50 rounds of two writes and an fsync: 100 crash states, 100 boundaries each with
+        // a prefix and a random state.
+        let rec = ops(&"write write fsync ".repeat(50));
+        let g = enumerate(&rec, 1);
+        let totals: Vec<usize> = g.iter().map(Vec::len).collect();
+        assert_eq!(totals, [4, 100, 100, 100]);
+        let chosen = choose(g.clone(), 34);
+        assert_eq!(chosen.len(), 34);
         assert_eq!(&chosen[..4], &g[0][..]);
         let crashes = chosen
             .iter()
@@ -345,10 +388,10 @@ mod tests {
             .count();
         assert_eq!(crashes, 10);
         assert_eq!(chosen[4], g[1][0], "the first durability point is visited");
-        assert!(chosen.contains(&g[2][180]), "late changes too");
-        assert_eq!(chosen, choose(g.clone(), 24), "the same choice every time");
-        // A small group hands its unused share to the other.
-        let small = enumerate(&counts(&[("fsync", 1), ("write", 100)]), 1);
+        assert!(chosen.contains(&g[2][90]), "late boundaries too");
+        assert_eq!(chosen, choose(g.clone(), 34), "the same choice every time");
+        // A small group hands its unused share to the others.
+        let small = enumerate(&ops(&format!("{}fsync", "write ".repeat(100))), 1);
         let chosen = choose(small, 24);
         assert_eq!(chosen.len(), 24);
         assert_eq!(
@@ -359,9 +402,9 @@ mod tests {
             2
         );
         // Under the bound: everything.
-        let all = enumerate(&counts(&[("fsync", 2), ("write", 2)]), 1);
+        let all = enumerate(&ops("write fsync write fsync"), 1);
         let n: usize = all.iter().map(Vec::len).sum();
         assert_eq!(choose(all, 1000).len(), n);
-        assert_eq!(choose(enumerate(&counts(&[]), 1), 2).len(), 2);
+        assert_eq!(choose(enumerate(&[], 1), 2).len(), 2);
     }
 }

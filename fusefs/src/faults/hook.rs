@@ -48,6 +48,8 @@ pub struct Call<'a> {
     /// The calling thread (FUSE's pid field), 0 for the kernel's own requests.
     pub pid: u32,
     pub target: Target<'a>,
+    /// The file handle the operation goes through, if any.
+    pub fh: Option<u64>,
 }
 
 fn cut_error() -> FsError {
@@ -97,13 +99,22 @@ fn slow<T>(
         )
         .at_level(tracing::Level::INFO));
     }
-    let paths = if faults.wants_path(call.op) {
+    let recording = faults.recording() && super::record::recorded(call.op.name());
+    let paths = if recording || faults.wants_path(call.op) {
         paths_of(fs, faults, &call.target)
     } else {
         Vec::new()
     };
     let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let d = faults.decide(call.op, &path_refs);
+    let rec = recording.then(|| {
+        let span = match call.target {
+            Target::Data { off, len, .. } => Some((off, len)),
+            _ => None,
+        };
+        let sync = call.op == Op::Write && call.fh.is_some_and(|fh| fs.writes_are_sync(fh));
+        (span, sync)
+    });
+    let d = faults.decide(call.op, &path_refs, rec);
     let first_path = paths.first().cloned();
     if d.crash == Some(When::Before) {
         faults.start_cut(call.pid, call.op, When::Before, first_path, Vec::new());

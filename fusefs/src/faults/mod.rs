@@ -18,6 +18,7 @@
 
 pub mod diskfull;
 pub mod hook;
+pub mod record;
 pub mod rules;
 
 use crate::error::{Context as _, FsResult};
@@ -117,6 +118,8 @@ struct State {
     cut: CutPhase,
     last_cut: Option<LastCut>,
     cutter: Option<Weak<dyn Cutter>>,
+    /// The ordered operation record of `lossfs explore`'s recording run.
+    recorder: Option<record::Recorder>,
 }
 
 /// The fault engine of one mount.
@@ -149,12 +152,30 @@ impl Faults {
     }
 
     fn refresh(&self, st: &State) {
-        let on = st.set.is_armed() || st.disk_full.is_some() || st.cut != CutPhase::Idle;
+        let on = st.set.is_armed()
+            || st.disk_full.is_some()
+            || st.cut != CutPhase::Idle
+            || st.recorder.is_some();
         self.active.store(on, Ordering::Release);
     }
 
     pub fn set_cutter(&self, cutter: Weak<dyn Cutter>) {
         self.state.lock().cutter = Some(cutter);
+    }
+
+    /// Records every change and durability operation to `path` from now on (see
+    /// [`record`]).
+    pub fn record_to(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let r = record::Recorder::create(path)?;
+        let mut st = self.state.lock();
+        st.recorder = Some(r);
+        self.refresh(&st);
+        Ok(())
+    }
+
+    /// Whether operations are being recorded (their paths are then needed).
+    pub fn recording(&self) -> bool {
+        self.state.lock().recorder.is_some()
     }
 
     pub fn set_fsync_error(&self, mode: FsyncError) {
@@ -250,8 +271,19 @@ impl Faults {
         self.state.lock().set.wants_path(op)
     }
 
-    pub fn decide(&self, op: Op, paths: &[&str]) -> Decision {
+    /// What the armed rules do to this operation.  `rec` is what the operation record
+    /// needs when one is kept (offset and length, O_SYNC write): it is written here, under
+    /// the lock that numbers operations for the rules, so both number them alike.
+    pub fn decide(
+        &self,
+        op: Op,
+        paths: &[&str],
+        rec: Option<(Option<(u64, u64)>, bool)>,
+    ) -> Decision {
         let mut st = self.state.lock();
+        if let (Some(r), Some((span, sync))) = (st.recorder.as_mut(), rec) {
+            r.record(op, paths, span, sync);
+        }
         if st.cut != CutPhase::Idle {
             // One cut at a time: a crash point met during a cut does not count.
             let crash = st.set.crash.take();

@@ -34,7 +34,7 @@ fn active_only_while_something_is_armed() {
         st.to_text()
     );
     // Firing disarms the fast path (no cutter here: nothing is killed).
-    assert_eq!(f.decide(Op::Fsync, &[]).crash, Some(When::After));
+    assert_eq!(f.decide(Op::Fsync, &[], None).crash, Some(When::After));
     assert!(!f.active());
     assert!(f.status().crash_point.unwrap().fired);
     f.disarm();
@@ -85,7 +85,7 @@ fn watches_an_op_while_a_rule_or_an_unfired_crash_point_names_it() {
     })
     .unwrap();
     assert!(f.watches(Op::Read));
-    assert_eq!(f.decide(Op::Read, &[]).crash, Some(When::Before));
+    assert_eq!(f.decide(Op::Read, &[], None).crash, Some(When::Before));
     assert!(
         !f.watches(Op::Read),
         "a crash point that fired watches nothing"

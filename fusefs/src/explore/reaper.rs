@@ -1,0 +1,112 @@
+//! Servers the workload or the check left behind.  A program that daemonizes (`redis-server
+//! --daemonize yes`, `pg_ctl start`) leaves its command's process group and outlives it;
+//! a real power cut would kill it.  Explore makes itself a child subreaper, so such
+//! orphans become its children instead of init's, and after each workload and check run it
+//! kills and reaps those of the job that ran (they carry the job's `LOSSFS_EXPLORE_JOB` in
+//! their environment): none survives into the next state or past explore, and none lingers
+//! as a zombie that a restarting server would take for its running predecessor.
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+use std::time::{Duration, Instant};
+
+/// The environment variable that tells whose an orphan is.
+pub const JOB_ENV: &str = "LOSSFS_EXPLORE_JOB";
+
+/// How long killed orphans may take to die.
+const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes this process the reaper of its descendants' orphans.
+pub fn become_subreaper() -> Result<(), String> {
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER): {e}"))
+}
+
+/// The parent pid in the text of `/proc/PID/stat` (the field after the state, which follows
+/// the command name in parentheses, a name that may hold spaces and parentheses itself).
+fn ppid_of_stat(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether a NUL-separated environment holds `entry` exactly.
+fn environ_has(environ: &[u8], entry: &str) -> bool {
+    environ.split(|&b| b == 0).any(|e| e == entry.as_bytes())
+}
+
+/// Our children whose environment says they were started for job `job`.
+fn orphans_of(job: usize) -> Vec<Pid> {
+    let me = std::process::id() as i32;
+    let tag = format!("{JOB_ENV}={job}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            ppid_of_stat(&stat) == Some(me)
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| environ_has(&env, &tag))
+        })
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// Kills and reaps the orphans job `job` left (and theirs, which become ours in turn).
+/// Called when no command of that job is running, so every child carrying its tag is an
+/// orphan.  Returns how many were killed; an error names those still alive at the bound.
+pub fn kill_orphans(job: usize) -> Result<usize, String> {
+    let start = Instant::now();
+    let mut killed = 0;
+    loop {
+        let pids = orphans_of(job);
+        if pids.is_empty() {
+            return Ok(killed);
+        }
+        for &p in &pids {
+            if kill(p, Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+        for &p in &pids {
+            // Reap by pid only: a wait for any child would steal the exit of a command
+            // another job is waiting for.
+            loop {
+                match waitpid(p, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(nix::sys::wait::WaitStatus::StillAlive) => {}
+                    Ok(_) | Err(Errno::ECHILD) => break,
+                    Err(e) => return Err(format!("waitpid({p}): {e}")),
+                }
+                if start.elapsed() > REAP_TIMEOUT {
+                    return Err(format!(
+                        "process {p}, left behind by a workload or check, did not die within \
+                         {} s of SIGKILL",
+                        REAP_TIMEOUT.as_secs()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_and_environ_are_read_by_their_shapes() {
+        assert_eq!(ppid_of_stat("42 (sh) S 7 42 42 0"), Some(7));
+        assert_eq!(ppid_of_stat("42 (a) b) (c) R 9 1 1"), Some(9));
+        assert_eq!(ppid_of_stat("garbage"), None);
+        let env = b"A=1\0LOSSFS_EXPLORE_JOB=1\0B=2\0";
+        assert!(environ_has(env, "LOSSFS_EXPLORE_JOB=1"));
+        assert!(!environ_has(env, "LOSSFS_EXPLORE_JOB=0"));
+        assert!(!environ_has(
+            b"LOSSFS_EXPLORE_JOB=10\0",
+            "LOSSFS_EXPLORE_JOB=1"
+        ));
+    }
+}
