@@ -17,7 +17,7 @@ use crate::journal::{FileKey, Journal};
 use crate::keep::{KeepMode, KeepRequest, KeepSpec};
 use crate::mountinfo;
 use crate::namespace::{Model, Namespace};
-use crate::options::{self, MountOptions, Recover, SyncCpu};
+use crate::options::{self, Cache, MountOptions, Recover, SyncCpu};
 use crate::procscan::{self, MountTarget};
 use crate::readahead;
 use crate::report::FaultsStatus;
@@ -66,6 +66,8 @@ pub struct Daemon {
     cut_ended: Condvar,
     /// Serializes syncs and power cuts from the control socket and the LazyFS FIFO.
     ops: Mutex<()>,
+    /// `cache=writeback`: the session's /dev/fuse fd, to start a new dentry epoch at a cut.
+    epoch_fd: Option<OwnedFd>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -121,6 +123,26 @@ fn flush_kernel_dirty_pages(mountpoint: &Path) -> FsResult<()> {
         )
         .path(mountpoint)),
     }
+}
+
+/// FUSE_NOTIFY_INC_EPOCH (Linux 6.16; fuser 0.18 does not know it): every dentry the
+/// kernel holds is looked up again at its next use.  With the writeback cache the kernel
+/// never takes a file size from the daemon for an inode it holds, and `inval_inode` drops
+/// pages, not the size; a lookup after the cut drops the old inode (nobody uses it: the
+/// users are dead) or, with `--no-kill`, finds its generation stale (see
+/// [`LossFs::generation`]), and the kernel starts afresh from the rolled-back file.
+fn new_dentry_epoch(fd: &OwnedFd) -> std::io::Result<()> {
+    const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
+    // struct fuse_out_header { u32 len; i32 error (the notify code); u64 unique (0) }.
+    let mut msg = [0u8; 16];
+    msg[0..4].copy_from_slice(&16u32.to_ne_bytes());
+    msg[4..8].copy_from_slice(&FUSE_NOTIFY_INC_EPOCH.to_ne_bytes());
+    // SAFETY: valid fd; msg is a readable buffer of msg.len() bytes.
+    let n = unsafe { libc::write(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Daemon {
@@ -252,6 +274,11 @@ impl Daemon {
         for (parent, name) in entries {
             if let Some(id) = self.fs.inodes.nodeid_of(parent) {
                 let _ = n.inval_entry(INodeNo(id), std::ffi::OsStr::from_bytes(name));
+            }
+        }
+        if let Some(fd) = &self.epoch_fd {
+            if let Err(e) = new_dentry_epoch(fd) {
+                tracing::error!("power cut: cannot make the kernel look names up again: {e}");
             }
         }
     }
@@ -865,6 +892,9 @@ pub fn serve(
         journal,
         hidden,
     );
+    if opts.cache == Cache::Writeback {
+        fs = fs.with_writeback_cache();
+    }
     if ns.model() != Model::Durable {
         ns.start_periodic_commit(opts.commit_interval())
             .map_err(|e| e.to_string())?;
@@ -912,6 +942,15 @@ pub fn serve(
 
     let mut session = fuser::Session::new(adapter, &mountpoint, &config)
         .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
+    let epoch_fd = match opts.cache {
+        Cache::Writeback => Some(
+            session
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| format!("dup /dev/fuse fd: {e}"))?,
+        ),
+        Cache::Writethrough => None,
+    };
     let daemon = Arc::new(Daemon {
         fs: fs.clone(),
         notifier: Mutex::new(Some(session.notifier())),
@@ -921,6 +960,7 @@ pub fn serve(
         cuts: Mutex::new(CutCounts::default()),
         cut_ended: Condvar::new(),
         ops: Mutex::new(()),
+        epoch_fd,
     });
     let writeback = match opts.writeback {
         Some(secs) => {

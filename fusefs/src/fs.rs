@@ -66,6 +66,8 @@ pub struct OpenFile {
     epoch: u64,
     /// Opened O_SYNC/O_DSYNC: every write is durable when it returns.
     sync_writes: bool,
+    /// The backing fd is O_APPEND (an append-only file): every write lands at its end.
+    appends: bool,
 }
 
 /// An open directory: its own fd, positioned by the offsets the kernel hands back.
@@ -109,6 +111,9 @@ pub struct LossFs {
     pub ns: Option<Arc<Namespace>>,
     /// Crash points and injected faults ([`crate::faults`]).
     pub faults: Arc<Faults>,
+    /// `cache=writeback`: the kernel's writeback cache is on.  Writes then arrive as page
+    /// writebacks through whichever writable handle of the inode the kernel picks.
+    pub writeback_cache: bool,
 }
 
 fn cstr(name: &OsStr) -> FsResult<CString> {
@@ -211,6 +216,26 @@ impl LossFs {
             hidden,
             ns: None,
             faults: Arc::new(Faults::new()),
+            writeback_cache: false,
+        }
+    }
+
+    /// Serves the mount with the kernel's writeback cache (`cache=writeback`).
+    pub fn with_writeback_cache(mut self) -> LossFs {
+        self.writeback_cache = true;
+        self
+    }
+
+    /// The generation handed to the kernel with every entry.  With the writeback cache the
+    /// kernel keeps its own file size and never takes ours for an inode it holds, so each
+    /// power cut starts a new generation: an inode the kernel still holds from before the
+    /// cut (a `--no-kill` program's open file) is found stale at its next lookup, made bad
+    /// (its I/O fails with EIO) and replaced by a fresh inode with the rolled-back size.
+    pub fn generation(&self) -> u64 {
+        if self.writeback_cache {
+            self.epoch.load(Ordering::Acquire)
+        } else {
+            0
         }
     }
 
@@ -641,13 +666,19 @@ impl LossFs {
 
     // ---- files ----
 
-    fn new_handle(&self, inode: Arc<Inode>, fd: OwnedFd, flags: i32) -> u64 {
+    fn new_handle(&self, inode: Arc<Inode>, fd: OwnedFd, flags: i32, appends: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        // With the writeback cache the kernel writes dirty pages back through any writable
+        // handle of the inode, so an O_SYNC handle carries other writers' pages too; the
+        // kernel sends an FSYNC after each O_SYNC/O_DSYNC write instead (generic_write_sync),
+        // which makes exactly the right file durable at the right time.
+        let sync_flag = flags & (libc::O_SYNC | libc::O_DSYNC) != 0;
         let f = Arc::new(OpenFile {
             inode,
             file: File::from(fd),
             epoch: self.epoch.load(Ordering::Acquire),
-            sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
+            sync_writes: sync_flag && !self.writeback_cache,
+            appends,
         });
         self.files.write().insert(fh, f);
         fh
@@ -678,10 +709,12 @@ impl LossFs {
         let inode = self.inode(nodeid)?;
         let pfd = self.path_fd(&inode)?;
         let path = pfd.proc_path();
+        let mut appends = false;
         let fd = match open_proc(&path, Self::backing_flags(flags)) {
             // An append-only file (chattr +a) opens for writing only with O_APPEND.  Its
             // writes all land at its end, which is where the kernel sends O_APPEND writes.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_APPEND != 0 => {
+                appends = true;
                 open_proc(&path, Self::backing_flags(flags) | libc::O_APPEND)
             }
             r => r,
@@ -690,7 +723,14 @@ impl LossFs {
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.truncate(&inode, fd.as_fd(), 0)?;
         }
-        Ok(self.new_handle(inode, fd, flags))
+        Ok(self.new_handle(inode, fd, flags, appends))
+    }
+
+    /// Whether the kernel must send this handle's writes as the program made them, past its
+    /// page cache: its backing fd appends (an append-only file), so a page written back at
+    /// an offset inside the file would be appended again at its end.
+    pub fn bypasses_cache(&self, fh: u64) -> bool {
+        self.writeback_cache && self.files.read().get(&fh).is_some_and(|f| f.appends)
     }
 
     pub fn create(
@@ -725,7 +765,7 @@ impl LossFs {
             Err(e) => return Err(e).ctx("create"),
         };
         let (inode, st) = with_identity(creating, self.lookup_new(&pfd, &c))?;
-        let fh = self.new_handle(inode.clone(), fd, flags);
+        let fh = self.new_handle(inode.clone(), fd, flags, false);
         Ok((inode, st, fh))
     }
 

@@ -77,6 +77,20 @@ impl Scope<'_, '_> {
 }
 
 impl FuseAdapter {
+    /// How the kernel may cache an open file.  With the writeback cache, pages stay cached
+    /// across opens (every change goes through this mount, and a power cut invalidates
+    /// every inode); an append-only file's handle bypasses the cache (see
+    /// [`LossFs::bypasses_cache`]).
+    fn open_flags(&self, fh: u64) -> FopenFlags {
+        if !self.fs.writeback_cache {
+            FopenFlags::empty()
+        } else if self.fs.bypasses_cache(fh) {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        }
+    }
+
     /// The fault engine's view of a request, and the scope it is served in (see [`Scope`]).
     fn call<'a>(
         &self,
@@ -117,6 +131,33 @@ impl FuseAdapter {
         (call, scope)
     }
 }
+
+/// `cache=writeback`: asks the kernel for its writeback cache, and checks that it can
+/// start a new dentry epoch (FUSE_NOTIFY_INC_EPOCH, protocol 7.44, Linux 6.16), which the
+/// power cut needs to make the kernel drop the file sizes it keeps for itself.
+fn writeback_cache(config: &mut KernelConfig) -> io::Result<()> {
+    let abi = config.kernel_abi();
+    let refuse = |why: String| {
+        tracing::error!("cache=writeback: {why}");
+        Err(io::Error::new(io::ErrorKind::Unsupported, why))
+    };
+    if (abi.0, abi.1) < (7, INC_EPOCH_MINOR) {
+        return refuse(format!(
+            "the kernel speaks FUSE {}.{}; the writeback cache needs 7.{INC_EPOCH_MINOR}              (Linux 6.16) so that a power cut can drop the sizes the kernel caches",
+            abi.0, abi.1
+        ));
+    }
+    if config
+        .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+        .is_err()
+    {
+        return refuse("the kernel offers no writeback cache to FUSE".into());
+    }
+    Ok(())
+}
+
+/// The FUSE minor version that brought FUSE_NOTIFY_INC_EPOCH.
+const INC_EPOCH_MINOR: u32 = 44;
 
 /// The inode a request is about (the parent directory for name operations).
 fn target_ino(t: &Target<'_>) -> Option<u64> {
@@ -216,9 +257,9 @@ fn set_time(t: Option<TimeOrNow>) -> SetTime {
     }
 }
 
-fn entry(s: &Scope<'_, '_>, reply: ReplyEntry, r: FsResult<(Arc<Inode>, libc::stat)>) {
+fn entry(s: &Scope<'_, '_>, reply: ReplyEntry, r: FsResult<(Arc<Inode>, libc::stat)>, g: u64) {
     match r {
-        Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(0)),
+        Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(g)),
         Err(e) => reply.error(s.fail(&e)),
     }
 }
@@ -250,7 +291,7 @@ impl DirSink for Plain<'_> {
     }
 }
 
-struct Plus<'a>(&'a mut ReplyDirectoryPlus);
+struct Plus<'a>(&'a mut ReplyDirectoryPlus, u64);
 impl DirPlusSink for Plus<'_> {
     fn add(&mut self, offset: i64, name: &OsStr, e: Option<(&Inode, &libc::stat)>) -> bool {
         match e {
@@ -260,7 +301,7 @@ impl DirPlusSink for Plus<'_> {
                 name,
                 &TTL,
                 &attr(st),
-                Generation(0),
+                Generation(self.1),
             ),
             // "." and "..": no entry to hand over; the kernel ignores nodeid 0 here.
             None => {
@@ -282,6 +323,9 @@ impl DirPlusSink for Plus<'_> {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if self.fs.writeback_cache {
+            writeback_cache(config)?;
+        }
         // Without this the kernel asks getxattr(security.capability) before every write.
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
@@ -305,6 +349,7 @@ impl Filesystem for FuseAdapter {
             &s,
             reply,
             guarded(&self.fs, c, || self.fs.lookup(parent.0, name)),
+            self.fs.generation(),
         );
     }
 
@@ -384,6 +429,7 @@ impl Filesystem for FuseAdapter {
             guarded(&self.fs, c, || {
                 self.fs.mknod(parent.0, name, mode, rdev, caller(req))
             }),
+            self.fs.generation(),
         );
     }
 
@@ -403,6 +449,7 @@ impl Filesystem for FuseAdapter {
             guarded(&self.fs, c, || {
                 self.fs.mkdir(parent.0, name, mode, caller(req))
             }),
+            self.fs.generation(),
         );
     }
 
@@ -440,6 +487,7 @@ impl Filesystem for FuseAdapter {
                 self.fs
                     .symlink(parent.0, link_name, target.as_os_str(), caller(req))
             }),
+            self.fs.generation(),
         );
     }
 
@@ -488,13 +536,14 @@ impl Filesystem for FuseAdapter {
             &s,
             reply,
             guarded(&self.fs, c, || self.fs.link(ino.0, newparent.0, newname)),
+            self.fs.generation(),
         );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (c, s) = self.call(Op::Open, req, Target::Node(ino.0), None);
         match guarded(&self.fs, c, || self.fs.open(ino.0, flags.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(fh)),
             Err(e) => reply.error(s.fail(&e)),
         }
     }
@@ -625,8 +674,11 @@ impl Filesystem for FuseAdapter {
     ) {
         let (c, s) = self.call(Op::Readdir, req, Target::Node(ino.0), Some(fh.0));
         let r = guarded(&self.fs, c, || {
-            self.fs
-                .readdirplus(fh.0, offset as i64, &mut Plus(&mut reply))
+            self.fs.readdirplus(
+                fh.0,
+                offset as i64,
+                &mut Plus(&mut reply, self.fs.generation()),
+            )
         });
         match r {
             Ok(()) => reply.ok(),
@@ -746,9 +798,9 @@ impl Filesystem for FuseAdapter {
             Ok((_, st, fh)) => reply.created(
                 &TTL,
                 &attr(&st),
-                Generation(0),
+                Generation(self.fs.generation()),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                self.open_flags(fh),
             ),
             Err(e) => reply.error(s.fail(&e)),
         }

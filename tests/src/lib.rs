@@ -154,6 +154,28 @@ pub fn stress_worker_bin() -> PathBuf {
     bin("stress_worker", "LOSSFS_STRESS_WORKER_BIN")
 }
 
+/// The cache mode every lossfs the tests start runs with: env `LOSSFS_TEST_CACHE`,
+/// `writethrough` (the default, also when unset) or `writeback`.  Panics on anything else,
+/// so a typo never runs the suite in the wrong mode.
+pub fn test_cache_mode() -> &'static str {
+    match std::env::var("LOSSFS_TEST_CACHE").as_deref() {
+        Err(_) | Ok("") | Ok("writethrough") => "writethrough",
+        Ok("writeback") => "writeback",
+        Ok(other) => panic!("LOSSFS_TEST_CACHE={other}: must be writethrough or writeback"),
+    }
+}
+
+/// The `-o` arguments that put a lossfs (`lossfs BACKING MNT`, `lossfs run`, `lossfs
+/// explore`) in [`test_cache_mode`]; every place a test starts lossfs adds them.
+pub fn cache_args() -> [String; 2] {
+    ["-o".into(), format!("cache={}", test_cache_mode())]
+}
+
+/// Whether the tests run with the kernel's writeback cache (`LOSSFS_TEST_CACHE=writeback`).
+pub fn writeback_cache() -> bool {
+    test_cache_mode() == "writeback"
+}
+
 /// Path of the `lossfs` binary (env `LOSSFS_BIN` overrides).
 pub fn lossfs_bin() -> PathBuf {
     bin("lossfs", "LOSSFS_BIN")
@@ -513,6 +535,15 @@ impl Mount {
         cmd.arg(&self.backing).arg(&self.mnt);
         if !self.opts.is_empty() {
             cmd.arg("-o").arg(self.opts.join(","));
+        }
+        // A test that names a cache mode itself keeps it.
+        if !self
+            .opts
+            .iter()
+            .flat_map(|o| o.split(','))
+            .any(|o| o.starts_with("cache="))
+        {
+            cmd.args(cache_args());
         }
         if let Some((soft, hard)) = self.nofile {
             use std::os::unix::process::CommandExt;

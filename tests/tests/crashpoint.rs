@@ -4,7 +4,7 @@
 mod fault_helpers;
 
 use fault_helpers::{ctl, finish, wait_cut_done};
-use lossfs_tests::{num, output_text, read_all, spawn_python, Mount};
+use lossfs_tests::{cache_args, num, output_text, read_all, spawn_python, Mount};
 use std::fs;
 
 /// Appends 16-byte records to a WAL, fsyncing each, and says so after every fsync.
@@ -204,6 +204,7 @@ fn lossfs_run_tells_a_crash_point_cut_from_other_deaths() {
             .arg(&backing)
             .arg("--mount")
             .arg(&mnt)
+            .args(cache_args())
             .args(["--", "sh", "-c", &prog])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

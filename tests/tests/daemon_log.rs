@@ -3,8 +3,8 @@
 //! report expected events (a process killed mid-request, a clean unmount) as failures.
 
 use lossfs_tests::{
-    check_preconditions, fusermount_u, is_lossfs_mounted, lossctl, lossfs_bin, run_bounded,
-    spawn_python, unique_tmp_dir, unmount_all, Mount, MountSetup,
+    cache_args, check_preconditions, fusermount_u, is_lossfs_mounted, lossctl, lossfs_bin,
+    run_bounded, spawn_python, unique_tmp_dir, unmount_all, Mount, MountSetup,
 };
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -73,6 +73,7 @@ fn a_detached_daemon_logs_to_its_state_dir() {
         Command::new(lossfs_bin())
             .arg(&backing)
             .arg(&mnt)
+            .args(cache_args())
             .args(["-o", "log=info"]),
         Duration::from_secs(30),
     );

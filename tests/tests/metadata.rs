@@ -4,8 +4,8 @@
 //! periodic commit, `lossctl status`/`sync`, and the replay after a killed daemon.
 
 use lossfs_tests::{
-    cpath, lossfs_bin, num, output_text, read_all, unique_tmp_dir, unmount_all, wait_bounded,
-    ChildGuard, Mount,
+    cache_args, cpath, lossfs_bin, num, output_text, read_all, unique_tmp_dir, unmount_all,
+    wait_bounded, ChildGuard, Mount,
 };
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -417,6 +417,7 @@ fn posix_refuses_a_state_dir_on_another_filesystem() {
     let child = Command::new(lossfs_bin())
         .arg(&backing)
         .arg(&mnt)
+        .args(cache_args())
         .arg("-o")
         .arg(format!("metadata=posix,state_dir={}", state.display()))
         .arg("-f")

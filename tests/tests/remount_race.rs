@@ -3,8 +3,8 @@
 //! waits for it instead of refusing.
 
 use lossfs_tests::{
-    check_preconditions, fusermount_u, is_lossfs_mounted, kill_child, lossfs_bin, unique_tmp_dir,
-    unmount_all, wait_bounded, ChildGuard, MOUNT_TIMEOUT,
+    cache_args, check_preconditions, fusermount_u, is_lossfs_mounted, kill_child, lossfs_bin,
+    unique_tmp_dir, unmount_all, wait_bounded, ChildGuard, MOUNT_TIMEOUT,
 };
 use std::fs::{self, File};
 use std::io::Write;
@@ -44,6 +44,7 @@ fn start(backing: &Path, mnt: &Path, stderr: PathBuf) -> Daemon {
     let child = Command::new(lossfs_bin())
         .arg(backing)
         .arg(mnt)
+        .args(cache_args())
         .arg("-f")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
