@@ -230,7 +230,7 @@ impl Daemon {
             tracing::warn!("power cut: {e}");
         }
         // Data first, by inode, wherever its names are now; then the names.
-        let (files, (namespace, touched)) = self.fs.frozen(|| {
+        let (files, (namespace, mut touched)) = self.fs.frozen(|| {
             let files = self.fs.journal.cut(spec);
             let names = match (&self.fs.ns, spec.mode) {
                 (None, _) => Default::default(),
@@ -246,6 +246,13 @@ impl Daemon {
             (files, names)
         });
         let files = self.fs.journal.name_unnamed(files.ctx("rollback")?);
+        if self.epoch_fd.is_some() {
+            touched.extend(
+                files
+                    .iter()
+                    .filter_map(|f| self.entry_of(f.path.as_deref()?)),
+            );
+        }
         self.powercuts.fetch_add(1, Ordering::Relaxed);
         // After the thaw, from this (non-FUSE) thread: invalidation may make the kernel send
         // us requests, which the workers must be free to answer.
@@ -271,6 +278,24 @@ impl Daemon {
         };
         tracing::info!("{}", report.to_text().trim_end());
         Ok(report)
+    }
+
+    /// The (parent directory, name) of a path relative to the mount, for `inval_entry`.
+    /// With the writeback cache each rolled-back file's name is dropped at once, so that
+    /// the next use of the name looks it up again even where the kernel would keep the
+    /// dentry of the new epoch's lookup (a file whose last close was still in flight).
+    fn entry_of(&self, rel: &str) -> Option<(FileKey, Vec<u8>)> {
+        let rel = Path::new(rel);
+        let name = rel.file_name()?.as_bytes().to_vec();
+        let parent = self.backing.join(rel.parent()?);
+        let st = std::fs::symlink_metadata(parent).ok()?;
+        Some((
+            FileKey {
+                dev: st.dev(),
+                ino: st.ino(),
+            },
+            name,
+        ))
     }
 
     fn invalidate_all(&self, entries: &[(FileKey, Vec<u8>)]) {
