@@ -5,7 +5,7 @@
 
 use lossfs_tests::{
     cache_args, cpath, lossfs_bin, num, output_text, read_all, unique_tmp_dir, unmount_all,
-    wait_bounded, ChildGuard, Mount,
+    wait_bounded, writeback_cache, ChildGuard, Mount,
 };
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -181,7 +181,10 @@ fn committed_unlink_drops_the_files_unsynced_state() {
         .unwrap()
         .write_all(b" unsynced")
         .unwrap();
-    assert_eq!(num(&m.status_json(), "unsynced_bytes"), 9);
+    // With the writeback cache the page is written back (at close) from offset 0: the 7
+    // durable bytes are rewritten, unchanged, and count as unsynced too.
+    let unsynced = if writeback_cache() { 16 } else { 9 };
+    assert_eq!(num(&m.status_json(), "unsynced_bytes"), unsynced);
     fs::remove_file(m.path("f")).unwrap();
     fsync_dir(&m.path(""));
     let st = m.status_json();
