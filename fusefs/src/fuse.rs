@@ -257,9 +257,17 @@ fn set_time(t: Option<TimeOrNow>) -> SetTime {
     }
 }
 
-fn entry(s: &Scope<'_, '_>, reply: ReplyEntry, r: FsResult<(Arc<Inode>, libc::stat)>, g: u64) {
+/// An entry with the generation it belongs to, read while the request holds the power-cut
+/// gate, so a cut cannot come between the attributes and their generation.
+fn with_gen<T>(fs: &LossFs, r: FsResult<T>) -> FsResult<(T, u64)> {
+    r.map(|v| (v, fs.generation()))
+}
+
+type Entry = ((Arc<Inode>, libc::stat), u64);
+
+fn entry(s: &Scope<'_, '_>, reply: ReplyEntry, r: FsResult<Entry>) {
     match r {
-        Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(g)),
+        Ok(((_, st), g)) => reply.entry(&TTL, &attr(&st), Generation(g)),
         Err(e) => reply.error(s.fail(&e)),
     }
 }
@@ -348,8 +356,9 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.lookup(parent.0, name)),
-            self.fs.generation(),
+            guarded(&self.fs, c, || {
+                with_gen(&self.fs, self.fs.lookup(parent.0, name))
+            }),
         );
     }
 
@@ -427,9 +436,11 @@ impl Filesystem for FuseAdapter {
             &s,
             reply,
             guarded(&self.fs, c, || {
-                self.fs.mknod(parent.0, name, mode, rdev, caller(req))
+                with_gen(
+                    &self.fs,
+                    self.fs.mknod(parent.0, name, mode, rdev, caller(req)),
+                )
             }),
-            self.fs.generation(),
         );
     }
 
@@ -447,9 +458,8 @@ impl Filesystem for FuseAdapter {
             &s,
             reply,
             guarded(&self.fs, c, || {
-                self.fs.mkdir(parent.0, name, mode, caller(req))
+                with_gen(&self.fs, self.fs.mkdir(parent.0, name, mode, caller(req)))
             }),
-            self.fs.generation(),
         );
     }
 
@@ -484,10 +494,11 @@ impl Filesystem for FuseAdapter {
             &s,
             reply,
             guarded(&self.fs, c, || {
-                self.fs
-                    .symlink(parent.0, link_name, target.as_os_str(), caller(req))
+                let r = self
+                    .fs
+                    .symlink(parent.0, link_name, target.as_os_str(), caller(req));
+                with_gen(&self.fs, r)
             }),
-            self.fs.generation(),
         );
     }
 
@@ -535,8 +546,9 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, c, || self.fs.link(ino.0, newparent.0, newname)),
-            self.fs.generation(),
+            guarded(&self.fs, c, || {
+                with_gen(&self.fs, self.fs.link(ino.0, newparent.0, newname))
+            }),
         );
     }
 
@@ -793,12 +805,15 @@ impl Filesystem for FuseAdapter {
     ) {
         let (c, s) = self.call(Op::Create, req, Target::Name(parent.0, name), None);
         match guarded(&self.fs, c, || {
-            self.fs.create(parent.0, name, mode, flags, caller(req))
+            with_gen(
+                &self.fs,
+                self.fs.create(parent.0, name, mode, flags, caller(req)),
+            )
         }) {
-            Ok((_, st, fh)) => reply.created(
+            Ok(((_, st, fh), g)) => reply.created(
                 &TTL,
                 &attr(&st),
-                Generation(self.fs.generation()),
+                Generation(g),
                 FileHandle(fh),
                 self.open_flags(fh),
             ),
