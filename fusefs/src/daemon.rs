@@ -18,7 +18,7 @@ use crate::journal::Journal;
 use crate::keep::{KeepMode, KeepRequest, KeepSpec};
 use crate::mountinfo;
 use crate::namespace::{Model, Namespace};
-use crate::options::{self, MountOptions, Recover, SyncCpu};
+use crate::options::{self, Cache, MountOptions, Recover, SyncCpu};
 use crate::procscan::{self, MountTarget};
 use crate::readahead;
 use crate::report::FaultsStatus;
@@ -70,6 +70,8 @@ pub struct Daemon {
     cut_ended: Condvar,
     /// Serializes syncs and power cuts from the control socket and the LazyFS FIFO.
     ops: Mutex<()>,
+    /// `cache=writeback`: the session's /dev/fuse fd, to start a new dentry epoch at a cut.
+    epoch_fd: Option<OwnedFd>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -118,6 +120,17 @@ fn flush_kernel_dirty_pages(mountpoint: &Path) -> FsResult<()> {
         })
         .ctx("starting the writeback thread")?;
     match rx.recv_timeout(FLUSH_TIMEOUT) {
+        // Every dirty page was handed over or failed: syncfs reports a page the kernel
+        // could not write back (with the writeback cache: pages of a handle from before a
+        // power cut, refused with EIO, or a write error its program meets at fsync or
+        // close).  Its job here, getting the pages out of the kernel, is done either way.
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {
+            tracing::info!(
+                "syncfs {}: some dirty pages could not be written back: {e}",
+                mountpoint.display()
+            );
+            Ok(())
+        }
         Ok(r) => r.ctx_path("syncfs", mountpoint),
         Err(_) => Err(FsError::msg(
             libc::ETIMEDOUT,
@@ -125,6 +138,26 @@ fn flush_kernel_dirty_pages(mountpoint: &Path) -> FsResult<()> {
         )
         .path(mountpoint)),
     }
+}
+
+/// FUSE_NOTIFY_INC_EPOCH (Linux 6.16; fuser 0.18 does not know it): every dentry the
+/// kernel holds is looked up again at its next use.  With the writeback cache the kernel
+/// never takes a file size from the daemon for an inode it holds, and `inval_inode` drops
+/// pages, not the size; a lookup after the cut drops the old inode (nobody uses it: the
+/// users are dead) or, with `--no-kill`, finds its generation stale (see
+/// [`LossFs::generation`]), and the kernel starts afresh from the rolled-back file.
+fn new_dentry_epoch(fd: &OwnedFd) -> std::io::Result<()> {
+    const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
+    // struct fuse_out_header { u32 len; i32 error (the notify code); u64 unique (0) }.
+    let mut msg = [0u8; 16];
+    msg[0..4].copy_from_slice(&16u32.to_ne_bytes());
+    msg[4..8].copy_from_slice(&FUSE_NOTIFY_INC_EPOCH.to_ne_bytes());
+    // SAFETY: valid fd; msg is a readable buffer of msg.len() bytes.
+    let n = unsafe { libc::write(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Daemon {
@@ -201,7 +234,7 @@ impl Daemon {
             tracing::warn!("power cut: {e}");
         }
         // Data first, by inode, wherever its names are now; then the names.
-        let (files, (namespace, touched)) = self.fs.frozen(|| {
+        let (files, (namespace, mut touched)) = self.fs.frozen(|| {
             let files = self.fs.journal.cut(spec);
             let names = match (&self.fs.ns, spec.mode) {
                 (None, _) => Default::default(),
@@ -217,6 +250,13 @@ impl Daemon {
             (files, names)
         });
         let files = self.fs.journal.name_unnamed(files.ctx("rollback")?);
+        if self.epoch_fd.is_some() {
+            touched.extend(
+                files
+                    .iter()
+                    .filter_map(|f| self.entry_of(f.path.as_deref()?)),
+            );
+        }
         self.powercuts.fetch_add(1, Ordering::Relaxed);
         // After the thaw, from this (non-FUSE) thread: invalidation may make the kernel send
         // us requests, which the workers must be free to answer.
@@ -244,6 +284,24 @@ impl Daemon {
         Ok(report)
     }
 
+    /// The (parent directory, name) of a path relative to the mount, for `inval_entry`.
+    /// With the writeback cache each rolled-back file's name is dropped at once, so that
+    /// the next use of the name looks it up again even where the kernel would keep the
+    /// dentry of the new epoch's lookup (a file whose last close was still in flight).
+    fn entry_of(&self, rel: &str) -> Option<(FileKey, Vec<u8>)> {
+        let rel = Path::new(rel);
+        let name = rel.file_name()?.as_bytes().to_vec();
+        let parent = self.backing.join(rel.parent()?);
+        let st = std::fs::symlink_metadata(parent).ok()?;
+        Some((
+            FileKey {
+                dev: st.dev(),
+                ino: st.ino(),
+            },
+            name,
+        ))
+    }
+
     fn invalidate_all(&self, entries: &[(FileKey, Vec<u8>)]) {
         let Some(n) = self.notifier.lock().clone() else {
             return;
@@ -256,6 +314,11 @@ impl Daemon {
         for (parent, name) in entries {
             if let Some(id) = self.fs.inodes.nodeid_of(parent) {
                 let _ = n.inval_entry(INodeNo(id), std::ffi::OsStr::from_bytes(name));
+            }
+        }
+        if let Some(fd) = &self.epoch_fd {
+            if let Err(e) = new_dentry_epoch(fd) {
+                tracing::error!("power cut: cannot make the kernel look names up again: {e}");
             }
         }
     }
@@ -908,6 +971,9 @@ fn open_state(
         journal,
         hidden,
     );
+    if opts.cache == Cache::Writeback {
+        fs = fs.with_writeback_cache();
+    }
     if ns.model() != Model::Durable {
         ns.start_periodic_commit(opts.commit_interval())
             .map_err(|e| e.to_string())?;
@@ -976,6 +1042,15 @@ fn mount(
 
     let session = fuser::Session::new(adapter, mountpoint, &config)
         .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
+    let epoch_fd = match opts.cache {
+        Cache::Writeback => Some(
+            session
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| format!("dup /dev/fuse fd: {e}"))?,
+        ),
+        Cache::Writethrough => None,
+    };
     let daemon = Arc::new(Daemon {
         fs: fs.clone(),
         faults: faults.clone(),
@@ -986,6 +1061,7 @@ fn mount(
         cuts: Mutex::new(CutCounts::default()),
         cut_ended: Condvar::new(),
         ops: Mutex::new(()),
+        epoch_fd,
     });
     Ok((session, daemon))
 }

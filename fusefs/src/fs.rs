@@ -10,7 +10,7 @@
 //! it runs), rolls back, and bumps `epoch`: handles opened in an older epoch answer EIO.
 
 use crate::ascaller::AsCaller;
-use crate::error::{cvt, Context, FsError, FsResult};
+use crate::error::{Context, FsError, FsResult};
 use crate::filekey::FileKey;
 use crate::inode::{Inode, InodeTable, PathFd, ROOT};
 use crate::journal::Journal;
@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +67,8 @@ pub struct OpenFile {
     epoch: u64,
     /// Opened O_SYNC/O_DSYNC: every write is durable when it returns.
     sync_writes: bool,
+    /// The backing fd is O_APPEND (an append-only file): every write lands at its end.
+    appends: bool,
 }
 
 impl AsFd for OpenFile {
@@ -114,6 +116,9 @@ pub struct LossFs {
     /// The namespace durability model's undo state; `None` for `metadata=durable`, where
     /// name operations go straight to the backing directory.
     pub ns: Option<Arc<Namespace>>,
+    /// `cache=writeback`: the kernel's writeback cache is on.  Writes then arrive as page
+    /// writebacks through whichever writable handle of the inode the kernel picks.
+    pub writeback_cache: bool,
 }
 
 fn cstr(name: &OsStr) -> FsResult<CString> {
@@ -178,6 +183,26 @@ impl LossFs {
             gate: RwLock::new(()),
             hidden,
             ns: None,
+            writeback_cache: false,
+        }
+    }
+
+    /// Serves the mount with the kernel's writeback cache (`cache=writeback`).
+    pub fn with_writeback_cache(mut self) -> LossFs {
+        self.writeback_cache = true;
+        self
+    }
+
+    /// The generation handed to the kernel with every entry.  With the writeback cache the
+    /// kernel keeps its own file size and never takes ours for an inode it holds, so each
+    /// power cut starts a new generation: an inode the kernel still holds from before the
+    /// cut (a `--no-kill` program's open file) is found stale at its next lookup, made bad
+    /// (its I/O fails with EIO) and replaced by a fresh inode with the rolled-back size.
+    pub fn generation(&self) -> u64 {
+        if self.writeback_cache {
+            self.epoch.load(Ordering::Acquire)
+        } else {
+            0
         }
     }
 
@@ -529,13 +554,19 @@ impl LossFs {
 
     // ---- files ----
 
-    fn new_handle(&self, inode: Arc<Inode>, fd: OwnedFd, flags: i32) -> u64 {
+    fn new_handle(&self, inode: Arc<Inode>, fd: OwnedFd, flags: i32, appends: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        // With the writeback cache the kernel writes dirty pages back through any writable
+        // handle of the inode, so an O_SYNC handle carries other writers' pages too; the
+        // kernel sends an FSYNC after each O_SYNC/O_DSYNC write instead (generic_write_sync),
+        // which makes exactly the right file durable at the right time.
+        let sync_flag = flags & (libc::O_SYNC | libc::O_DSYNC) != 0;
         let f = Arc::new(OpenFile {
             inode,
             file: File::from(fd),
             epoch: self.epoch.load(Ordering::Acquire),
-            sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
+            sync_writes: sync_flag && !self.writeback_cache,
+            appends,
         });
         self.files.write().insert(fh, f);
         fh
@@ -566,22 +597,32 @@ impl LossFs {
         let inode = self.inode(nodeid)?;
         let pfd = self.path_fd(&inode)?;
         let path = pfd.proc_path();
+        let mut appends = false;
         let fd = match self
             .inodes
             .with_fd_room(|| open_proc(&path, Self::backing_flags(flags)))
         {
             // An append-only file (chattr +a) opens for writing only with O_APPEND.  Its
             // writes all land at its end, which is where the kernel sends O_APPEND writes.
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_APPEND != 0 => self
-                .inodes
-                .with_fd_room(|| open_proc(&path, Self::backing_flags(flags) | libc::O_APPEND)),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_APPEND != 0 => {
+                appends = true;
+                self.inodes
+                    .with_fd_room(|| open_proc(&path, Self::backing_flags(flags) | libc::O_APPEND))
+            }
             r => r,
         }
         .ctx("open")?;
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.truncate(&inode, fd.as_fd(), 0)?;
         }
-        Ok(self.new_handle(inode, fd, flags))
+        Ok(self.new_handle(inode, fd, flags, appends))
+    }
+
+    /// Whether the kernel must send this handle's writes as the program made them, past its
+    /// page cache: its backing fd appends (an append-only file), so a page written back at
+    /// an offset inside the file would be appended again at its end.
+    pub fn bypasses_cache(&self, fh: u64) -> bool {
+        self.writeback_cache && self.files.read().get(&fh).is_some_and(|f| f.appends)
     }
 
     pub fn create(
@@ -621,7 +662,7 @@ impl LossFs {
             Err(e) => return Err(e).ctx("create"),
         };
         let (inode, st) = with_identity(creating, self.lookup_new(&pfd, &c))?;
-        let fh = self.new_handle(inode.clone(), fd, flags);
+        let fh = self.new_handle(inode.clone(), fd, flags, false);
         Ok((inode, st, fh))
     }
 
@@ -667,8 +708,7 @@ impl LossFs {
             g.after_short_write(f.file.as_fd());
         }
         if f.sync_writes {
-            // SAFETY: valid fd.
-            cvt(unsafe { libc::fdatasync(f.file.as_raw_fd()) }).ctx("O_SYNC write")?;
+            sync_fd(f.file.as_fd(), true).ctx("O_SYNC write")?;
             g.mark_durable_and_reserve(f.file.as_fd())
                 .ctx("journal sync")?;
             drop(g);

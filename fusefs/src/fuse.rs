@@ -94,6 +94,20 @@ impl Scope<'_, '_> {
 }
 
 impl FuseAdapter {
+    /// How the kernel may cache an open file.  With the writeback cache, pages stay cached
+    /// across opens (every change goes through this mount, and a power cut invalidates
+    /// every inode); an append-only file's handle bypasses the cache (see
+    /// [`LossFs::bypasses_cache`]).
+    fn open_flags(&self, fh: u64) -> FopenFlags {
+        if !self.fs.writeback_cache {
+            FopenFlags::empty()
+        } else if self.fs.bypasses_cache(fh) {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        }
+    }
+
     /// The fault engine's view of a request, and the scope it is served in (see [`Scope`]).
     fn call<'a>(
         &self,
@@ -172,6 +186,33 @@ impl FuseAdapter {
 fn reads_only(flags: i32) -> bool {
     flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0
 }
+
+/// `cache=writeback`: asks the kernel for its writeback cache, and checks that it can
+/// start a new dentry epoch (FUSE_NOTIFY_INC_EPOCH, protocol 7.44, Linux 6.16), which the
+/// power cut needs to make the kernel drop the file sizes it keeps for itself.
+fn writeback_cache(config: &mut KernelConfig) -> io::Result<()> {
+    let abi = config.kernel_abi();
+    let refuse = |why: String| {
+        tracing::error!("cache=writeback: {why}");
+        Err(io::Error::new(io::ErrorKind::Unsupported, why))
+    };
+    if (abi.0, abi.1) < (7, INC_EPOCH_MINOR) {
+        return refuse(format!(
+            "the kernel speaks FUSE {}.{}; the writeback cache needs 7.{INC_EPOCH_MINOR}              (Linux 6.16) so that a power cut can drop the sizes the kernel caches",
+            abi.0, abi.1
+        ));
+    }
+    if config
+        .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+        .is_err()
+    {
+        return refuse("the kernel offers no writeback cache to FUSE".into());
+    }
+    Ok(())
+}
+
+/// The FUSE minor version that brought FUSE_NOTIFY_INC_EPOCH.
+const INC_EPOCH_MINOR: u32 = 44;
 
 /// The inode a request is about (the parent directory for name operations).
 fn target_ino(t: &Target<'_>) -> Option<u64> {
@@ -271,9 +312,17 @@ fn set_time(t: Option<TimeOrNow>) -> SetTime {
     }
 }
 
-fn entry(s: &Scope<'_, '_>, reply: ReplyEntry, r: FsResult<(Arc<Inode>, libc::stat)>) {
+/// An entry with the generation it belongs to, read while the request holds the power-cut
+/// gate, so a cut cannot come between the attributes and their generation.
+fn with_gen<T>(fs: &LossFs, r: FsResult<T>) -> FsResult<(T, u64)> {
+    r.map(|v| (v, fs.generation()))
+}
+
+type Entry = ((Arc<Inode>, libc::stat), u64);
+
+fn entry(s: &Scope<'_, '_>, reply: ReplyEntry, r: FsResult<Entry>) {
     match r {
-        Ok((_, st)) => reply.entry(&TTL, &attr(&st), Generation(0)),
+        Ok(((_, st), g)) => reply.entry(&TTL, &attr(&st), Generation(g)),
         Err(e) => reply.error(s.fail(&e)),
     }
 }
@@ -305,7 +354,7 @@ impl DirSink for Plain<'_> {
     }
 }
 
-struct Plus<'a>(&'a mut ReplyDirectoryPlus);
+struct Plus<'a>(&'a mut ReplyDirectoryPlus, u64);
 impl DirPlusSink for Plus<'_> {
     fn add(&mut self, offset: i64, name: &OsStr, e: Option<(&Inode, &libc::stat)>) -> bool {
         match e {
@@ -315,7 +364,7 @@ impl DirPlusSink for Plus<'_> {
                 name,
                 &TTL,
                 &attr(st),
-                Generation(0),
+                Generation(self.1),
             ),
             // "." and "..": no entry to hand over; the kernel ignores nodeid 0 here.
             None => {
@@ -337,6 +386,9 @@ impl DirPlusSink for Plus<'_> {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if self.fs.writeback_cache {
+            writeback_cache(config)?;
+        }
         // Without this the kernel asks getxattr(security.capability) before every write.
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
@@ -371,7 +423,9 @@ impl Filesystem for FuseAdapter {
         entry(
             &s,
             reply,
-            guarded(&self.fs, &self.faults, c, || self.fs.lookup(parent.0, name)),
+            guarded(&self.fs, &self.faults, c, || {
+                with_gen(&self.fs, self.fs.lookup(parent.0, name))
+            }),
         );
     }
 
@@ -451,7 +505,10 @@ impl Filesystem for FuseAdapter {
             &s,
             reply,
             guarded(&self.fs, &self.faults, c, || {
-                self.fs.mknod(parent.0, name, mode, rdev, caller(req))
+                with_gen(
+                    &self.fs,
+                    self.fs.mknod(parent.0, name, mode, rdev, caller(req)),
+                )
             }),
         );
     }
@@ -470,7 +527,7 @@ impl Filesystem for FuseAdapter {
             &s,
             reply,
             guarded(&self.fs, &self.faults, c, || {
-                self.fs.mkdir(parent.0, name, mode, caller(req))
+                with_gen(&self.fs, self.fs.mkdir(parent.0, name, mode, caller(req)))
             }),
         );
     }
@@ -506,8 +563,10 @@ impl Filesystem for FuseAdapter {
             &s,
             reply,
             guarded(&self.fs, &self.faults, c, || {
-                self.fs
-                    .symlink(parent.0, link_name, target.as_os_str(), caller(req))
+                let r = self
+                    .fs
+                    .symlink(parent.0, link_name, target.as_os_str(), caller(req));
+                with_gen(&self.fs, r)
             }),
         );
     }
@@ -557,7 +616,7 @@ impl Filesystem for FuseAdapter {
             &s,
             reply,
             guarded(&self.fs, &self.faults, c, || {
-                self.fs.link(ino.0, newparent.0, newname)
+                with_gen(&self.fs, self.fs.link(ino.0, newparent.0, newname))
             }),
         );
     }
@@ -568,7 +627,7 @@ impl Filesystem for FuseAdapter {
             Ok(fh) => {
                 let h = FileHandle(fh);
                 match self.grant(ino.0, fh, reads_only(flags.0), |fd| reply.open_backing(fd)) {
-                    Grant::Cached => reply.opened(h, FopenFlags::empty()),
+                    Grant::Cached => reply.opened(h, self.open_flags(fh)),
                     Grant::Passthrough(b) => reply.opened_passthrough(h, FopenFlags::empty(), &b),
                     Grant::Direct(b) => {
                         reply.opened_passthrough(h, FopenFlags::FOPEN_DIRECT_IO, &b)
@@ -716,8 +775,11 @@ impl Filesystem for FuseAdapter {
     ) {
         let (c, s) = self.call(Op::Readdir, req, Target::Node(ino.0), Some(fh.0));
         let r = guarded(&self.fs, &self.faults, c, || {
-            self.fs
-                .readdirplus(fh.0, offset as i64, &mut Plus(&mut reply))
+            self.fs.readdirplus(
+                fh.0,
+                offset as i64,
+                &mut Plus(&mut reply, self.fs.generation()),
+            )
         });
         match r {
             Ok(()) => reply.ok(),
@@ -829,22 +891,25 @@ impl Filesystem for FuseAdapter {
     ) {
         let (c, s) = self.call(Op::Create, req, Target::Name(parent.0, name), None);
         match guarded(&self.fs, &self.faults, c, || {
-            self.fs.create(parent.0, name, mode, flags, caller(req))
+            with_gen(
+                &self.fs,
+                self.fs.create(parent.0, name, mode, flags, caller(req)),
+            )
         }) {
             // Counted as a writer: a file that existed after all may have passthrough readers.
-            Ok((_, st, fh)) => {
+            Ok(((_, st, fh), g)) => {
                 match self.grant(st.st_ino, fh, false, |fd| reply.open_backing(fd)) {
                     Grant::Cached => reply.created(
                         &TTL,
                         &attr(&st),
-                        Generation(0),
+                        Generation(g),
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        self.open_flags(fh),
                     ),
                     Grant::Passthrough(b) | Grant::Direct(b) => reply.created_passthrough(
                         &TTL,
                         &attr(&st),
-                        Generation(0),
+                        Generation(g),
                         FileHandle(fh),
                         FopenFlags::FOPEN_DIRECT_IO,
                         &b,

@@ -45,6 +45,17 @@ pub enum Passthrough {
     Ro,
 }
 
+/// Where written data waits before it reaches the daemon (`cache=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Cache {
+    /// Every write(2) is a WRITE request, answered once the backing file has it.
+    #[default]
+    Writethrough,
+    /// The kernel's writeback cache: writes fill the page cache and reach the daemon as
+    /// page writebacks (at the latest at fsync, close, or the flush of a power cut).
+    Writeback,
+}
+
 /// Everything `-o` and `-f` can set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MountOptions {
@@ -76,6 +87,8 @@ pub struct MountOptions {
     pub writeback: Option<u64>,
     /// `fsync_error=drop|retry`: what an injected fsync error does to unsynced data.
     pub fsync_error: FsyncError,
+    /// `cache=writethrough|writeback`: the kernel's page cache for written data.
+    pub cache: Cache,
     /// `sync_cpu=auto|off|N`.
     pub sync_cpu: SyncCpu,
     /// `passthrough=off|ro`.
@@ -165,6 +178,7 @@ pub const OPTION_DOCS: &[OptionDoc] = &[
     doc("metadata", "durable|journal|posix", "namespace durability at a power cut: durable (default: creates, renames, unlinks persist at once), journal (persist in order, at any fsync or every commit=SECONDS), posix (persist when the parent directory is fsynced)"),
     doc("commit", "SECONDS", "metadata=journal: periodic commit (default 5, 0 = never)"),
     doc("writeback", "SECONDS", "unsynced data first changed more than SECONDS ago becomes durable on its own, like the kernel's flusher (default off)"),
+    doc("cache", "writethrough|writeback", "writethrough (default): every write(2) reaches the daemon at once; writeback: the kernel's writeback cache, writes reach it as page writebacks (at fsync, close, memory pressure or the cut's flush), with the same durability and power cuts"),
     doc("fsync_error", "drop|retry", "after an injected fsync error: drop the file's unsynced data (default, as Linux) or keep it for a later fsync"),
     doc("lazyfs_fifo", "PATH", "LazyFS command FIFO: lazyfs::clear-cache (power cut, no kill), lazyfs::cache-checkpoint (sync), lazyfs::display-cache-usage, lazyfs::unsynced-data-report (logged at level info)"),
     doc("foreground", "", "stay in the foreground, as -f"),
@@ -300,6 +314,17 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                     ));
                 }
                 o.log = Some(v.to_string());
+            }
+            "cache" => {
+                o.cache = match value? {
+                    "writethrough" => Cache::Writethrough,
+                    "writeback" => Cache::Writeback,
+                    v => {
+                        return Err(format!(
+                            "mount option cache={v}: must be writethrough or writeback"
+                        ))
+                    }
+                }
             }
             "fsync_error" => {
                 o.fsync_error = match value? {
@@ -659,7 +684,7 @@ mod tests {
             "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
             "lazyfs_fifo=/tmp/lazyfs.fifo,read_ahead_kb=4096,metadata=posix,commit=0",
             "writeback=30",
-            "fsync_error=retry,sync_cpu=3,passthrough=ro",
+            "fsync_error=retry,sync_cpu=3,passthrough=ro,cache=writethrough",
         ]))
         .unwrap();
         assert_eq!(
@@ -678,6 +703,7 @@ mod tests {
                 commit: Some(0),
                 writeback: Some(30),
                 fsync_error: FsyncError::Retry,
+                cache: Cache::Writethrough,
                 sync_cpu: SyncCpu::Cpu(3),
                 passthrough: Passthrough::Ro,
                 ro: true,
@@ -790,6 +816,8 @@ mod tests {
             ("nofail=yes", "nofail"),
             ("metadata=ext4", "metadata=ext4"),
             ("metadata", "metadata"),
+            ("cache=none", "cache=none"),
+            ("cache", "cache"),
             ("commit=-1", "commit=-1"),
             ("commit=soon", "commit=soon"),
             ("default_permissions=0", "default_permissions=0"),

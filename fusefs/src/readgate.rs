@@ -118,7 +118,9 @@ impl ReadGate {
         if st.sync_ended.is_some() {
             let now = Instant::now();
             if st.in_window(now, self.window) {
-                if pid == st.syncer {
+                // pid 0: the kernel's own requests (page writebacks of the writeback cache,
+                // sent without a caller), which an fsync makes on behalf of its program.
+                if pid == st.syncer || pid == 0 {
                     solo = true;
                 } else {
                     st.mixed_until = Some(now + self.window);

@@ -6,9 +6,11 @@
 # something about the backing file system, not about lossfs.
 #
 # Usage: tests/conformance/run.sh   (as root, after `cargo build --workspace`)
-# It does so once per namespace durability model (-o metadata=durable, journal, posix).
+# It does so once per namespace durability model (-o metadata=durable, journal, posix) and
+# cache mode (-o cache=writethrough, writeback).
 # Env: LOSSFS_BIN (default $CARGO_TARGET_DIR/debug/lossfs or target/debug/lossfs),
 #      MODELS (default "durable journal posix": the metadata models to run),
+#      CACHES (default "writethrough writeback": the cache modes to run each model in),
 #      PJDFSTEST (default pjdfstest from PATH), KEEP=1 keeps the logs' directory.
 set -euo pipefail
 
@@ -77,11 +79,11 @@ verdicts "$work/plain.log" >"$work/plain.v"
 [ -s "$work/plain.v" ] || die "no verdicts in the plain run's output"
 echo "conformance: plain:  $(grep Summary "$work/plain.log" || echo 'no summary')"
 
-run_lossfs() { # MODEL: mounts lossfs with -o metadata=MODEL, runs the suite on it
-    local model=$1 rc=0
+run_lossfs() { # MODEL CACHE: mounts lossfs with -o metadata=MODEL,cache=CACHE, runs the suite
+    local model="$1-$2" rc=0
     rm -rf "$work/backing" && mkdir -m 755 "$work/backing"
-    echo "conformance: pjdfstest on lossfs -o metadata=$model ($work/mnt over $work/backing)"
-    "$lossfs" "$work/backing" "$work/mnt" -o "allow_other,default_permissions,metadata=$model" -f \
+    echo "conformance: pjdfstest on lossfs -o metadata=$1,cache=$2 ($work/mnt over $work/backing)"
+    "$lossfs" "$work/backing" "$work/mnt" -o "allow_other,default_permissions,metadata=$1,cache=$2" -f \
         2>"$work/daemon-$model.stderr" &
     daemon=$!
     for _ in $(seq 100); do
@@ -102,7 +104,7 @@ run_lossfs() { # MODEL: mounts lossfs with -o metadata=MODEL, runs the suite on 
     [ "$rc" -eq 0 ] || { cat "$work/daemon-$model.stderr" >&2; die "lossfs exited with $rc after unmount"; }
 }
 
-compare() { # MODEL: prints what differs from the plain run; returns 1 on a regression
+compare() { # MODEL-CACHE: prints what differs from the plain run; returns 1 on a regression
     local model=$1 log="$work/lossfs-$1.log" v="$work/lossfs-$1.v" both skipped regressions c
     verdicts "$log" >"$v"
     echo "conformance: lossfs metadata=$model: $(grep Summary "$log" || echo 'no summary')"
@@ -136,12 +138,14 @@ compare() { # MODEL: prints what differs from the plain run; returns 1 on a regr
 # which no program may be able to tell (link counts, for one).
 failed=""
 for model in ${MODELS:-durable journal posix}; do
-    run_lossfs "$model"
-    compare "$model" || failed="$failed $model"
+    for cache in ${CACHES:-writethrough writeback}; do
+        run_lossfs "$model" "$cache"
+        compare "$model-$cache" || failed="$failed $model-$cache"
+    done
 done
 echo "conformance: took $((SECONDS - start)) s"
 if [ -n "$failed" ]; then
-    echo "conformance: FAILED: cases that pass on a plain directory fail on lossfs with metadata=${failed# }" >&2
+    echo "conformance: FAILED: cases that pass on a plain directory fail on lossfs with metadata-cache=${failed# }" >&2
     exit 1
 fi
-echo "conformance: ok: every case that passes on a plain directory passes on lossfs, in every metadata model"
+echo "conformance: ok: every case that passes on a plain directory passes on lossfs, in every metadata model and cache mode"

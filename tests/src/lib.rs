@@ -155,6 +155,28 @@ pub fn stress_worker_bin() -> PathBuf {
     bin("stress_worker", "LOSSFS_STRESS_WORKER_BIN")
 }
 
+/// The cache mode every lossfs the tests start runs with: env `LOSSFS_TEST_CACHE`,
+/// `writethrough` (the default, also when unset) or `writeback`.  Panics on anything else,
+/// so a typo never runs the suite in the wrong mode.
+pub fn test_cache_mode() -> &'static str {
+    match std::env::var("LOSSFS_TEST_CACHE").as_deref() {
+        Err(_) | Ok("") | Ok("writethrough") => "writethrough",
+        Ok("writeback") => "writeback",
+        Ok(other) => panic!("LOSSFS_TEST_CACHE={other}: must be writethrough or writeback"),
+    }
+}
+
+/// The `-o` arguments that put a lossfs (`lossfs BACKING MNT`, `lossfs run`, `lossfs
+/// explore`) in [`test_cache_mode`]; every place a test starts lossfs adds them.
+pub fn cache_args() -> [String; 2] {
+    ["-o".into(), format!("cache={}", test_cache_mode())]
+}
+
+/// Whether the tests run with the kernel's writeback cache (`LOSSFS_TEST_CACHE=writeback`).
+pub fn writeback_cache() -> bool {
+    test_cache_mode() == "writeback"
+}
+
 /// Path of the `lossfs` binary (env `LOSSFS_BIN` overrides).
 pub fn lossfs_bin() -> PathBuf {
     bin("lossfs", "LOSSFS_BIN")
@@ -515,6 +537,15 @@ impl Mount {
         if !self.opts.is_empty() {
             cmd.arg("-o").arg(self.opts.join(","));
         }
+        // A test that names a cache mode itself keeps it.
+        if !self
+            .opts
+            .iter()
+            .flat_map(|o| o.split(','))
+            .any(|o| o.starts_with("cache="))
+        {
+            cmd.args(cache_args());
+        }
         if let Some((soft, hard)) = self.nofile {
             use std::os::unix::process::CommandExt;
             let rl = libc::rlimit {
@@ -645,11 +676,19 @@ impl Mount {
 
     /// Unmounts cleanly with `fusermount3 -u` and asserts the daemon exits 0, bounded.
     pub fn unmount(&mut self) {
-        assert!(
-            fusermount_u(&self.mnt, false),
-            "fusermount3 -u {} failed",
-            self.mnt.display()
-        );
+        // Right after a mount the daemon's readahead thread may still be in its statfs of
+        // the mount point, and the unmount then fails with EBUSY (seen about once in ten
+        // immediate unmounts, in both cache modes): retry, bounded, as the daemon itself
+        // retries a busy unmount on SIGTERM.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !fusermount_u(&self.mnt, false) {
+            assert!(
+                Instant::now() < deadline,
+                "fusermount3 -u {} failed for 2 s",
+                self.mnt.display()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
         if let Some(mut c) = self.take_daemon() {
             let st = wait_bounded(&mut c, Duration::from_secs(15));
             match st {

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{check_preconditions, lossfs_bin, unique_tmp_dir, unmount_all};
+use crate::{cache_args, check_preconditions, lossfs_bin, unique_tmp_dir, unmount_all};
 
 /// A backing directory and a mount point under a fresh directory of their own.
 pub struct ScratchMount {
@@ -37,23 +37,25 @@ impl ScratchMount {
         s
     }
 
-    /// `lossfs BACKING MNT`, for the caller to add `-f`, options and its stdio to.
+    /// `lossfs BACKING MNT` (in the cache mode of the run: `LOSSFS_TEST_CACHE`), for the caller to add `-f`, options and its stdio to.
     pub fn lossfs(&self) -> Command {
         let mut cmd = Command::new(lossfs_bin());
-        cmd.arg(&self.backing).arg(&self.mnt);
+        cmd.arg(&self.backing).arg(&self.mnt).args(cache_args());
         cmd
     }
 
     /// The arguments of `lossfs run --backing BACKING --mount MNT` after the binary, for
     /// the caller to add options, `--` and PROGRAM to (or to run under another command).
     pub fn run_args(&self) -> Vec<OsString> {
-        vec![
+        let mut args: Vec<OsString> = vec![
             "run".into(),
             "--backing".into(),
             self.backing.clone().into(),
             "--mount".into(),
             self.mnt.clone().into(),
-        ]
+        ];
+        args.extend(cache_args().map(OsString::from));
+        args
     }
 }
 

@@ -80,7 +80,13 @@ impl Container {
             .env("LOSSFS_BIN", lossfs_bin())
             .env("LOSSFS_BACKING", &self.backing)
             .env("LOSSFS_MOUNT", &self.mnt)
-            .env_remove("LOSSFS_OPTIONS")
+            .env(
+                "LOSSFS_OPTIONS",
+                format!(
+                    "allow_other,default_permissions,cache={}",
+                    test_cache_mode()
+                ),
+            )
             .env_remove("LOSSFS_RESTART")
             .process_group(0)
             .stdin(Stdio::null())

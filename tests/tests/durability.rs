@@ -2,7 +2,7 @@
 //! overwritten durable bytes come back, truncation is undone, and `status` reports the
 //! unsynced bytes per file and in total.
 
-use lossfs_tests::{num, pattern, read_all, report_file, Mount};
+use lossfs_tests::{num, pattern, read_all, report_file, writeback_cache, Mount};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -23,7 +23,14 @@ fn unsynced_append_is_lost_synced_is_kept() {
     let entry = report_file(&rep, "log").unwrap_or_else(|| panic!("no entry for log in {rep}"));
     assert_eq!(num(entry, "size_before"), 15_000, "{rep}");
     assert_eq!(num(entry, "size_after"), 10_000, "{rep}");
-    assert_eq!(num(entry, "lost_bytes"), 5_000, "{rep}");
+    // With the writeback cache the kernel writes back the whole page holding the durable
+    // tail (from 8192), so its unchanged durable bytes count as rewritten and lost too.
+    let lost = if writeback_cache() {
+        15_000 - 8_192
+    } else {
+        5_000
+    };
+    assert_eq!(num(entry, "lost_bytes"), lost, "{rep}");
     assert!(num(&rep, "lost_bytes") >= 5_000, "{rep}");
     assert_eq!(read_all(&p), durable, "content after cut");
     assert_eq!(
@@ -133,14 +140,17 @@ fn status_reports_unsynced_bytes_and_sync_clears_them() {
     assert_eq!(num(ea, "unsynced_bytes"), 1234, "{st}");
     assert_eq!(num(ea, "durable_size"), 0, "{st}");
     assert_eq!(num(ea, "size"), 1234, "{st}");
-    assert_eq!(num(eb, "unsynced_bytes"), 400, "{st}");
+    // With the writeback cache the kernel writes the page back from its start: the 100
+    // durable bytes are rewritten (unchanged) and count as unsynced.
+    let unsynced = if writeback_cache() { 500 } else { 400 };
+    assert_eq!(num(eb, "unsynced_bytes"), unsynced, "{st}");
     assert_eq!(num(eb, "durable_size"), 100, "{st}");
     assert_eq!(num(eb, "size"), 500, "{st}");
     let ranges = eb["unsynced"].as_array().expect("unsynced array");
     assert_eq!(ranges.len(), 1, "{st}");
-    assert_eq!(num(&ranges[0], "start"), 100, "{st}");
+    assert_eq!(num(&ranges[0], "start"), 500 - unsynced, "{st}");
     assert_eq!(num(&ranges[0], "end"), 500, "{st}");
-    assert_eq!(num(&st, "unsynced_bytes"), 1634, "{st}");
+    assert_eq!(num(&st, "unsynced_bytes"), 1234 + unsynced, "{st}");
     assert_eq!(num(&st, "powercuts"), 0, "{st}");
     assert_eq!(
         st["mountpoint"].as_str(),

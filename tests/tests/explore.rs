@@ -4,7 +4,9 @@
 //! number of states and checks what it finds, and that a finding's replay command rebuilds
 //! the same state.
 
-use lossfs_tests::{check_preconditions, lossfs_bin, output_text, run_bounded, unique_tmp_dir};
+use lossfs_tests::{
+    cache_args, check_preconditions, lossfs_bin, output_text, run_bounded, unique_tmp_dir,
+};
 use serde_json::Value;
 use std::fs;
 use std::path::PathBuf;
@@ -42,7 +44,8 @@ impl Setup {
             .arg("--backing")
             .arg(self.template())
             .arg("--mount")
-            .arg(self.root.join("mnt"));
+            .arg(self.root.join("mnt"))
+            .args(cache_args());
         for o in opts {
             c.args(["-o", o]);
         }

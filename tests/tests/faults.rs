@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn injected_errno_reaches_the_program_on_the_nth_match_only() {
-    let m = Mount::new(&[]);
+    // Write-through only: with the writeback cache a write rule meets the kernel's page
+    // writeback, not write(2), and its error reaches the program at fsync or close as EIO
+    // (cache_writeback.rs checks that; docs/fault-model.md, "The writeback cache").
+    let m = Mount::new(&["cache=writethrough"]);
     let st = ctl(
         &m,
         &["fault", "add"],
@@ -238,7 +241,10 @@ print("synced", flush=True)
 
 #[test]
 fn disk_full_refuses_writes_and_creates_with_enospc() {
-    let m = Mount::new(&[]);
+    // Write-through only: with the writeback cache write(2) fills the page cache and the
+    // limit is met by the kernel's writeback, whose ENOSPC the program gets at fsync or
+    // close, not at write(2) (docs/fault-model.md, "The writeback cache").
+    let m = Mount::new(&["cache=writethrough"]);
     let st = ctl(&m, &["fault", "disk-full"], &["--limit", "64K"]);
     assert_eq!(num(&st["disk_full"], "limit"), 65536, "{st}");
     assert_eq!(num(&st["disk_full"], "used"), 0, "{st}");

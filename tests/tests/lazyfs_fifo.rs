@@ -118,6 +118,7 @@ fn lazyfs_fifo_on_a_regular_file_is_refused() {
         std::process::Command::new(lossfs_bin())
             .arg(&b)
             .arg(&mnt)
+            .args(cache_args())
             .arg("-o")
             .arg(format!("lazyfs_fifo={}", not_fifo.display()))
             .arg("-f"),
@@ -189,6 +190,7 @@ fn only_the_daemons_user_may_write_to_the_fifo() {
         std::process::Command::new(lossfs_bin())
             .arg(&b)
             .arg(&mnt)
+            .args(cache_args())
             .arg("-o")
             .arg(format!("lazyfs_fifo={}", theirs.display()))
             .arg("-f"),

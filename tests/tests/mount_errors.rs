@@ -1,7 +1,7 @@
 //! `lossfs` refuses bad mounts with a clear message and a non-zero exit.
 
 use lossfs_tests::{
-    check_preconditions, is_mounted, lossfs_bin, read_all, unique_tmp_dir, unmount_all,
+    cache_args, check_preconditions, is_mounted, lossfs_bin, read_all, unique_tmp_dir, unmount_all,
     wait_bounded, Mount,
 };
 use std::fs::{self, File};
@@ -45,6 +45,7 @@ fn expect_failure_with(
     let child = Command::new(lossfs_bin())
         .arg(backing)
         .arg(mnt)
+        .args(cache_args())
         .arg("-f")
         .args(args)
         .stdin(Stdio::null())

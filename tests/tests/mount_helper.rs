@@ -54,7 +54,8 @@ fn mount_t_fuse_lossfs_and_fstab_work() {
     // mount -t, with options mount(8) adds (rw, dev, suid) and fstab-only ones (nofail).
     let out = run_bounded(
         Command::new("mount")
-            .args(["-t", "fuse.lossfs", "-o", "allow_other,nofail"])
+            .args(["-t", "fuse.lossfs", "-o"])
+            .arg(format!("allow_other,nofail,cache={}", test_cache_mode()))
             .arg(&b)
             .arg(&m)
             .env_remove("PATH"),
@@ -86,9 +87,10 @@ fn mount_t_fuse_lossfs_and_fstab_work() {
     std::fs::write(
         &fstab,
         format!(
-            "{} {} fuse.lossfs allow_other,nofail 0 0\n",
+            "{} {} fuse.lossfs allow_other,nofail,cache={} 0 0\n",
             b.display(),
-            m.display()
+            m.display(),
+            test_cache_mode()
         ),
     )
     .unwrap();

@@ -269,6 +269,7 @@ fn sigterm_on_a_busy_mount_detaches_it_and_exits_when_it_is_released() {
             .arg("-f")
             .arg(&backing)
             .arg(&mnt)
+            .args(cache_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -16,7 +16,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-const OPTS: &[&str] = &["passthrough=ro"];
+/// Passthrough needs the write-through cache mode (the kernel refuses it beside its
+/// writeback cache), so these tests name it and keep it in a `LOSSFS_TEST_CACHE=writeback` run.
+const OPTS: &[&str] = &["passthrough=ro", "cache=writethrough"];
 
 /// A read fault rule failing every read with EIO; returns nothing, checked by `ctl`.
 fn fail_reads(m: &Mount) {
