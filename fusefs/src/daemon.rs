@@ -3,6 +3,7 @@
 //! invalidate).  Also the clean shutdown: unmount on SIGTERM/SIGINT, then make everything
 //! durable, as a real filesystem does when it is unmounted.
 
+use crate::bdi;
 use crate::control::{self, ControlHandler, ControlServer};
 use crate::cpupin::{self, CpuPin};
 use crate::error::{Context as _, FsError, FsResult};
@@ -20,7 +21,6 @@ use crate::mountinfo;
 use crate::namespace::{Model, Namespace};
 use crate::options::{self, Cache, MountOptions, Recover, SyncCpu};
 use crate::procscan::{self, MountTarget};
-use crate::readahead;
 use crate::report::FaultsStatus;
 use crate::report::{KilledProcess, PowercutReport, StatusReport, SyncReport};
 use crate::sys::fstat;
@@ -783,13 +783,13 @@ fn unmount_path(mountpoint: &Path, lazy: bool) -> std::io::Result<()> {
 /// Called on SIGTERM, SIGINT or SIGHUP instead of unmounting; returns true to unmount now.
 pub type SignalHook = Arc<dyn Fn(nix::sys::signal::Signal) -> bool + Send + Sync>;
 
-/// Recovers, mounts and serves until the mount goes away.  `ready` runs once the mount and
-/// the control socket are up; a termination signal unmounts, or with `on_signal` is handed
+/// Recovers, mounts and serves until the mount goes away.  `ready` runs (on a thread of its
+/// own) once the mount answers requests and the control socket is up; a termination signal unmounts, or with `on_signal` is handed
 /// to it.  The FUSE session runs on the calling thread.
 pub fn serve(
     args: &MountArgs,
     opts: &MountOptions,
-    ready: &dyn Fn(Mounted),
+    ready: &(dyn Fn(Mounted) + Sync),
     on_signal: Option<SignalHook>,
 ) -> Result<(), String> {
     let (backing, mountpoint) = check_mount_target(args, opts)?;
@@ -817,7 +817,6 @@ pub fn serve(
         faults: faults.clone(),
     });
     start_signal_thread(signals, on_signal, unmounter.clone())?;
-    start_readahead(opts, &mountpoint);
 
     tracing::info!(
         "mounted {} on {} (state {}, control {})",
@@ -826,14 +825,28 @@ pub fn serve(
         state_dir.display(),
         services.sock.display()
     );
-    ready(Mounted {
+    let mounted = Mounted {
         daemon: daemon.clone(),
         unmounter,
         umask,
         nofile,
         state_dir: state_dir.clone(),
+    };
+    let mut session = session;
+    let result = std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .name("lossfs-ready".into())
+            .spawn_scoped(s, || {
+                announce_when_answering(&mountpoint, opts, ready, mounted)
+            });
+        if let Err(e) = spawned {
+            let _ = session.unmount();
+            return Err(std::io::Error::other(format!(
+                "cannot start the thread that reports the mount ready: {e}"
+            )));
+        }
+        serve_until_unmounted(session)
     });
-    let result = serve_until_unmounted(session);
     shut_down(&daemon, &fs, services);
     result.map_err(|e| format!("FUSE session: {e}"))
 }
@@ -1170,28 +1183,48 @@ fn start_signal_thread(
     Ok(())
 }
 
-/// Sets the mount's readahead window once the kernel has initialised it (on a thread of
-/// its own: that happens when the session starts serving).
-fn start_readahead(opts: &MountOptions, mountpoint: &Path) {
-    let read_ahead = opts.read_ahead_kb.unwrap_or(options::DEFAULT_READ_AHEAD_KB);
-    if read_ahead > 0 {
-        let mp = mountpoint.to_path_buf();
-        // Not fatal: only sequential read speed depends on it.
-        let spawned = std::thread::Builder::new()
-            .name("lossfs-readahead".into())
-            .spawn(move || match readahead::set_after_init(&mp, read_ahead) {
-                Ok(()) => tracing::debug!("readahead of {} set to {read_ahead} KiB", mp.display()),
-                Err(e) => tracing::warn!("cannot set the readahead window: {e}"),
-            });
-        if let Err(e) = spawned {
-            tracing::warn!("readahead thread: {e}");
+/// Reports the mount ready (`ready`, then READY=1 to systemd) once it answers, after
+/// setting its backing-device knobs ([`bdi`]).  The kernel holds every request on the
+/// mount until the session, running meanwhile on the calling thread, has answered INIT:
+/// reported any earlier, a caller that unmounts at once would meet our own statfs still in
+/// flight (EBUSY), and systemd would start its next unit before the mount works.
+fn announce_when_answering(
+    mountpoint: &Path,
+    opts: &MountOptions,
+    ready: &(dyn Fn(Mounted) + Sync),
+    mounted: Mounted,
+) {
+    if let Err(e) = bdi::wait_for_init(mountpoint) {
+        // The session ended before INIT: `serve` returns why.
+        tracing::warn!("the mount never answered: {e}");
+        return;
+    }
+    // Neither is fatal: they change speed, not what the mount keeps or loses.
+    let read_ahead_kb = opts.read_ahead_kb.unwrap_or(options::DEFAULT_READ_AHEAD_KB);
+    if read_ahead_kb > 0 {
+        match bdi::set_read_ahead(mountpoint, read_ahead_kb) {
+            Ok(()) => tracing::debug!(
+                "readahead of {} set to {read_ahead_kb} KiB",
+                mountpoint.display()
+            ),
+            Err(e) => tracing::warn!("cannot set the readahead window: {e}"),
         }
     }
+    if opts.cache == options::Cache::Writeback {
+        let ratio = opts.dirty_ratio.unwrap_or(options::DEFAULT_DIRTY_RATIO);
+        if let Err(e) = bdi::set_max_dirty_ratio(mountpoint, ratio) {
+            tracing::warn!(
+                "cannot let the writeback cache hold {ratio}% of the dirty-page limit \
+                 (the kernel's 1% stays): {e}"
+            );
+        }
+    }
+    ready(mounted);
+    sd_notify("READY=1");
 }
 
 /// Serves FUSE requests on the calling thread until the mount goes away.
 fn serve_until_unmounted(session: fuser::Session<FuseAdapter>) -> std::io::Result<()> {
-    sd_notify("READY=1");
     let result = session.run();
     sd_notify("STOPPING=1");
     result

@@ -14,6 +14,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod ascaller;
+pub mod bdi;
 pub mod control;
 pub mod cpupin;
 pub mod daemon;
@@ -40,7 +41,6 @@ pub mod pause;
 pub mod prng;
 pub mod procscan;
 pub mod rangeset;
-pub mod readahead;
 pub mod readgate;
 pub mod report;
 pub mod run;

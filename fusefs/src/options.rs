@@ -78,6 +78,9 @@ pub struct MountOptions {
     /// `read_ahead_kb=N`: the mount's kernel readahead window (None: the default,
     /// [`DEFAULT_READ_AHEAD_KB`]; 0 leaves the kernel's own).
     pub read_ahead_kb: Option<u32>,
+    /// `dirty_ratio=N`: with `cache=writeback`, the percent of the system's dirty-page
+    /// limit the mount may hold (None: [`DEFAULT_DIRTY_RATIO`]).
+    pub dirty_ratio: Option<u32>,
     /// `metadata=durable|journal|posix`: the namespace durability model.
     pub metadata: Model,
     /// `commit=SECONDS`: the journal model's periodic commit (`None`: the default, 5 s;
@@ -120,6 +123,10 @@ const MAX_CPU: usize = 1023;
 /// lets sequential reads use whole requests instead of the kernel's 128 KiB default.
 pub const DEFAULT_READ_AHEAD_KB: u32 = 1024;
 const MAX_READ_AHEAD_KB: u32 = 65536;
+
+/// `cache=writeback`'s dirty-page share when `dirty_ratio` is not given: all of the
+/// system's limit, as the kernel lets a disk hold (it gives a FUSE mount 1%).
+pub const DEFAULT_DIRTY_RATIO: u32 = 100;
 /// A day: past that, writeback is as good as off (which leaving the option out says).
 const MAX_WRITEBACK: u64 = 86_400;
 
@@ -175,6 +182,7 @@ pub const OPTION_DOCS: &[OptionDoc] = &[
     doc("sync_cpu", "off|auto|N", "the CPU serving a program that fsyncs alone: off (default) never pin, auto the backing disk's interrupt CPU when it has a single queue (followed when it moves), N that CPU"),
     doc("passthrough", "off|ro", "ro: a file opened for reading only is read by the kernel straight from BACKING while no handle of it is open for writing (fault rules and crash points on read do not see those reads); off (default): every read reaches lossfs"),
     doc("read_ahead_kb", "N", "the mount's kernel readahead window in KiB (default 1024; 0 keeps the kernel's own)"),
+    doc("dirty_ratio", "N", "with cache=writeback: the percent of the system's dirty-page limit the mount's cache may hold (default 100, as a disk; the kernel's own for FUSE is 1)"),
     doc("metadata", "durable|journal|posix", "namespace durability at a power cut: durable (default: creates, renames, unlinks persist at once), journal (persist in order, at any fsync or every commit=SECONDS), posix (persist when the parent directory is fsynced)"),
     doc("commit", "SECONDS", "metadata=journal: periodic commit (default 5, 0 = never)"),
     doc("writeback", "SECONDS", "unsynced data first changed more than SECONDS ago becomes durable on its own, like the kernel's flusher (default off)"),
@@ -422,8 +430,26 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                     }
                 }
             }
+            "dirty_ratio" => {
+                let v = value?;
+                match v.parse::<u32>() {
+                    Ok(n) if (1..=100).contains(&n) => o.dirty_ratio = Some(n),
+                    _ => {
+                        return Err(format!(
+                            "mount option dirty_ratio={v}: must be a percent from 1 to 100"
+                        ))
+                    }
+                }
+            }
             _ => return Err(format!("unknown mount option {name:?} (in {item:?})")),
         }
+    }
+    if o.dirty_ratio.is_some() && o.cache != Cache::Writeback {
+        return Err(
+            "mount option dirty_ratio needs cache=writeback: without the writeback cache the \
+             mount holds no dirty pages"
+                .into(),
+        );
     }
     Ok(o)
 }
@@ -638,6 +664,24 @@ mod tests {
     use crate::testdir::TempDir;
 
     #[test]
+    fn dirty_ratio_is_a_percent_of_the_writeback_cache() {
+        let o = parse_mount_options(&s(&["cache=writeback,dirty_ratio=20"])).unwrap();
+        assert_eq!((o.cache, o.dirty_ratio), (Cache::Writeback, Some(20)));
+        let o = parse_mount_options(&s(&["cache=writeback"])).unwrap();
+        assert_eq!(o.dirty_ratio, None);
+        for items in [
+            &["dirty_ratio=20"][..],
+            &["cache=writethrough", "dirty_ratio=5"],
+        ] {
+            let e = parse_mount_options(&s(items)).unwrap_err();
+            assert!(
+                e.contains("dirty_ratio needs cache=writeback"),
+                "{items:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn passthrough_is_off_or_ro_and_refused_with_the_writeback_cache() {
         let o = parse_mount_options(&s(&["passthrough=ro"])).unwrap();
         assert_eq!(o.passthrough, Passthrough::Ro);
@@ -699,6 +743,7 @@ mod tests {
                 threads: Some(8),
                 lazyfs_fifo: Some(PathBuf::from("/tmp/lazyfs.fifo")),
                 read_ahead_kb: Some(4096),
+                dirty_ratio: None,
                 metadata: Model::Posix,
                 commit: Some(0),
                 writeback: Some(30),
@@ -802,6 +847,9 @@ mod tests {
             ("sync_cpu", "sync_cpu"),
             ("read_ahead_kb=-1", "read_ahead_kb=-1"),
             ("read_ahead_kb=65537", "read_ahead_kb=65537"),
+            ("cache=writeback,dirty_ratio=0", "dirty_ratio=0"),
+            ("cache=writeback,dirty_ratio=101", "dirty_ratio=101"),
+            ("cache=writeback,dirty_ratio", "dirty_ratio"),
             ("threads=", "threads="),
             ("writeback=0", "writeback=0"),
             ("writeback=1.5", "writeback=1.5"),
@@ -1025,6 +1073,11 @@ mod tests {
                 "N" | "SECONDS" => format!("{}=1", d.name),
                 "LEVEL" => format!("{}=info", d.name),
                 v => format!("{}={v}", d.name),
+            };
+            // An option that only means something beside another comes with it.
+            let sample = match d.name {
+                "dirty_ratio" => format!("cache=writeback,{sample}"),
+                _ => sample,
             };
             let parsed = parse_mount_options(&s(&[&sample]));
             assert!(parsed.is_ok(), "{sample} is in the table: {parsed:?}");
