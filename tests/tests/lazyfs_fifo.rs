@@ -31,6 +31,27 @@ fn wait_until(what: &str, m: &Mount, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `lossfs BACKING MNT -o lazyfs_fifo=FIFO -f` fails saying `why`, and mounts nothing.
+fn assert_fifo_refused(backing: &Path, mnt: &Path, fifo: &Path, why: &str) {
+    let out = run_bounded(
+        std::process::Command::new(lossfs_bin())
+            .arg(backing)
+            .arg(mnt)
+            .args(cache_args())
+            .arg("-o")
+            .arg(format!("lazyfs_fifo={}", fifo.display()))
+            .arg("-f"),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(why),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!is_mounted(mnt), "left a mount behind");
+}
+
 #[test]
 fn lazyfs_fifo_commands_act_on_the_mount() {
     check_preconditions();
@@ -114,23 +135,7 @@ fn lazyfs_fifo_on_a_regular_file_is_refused() {
     fs::create_dir(&b).expect("mkdir");
     fs::create_dir(&mnt).expect("mkdir");
     fs::write(&not_fifo, b"").expect("write");
-    let out = run_bounded(
-        std::process::Command::new(lossfs_bin())
-            .arg(&b)
-            .arg(&mnt)
-            .args(cache_args())
-            .arg("-o")
-            .arg(format!("lazyfs_fifo={}", not_fifo.display()))
-            .arg("-f"),
-        Duration::from_secs(20),
-    );
-    assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("is not a FIFO"),
-        "{}",
-        output_text(&out)
-    );
-    assert!(!is_mounted(&mnt), "left a mount behind");
+    assert_fifo_refused(&b, &mnt, &not_fifo, "is not a FIFO");
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -186,22 +191,6 @@ fn only_the_daemons_user_may_write_to_the_fifo() {
     let (b, mnt) = (dir.join("b"), dir.join("m"));
     fs::create_dir(&b).expect("mkdir");
     fs::create_dir(&mnt).expect("mkdir");
-    let out = run_bounded(
-        std::process::Command::new(lossfs_bin())
-            .arg(&b)
-            .arg(&mnt)
-            .args(cache_args())
-            .arg("-o")
-            .arg(format!("lazyfs_fifo={}", theirs.display()))
-            .arg("-f"),
-        Duration::from_secs(20),
-    );
-    assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("belongs to uid 65534"),
-        "{}",
-        output_text(&out)
-    );
-    assert!(!is_mounted(&mnt), "left a mount behind");
+    assert_fifo_refused(&b, &mnt, &theirs, "belongs to uid 65534");
     let _ = fs::remove_dir_all(&dir);
 }
