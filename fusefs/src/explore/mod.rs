@@ -133,6 +133,8 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
     }
     let bins = Binaries::find()?;
     reaper::become_subreaper()?;
+    // Dropped last: after every job's runs and mounts are over.
+    let _reap = reaper::ReapAtEnd;
     let options = mount_options(&args.options);
     let work = std::env::temp_dir().join(format!("lossfs-explore-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(work.clone());

@@ -36,10 +36,32 @@ fn environ_has(environ: &[u8], entry: &str) -> bool {
     environ.split(|&b| b == 0).any(|e| e == entry.as_bytes())
 }
 
-/// Our children whose environment says they were started for job `job`.
-fn orphans_of(job: usize) -> Vec<Pid> {
+/// Whether a NUL-separated environment sets `name`, to any value.
+fn environ_sets(environ: &[u8], name: &str) -> bool {
+    let prefix = format!("{name}=");
+    environ
+        .split(|&b| b == 0)
+        .any(|e| e.starts_with(prefix.as_bytes()))
+}
+
+/// The environment of `pid`, read again for a while when it reads empty: a process in the
+/// middle of execve(2) shows none, and one that carries the tag must not slip through then.
+/// `None` once it is gone.
+fn environ_of(pid: i32) -> Option<Vec<u8>> {
+    for _ in 0..50 {
+        match std::fs::read(format!("/proc/{pid}/environ")) {
+            Ok(env) if !env.is_empty() => return Some(env),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    Some(Vec::new())
+}
+
+/// Our children whose environment says they were started for job `job` (for any job with
+/// `None`: the mount daemons explore starts carry no tag).
+fn orphans_of(job: Option<usize>) -> Vec<Pid> {
     let me = std::process::id() as i32;
-    let tag = format!("{JOB_ENV}={job}");
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -47,17 +69,35 @@ fn orphans_of(job: usize) -> Vec<Pid> {
         .filter(|&pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             ppid_of_stat(&stat) == Some(me)
-                && std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|env| environ_has(&env, &tag))
+                && environ_of(pid).is_some_and(|env| match job {
+                    Some(j) => environ_has(&env, &format!("{JOB_ENV}={j}")),
+                    None => environ_sets(&env, JOB_ENV),
+                })
         })
         .map(Pid::from_raw)
         .collect()
+}
+
+/// At the end of explore, kills and reaps whatever any job left that a run's own sweep
+/// missed, so nothing outlives explore.
+pub struct ReapAtEnd;
+
+impl Drop for ReapAtEnd {
+    fn drop(&mut self) {
+        if let Err(e) = kill_tagged(None) {
+            eprintln!("lossfs explore: {e}");
+        }
+    }
 }
 
 /// Kills and reaps the orphans job `job` left (and theirs, which become ours in turn).
 /// Called when no command of that job is running, so every child carrying its tag is an
 /// orphan.  Returns how many were killed; an error names those still alive at the bound.
 pub fn kill_orphans(job: usize) -> Result<usize, String> {
+    kill_tagged(Some(job))
+}
+
+fn kill_tagged(job: Option<usize>) -> Result<usize, String> {
     let start = Instant::now();
     let mut killed = 0;
     loop {
@@ -108,5 +148,7 @@ mod tests {
             b"LOSSFS_EXPLORE_JOB=10\0",
             "LOSSFS_EXPLORE_JOB=1"
         ));
+        assert!(environ_sets(env, JOB_ENV));
+        assert!(!environ_sets(b"A=1\0LOSSFS_EXPLORE_JOBS=1\0", JOB_ENV));
     }
 }
