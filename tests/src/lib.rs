@@ -860,11 +860,16 @@ pub fn num(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("field {key:?} missing or not a number in {v}"))
 }
 
+/// Debian's python3 (`apt-get install python3`), named by path: a python3 earlier on PATH may
+/// be a version manager's shim that costs a second of shell scripts per start (a crash-state
+/// test starts hundreds) and lacks Debian's modules (python3-plyvel).
+pub const PYTHON: &str = "/usr/bin/python3";
+
 /// A python3 child running `script` with `args`, from `/` (so only its fds tie it to the
 /// mount), stdout and stderr piped.
 pub fn spawn_python(script: &str, args: &[&str]) -> ChildGuard {
     ChildGuard(
-        Command::new("python3")
+        Command::new(PYTHON)
             .arg("-c")
             .arg(script)
             .args(args)
@@ -873,7 +878,7 @@ pub fn spawn_python(script: &str, args: &[&str]) -> ChildGuard {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn python3 (is python3 installed?)"),
+            .expect("spawn /usr/bin/python3 (apt-get install python3)"),
     )
 }
 

@@ -6,7 +6,7 @@
 
 use lossfs_tests::{
     cache_args, check_preconditions, lossfs_bin, output_text, run_bounded, unique_tmp_dir,
-    writeback_cache,
+    writeback_cache, PYTHON,
 };
 use serde_json::Value;
 use std::fs;
@@ -178,8 +178,8 @@ if db.execute("SELECT count(*) FROM sqlite_master WHERE name='t'").fetchone()[0]
 fn sqlite(tag: &str, mode: &str, sync: &str, states: &str) -> (Setup, Value) {
     check_preconditions();
     let s = Setup::new(tag);
-    let w = s.script("w.py", "python3", SQLITE_WORKLOAD);
-    let c = s.script("c.py", "python3", SQLITE_CHECK);
+    let w = s.script("w.py", PYTHON, SQLITE_WORKLOAD);
+    let c = s.script("c.py", PYTHON, SQLITE_CHECK);
     let v = s.explore(
         &[],
         &format!("{w} {mode} {sync} 3"),
@@ -266,8 +266,8 @@ fn rename_program(tag: &str, model: &str, variant: &str) -> (Setup, Value) {
     check_preconditions();
     let s = Setup::new(tag);
     fs::write(s.template().join("data"), b"0").unwrap();
-    let w = s.script("w.py", "python3", RENAME_WORKLOAD);
-    let c = s.script("c.py", "python3", RENAME_CHECK);
+    let w = s.script("w.py", PYTHON, RENAME_WORKLOAD);
+    let c = s.script("c.py", PYTHON, RENAME_CHECK);
     let v = s.explore(
         &[&format!("metadata={model}")],
         &format!("{w} {variant} 3"),
@@ -385,8 +385,8 @@ if os.path.exists("log"):
 fn o_sync_writes_are_durability_points() {
     check_preconditions();
     let s = Setup::new("ex_osync");
-    let w = s.script("w.py", "python3", OSYNC_WORKLOAD);
-    let c = s.script("c.py", "python3", OSYNC_CHECK);
+    let w = s.script("w.py", PYTHON, OSYNC_WORKLOAD);
+    let c = s.script("c.py", PYTHON, OSYNC_CHECK);
     let v = s.explore(&[], &w, &c, &["--states", "40"]);
     let writes: Vec<&Value> = recording(&v)
         .iter()
@@ -482,25 +482,22 @@ except plyvel.Error as e:
     sys.exit(1)
 "#;
 
-/// Debian's python3 with python3-plyvel (a python3 earlier on PATH may lack the module).
-const DEBIAN_PYTHON: &str = "/usr/bin/python3";
-
 fn leveldb(tag: &str, sync: &str) -> (Setup, Value) {
     check_preconditions();
-    lossfs_tests::scenario::require_program(DEBIAN_PYTHON, "python3");
+    lossfs_tests::scenario::require_program(PYTHON, "python3");
     let probe = run_bounded(
-        Command::new(DEBIAN_PYTHON).args(["-c", "import plyvel"]),
+        Command::new(PYTHON).args(["-c", "import plyvel"]),
         Duration::from_secs(60),
     );
     assert!(
         probe.status.success(),
-        "LevelDB test cannot run: {DEBIAN_PYTHON} has no plyvel (apt-get install \
+        "LevelDB test cannot run: {PYTHON} has no plyvel (apt-get install \
          python3-plyvel): {}",
         output_text(&probe)
     );
     let s = Setup::new(tag);
-    let w = s.script("w.py", DEBIAN_PYTHON, LEVELDB_WORKLOAD);
-    let c = s.script("c.py", DEBIAN_PYTHON, LEVELDB_CHECK);
+    let w = s.script("w.py", PYTHON, LEVELDB_WORKLOAD);
+    let c = s.script("c.py", PYTHON, LEVELDB_CHECK);
     let v = s.explore(
         &[],
         &format!("{w} {sync} 5"),

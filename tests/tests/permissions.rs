@@ -10,7 +10,7 @@
 //! what the user may create.  access(2) is among them: the kernel answers it from the modes
 //! (with `default_permissions` it never asks the daemon), so it must agree with the opens.
 
-use lossfs_tests::{run_bounded, Mount, MountSetup, CMD_TIMEOUT};
+use lossfs_tests::{run_bounded, Mount, MountSetup, CMD_TIMEOUT, PYTHON};
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -21,7 +21,6 @@ use std::process::Command;
 /// A group the user may be given as a supplementary group (staff on Debian).
 const GROUP: u32 = 50;
 /// A system python3 that user nobody may run (a pyenv shim under /root is out of reach).
-const PYTHON: &str = "/usr/bin/python3";
 
 /// Runs every operation on the tree at argv[1] and prints {operation: 0 or errno name}.
 const SCRIPT: &str = r#"

@@ -264,7 +264,7 @@ for _ in sys.stdin:
         print("errno", e.errno, flush=True)
 "#;
         let mut child = ChildGuard(
-            Command::new("python3")
+            Command::new(lossfs_tests::PYTHON)
                 .arg("-c")
                 .arg(script)
                 .arg(path)

@@ -35,7 +35,7 @@ pub mod state;
 pub mod verdict;
 
 use self::output::{Finding, Outcome, Summary};
-use self::session::{Binaries, Job, Running};
+use self::session::{lossfs_binary, Job, Running};
 use self::state::State;
 use self::verdict::{keys, CheckEnd, Verdict};
 use crate::faults::record::{self, RecordedOp};
@@ -131,7 +131,7 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
             args.mountpoint.display()
         ));
     }
-    let bins = Binaries::find()?;
+    let lossfs = lossfs_binary()?;
     reaper::become_subreaper()?;
     // Dropped last: after every job's runs and mounts are over.
     let _reap = reaper::ReapAtEnd;
@@ -155,7 +155,7 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
     let _made = RemoveDirsOnDrop(made);
     let mut first = Job::new(
         0,
-        bins.clone(),
+        lossfs.clone(),
         &args.backing,
         &work.join("job0"),
         &mounts[0],
@@ -185,7 +185,7 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
                 Some(job) => Ok(job),
                 None => Job::new(
                     j,
-                    bins.clone(),
+                    lossfs.clone(),
                     &args.backing,
                     &work.join(format!("job{j}")),
                     mnt,
@@ -282,15 +282,7 @@ fn visit(job: &mut Job, st: &State, args: &ExploreArgs) -> Result<Outcome, Strin
     let env = job.env();
     let reached = match st {
         State::Crash { op, nth, after } => {
-            job.ctl(&[
-                "arm",
-                "powercut",
-                "--op",
-                op,
-                "--nth",
-                &nth.to_string(),
-                if *after { "--after" } else { "--before" },
-            ])?;
+            job.arm(op, *nth, *after)?;
             let ran = Running::spawn(&args.workload, &job.mnt, &env, args.timeout)?.finish()?;
             let fired = wait_cut_done(job)?;
             Reached::from(fired, ran)
@@ -301,21 +293,10 @@ fn visit(job: &mut Job, st: &State, args: &ExploreArgs) -> Result<Outcome, Strin
             keep,
             seed,
         } => {
-            job.ctl(&[
-                "fault",
-                "add",
-                "--op",
-                op,
-                "--nth",
-                &nth.to_string(),
-                "--count",
-                "1",
-                "--delay",
-                &format!("{}ms", hold_ms(args.timeout)),
-            ])?;
+            job.hold(op, *nth, hold_ms(args.timeout))?;
             let mut w = Running::spawn(&args.workload, &job.mnt, &env, args.timeout)?;
             let held = loop {
-                let list = job.ctl(&["fault", "list"])?;
+                let list = job.fault_list()?;
                 let fired = list["faults"]
                     .as_array()
                     .into_iter()
@@ -407,19 +388,14 @@ impl Reached {
 
 /// `lossctl powercut --keep KEEP [--seed SEED]` (which kills the workload).
 fn cut(job: &Job, keep: KeepMode, seed: u64) -> Result<(), String> {
-    let mut a = vec!["powercut", "--keep", keep.as_str()];
-    let seed = seed.to_string();
-    if keep.is_seeded() {
-        a.extend(["--seed", seed.as_str()]);
-    }
-    job.ctl(&a).map(|_| ())
+    job.powercut(keep, keep.is_seeded().then_some(seed)).map(drop)
 }
 
 /// After a crash-point run: whether the crash point fired, once its cut is over.
 fn wait_cut_done(job: &Job) -> Result<bool, String> {
     let start = Instant::now();
     loop {
-        let list = job.ctl(&["fault", "list"])?;
+        let list = job.fault_list()?;
         let fired =
             list["crash_point"]["fired"].as_bool() == Some(true) || !list["last_cut"].is_null();
         if !fired {

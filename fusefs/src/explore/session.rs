@@ -1,10 +1,14 @@
 //! The machinery one explore job drives: a fresh copy of the template directory, a lossfs
-//! daemon serving it at the job's mount point (our child, in the foreground), `lossctl`
-//! calls on that mount, and the workload and check commands run bounded in a process group
-//! of their own.
+//! daemon serving it at the job's mount point (our child, in the foreground), control
+//! requests to that daemon (the ones `lossctl` sends, made in-process: a state makes
+//! several, and a process per request would cost more than the state's own work), and the
+//! workload and check commands run bounded in a process group of their own.
 
 use super::reaper::{kill_orphans, JOB_ENV};
 use super::verdict::CheckEnd;
+use crate::control::{self, Request};
+use crate::faultspec::{CrashSpec, FaultCommand, FaultSpec, Op, When};
+use crate::keep::{KeepMode, KeepRequest};
 use serde_json::Value;
 use std::ffi::OsString;
 use std::io::Read;
@@ -14,32 +18,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// How long a `lossctl` call may take (a cut of a large mount included).
-const CTL_TIMEOUT_SECS: u64 = 120;
+/// How long a control request may take (a cut of a large mount included).
+const CTL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a mount may take to come up, and an unmount to finish.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The lossfs and lossctl binaries explore runs.
-#[derive(Clone, Debug)]
-pub struct Binaries {
-    pub lossfs: PathBuf,
-    pub lossctl: PathBuf,
-}
-
-impl Binaries {
-    /// This lossfs, and the lossctl next to it (an installed pair, or a cargo build), else
-    /// the one on PATH.
-    pub fn find() -> Result<Binaries, String> {
-        let lossfs = std::env::current_exe()
-            .map_err(|e| format!("cannot find the lossfs binary itself: {e}"))?;
-        let beside = lossfs.with_file_name("lossctl");
-        let lossctl = if beside.is_file() {
-            beside
-        } else {
-            PathBuf::from("lossctl")
-        };
-        Ok(Binaries { lossfs, lossctl })
-    }
+/// The lossfs binary explore runs for every state's daemon: this one.
+pub fn lossfs_binary() -> Result<PathBuf, String> {
+    std::env::current_exe().map_err(|e| format!("cannot find the lossfs binary itself: {e}"))
 }
 
 /// Runs a program to its end, bounded; its output as text.
@@ -54,10 +40,12 @@ fn run_quiet(cmd: &mut Command, what: &str) -> Result<std::process::Output, Stri
 pub struct Job {
     /// 0 for the first job: lets a workload pick resources of its own (a port) per job.
     index: usize,
-    bins: Binaries,
+    lossfs: PathBuf,
     template: PathBuf,
     backing: PathBuf,
     pub mnt: PathBuf,
+    /// The daemon's control socket (found from the canonical mount point, as lossctl does).
+    socket: PathBuf,
     options: Vec<String>,
     log: PathBuf,
     daemon: Option<Child>,
@@ -66,7 +54,7 @@ pub struct Job {
 impl Job {
     pub fn new(
         index: usize,
-        bins: Binaries,
+        lossfs: PathBuf,
         template: &Path,
         work: &Path,
         mnt: &Path,
@@ -74,12 +62,16 @@ impl Job {
     ) -> Result<Job, String> {
         std::fs::create_dir_all(work)
             .map_err(|e| format!("creating the work directory {}: {e}", work.display()))?;
+        let canonical = mnt
+            .canonicalize()
+            .map_err(|e| format!("--mount {}: {e}", mnt.display()))?;
         Ok(Job {
             index,
-            bins,
+            lossfs,
             template: template.to_path_buf(),
             backing: work.join("backing"),
             mnt: mnt.to_path_buf(),
+            socket: control::default_socket_path(&canonical),
             options,
             log: work.join("daemon.log"),
             daemon: None,
@@ -129,7 +121,7 @@ impl Job {
         let err = log
             .try_clone()
             .map_err(|e| format!("{}: {e}", self.log.display()))?;
-        let mut cmd = Command::new(&self.bins.lossfs);
+        let mut cmd = Command::new(&self.lossfs);
         cmd.arg(&self.backing).arg(&self.mnt).arg("-f");
         for o in &self.options {
             cmd.arg("-o").arg(o);
@@ -144,11 +136,11 @@ impl Job {
             .stdout(log)
             .stderr(err)
             .spawn()
-            .map_err(|e| format!("starting {}: {e}", self.bins.lossfs.display()))?;
+            .map_err(|e| format!("starting {}: {e}", self.lossfs.display()))?;
         self.daemon = Some(child);
         let start = Instant::now();
         loop {
-            if self.ctl(&["status"]).is_ok() {
+            if self.call(Request::Status).is_ok() {
                 return Ok(());
             }
             let exited = self
@@ -184,20 +176,22 @@ impl Job {
     /// Unmounts (a clean unmount) and waits for the daemon, bounded; a daemon that does not
     /// go is killed by its pid and the mount detached.
     pub fn stop(&mut self) -> Result<(), String> {
-        if self.daemon.is_none() {
-            return Ok(());
-        }
-        // A server the workload or the check left running (daemonized, out of their
-        // process group) would keep the mount busy: kill every user of the mount the way a
-        // cut does.  Keeping everything changes nothing that matters: the copy is thrown
-        // away.
-        if let Err(e) = self.ctl(&["powercut", "--keep", "all"]) {
-            eprintln!("lossfs explore: {e}");
-        }
         let Some(mut child) = self.daemon.take() else {
             return Ok(());
         };
+        let mut unmounted = unmount(&self.mnt);
+        if !unmounted {
+            // A server the workload or the check left running (daemonized, out of their
+            // process group) keeps the mount busy: kill every user of the mount the way a
+            // cut does.  Keeping everything changes nothing that matters: the copy is
+            // thrown away.  (Only when the plain unmount failed: a cut scans every process
+            // on the machine.)
+            if let Err(e) = self.powercut(KeepMode::All, None) {
+                eprintln!("lossfs explore: {e}");
+            }
+        }
         let start = Instant::now();
+        let mut tried = Instant::now();
         loop {
             if let Ok(Some(_)) = child.try_wait() {
                 return Ok(());
@@ -221,16 +215,11 @@ impl Job {
                 ));
             }
             // Busy right after a cut while the killed processes' files close: try again.
-            let _ = run_quiet(
-                Command::new("fusermount3").arg("-u").arg(&self.mnt),
-                "unmounting",
-            );
-            for _ in 0..10 {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if !unmounted && tried.elapsed() >= Duration::from_millis(200) {
+                unmounted = unmount(&self.mnt);
+                tried = Instant::now();
             }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -243,29 +232,59 @@ impl Job {
         ]
     }
 
-    /// `lossctl ARGS... MNT --json`: the answer, or what went wrong.
-    pub fn ctl(&self, args: &[&str]) -> Result<Value, String> {
-        let out = run_quiet(
-            Command::new(&self.bins.lossctl)
-                .args(args)
-                .arg(&self.mnt)
-                .arg("--json")
-                .arg("--timeout")
-                .arg(CTL_TIMEOUT_SECS.to_string()),
-            "lossctl",
-        )?;
-        if !out.status.success() {
-            return Err(format!(
-                "lossctl {} {}: {}{}",
-                args.join(" "),
-                self.mnt.display(),
-                String::from_utf8_lossy(&out.stderr).trim(),
-                String::from_utf8_lossy(&out.stdout).trim()
-            ));
-        }
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("lossctl {}: not JSON: {e}", args.join(" ")))
+    /// One control request to this job's daemon: its answer, or what went wrong.
+    fn call(&self, req: Request) -> Result<Value, String> {
+        control::call(&self.socket, &req, CTL_TIMEOUT)
+            .map_err(|e| format!("control request to the daemon of {}: {e}", self.mnt.display()))
     }
+
+    /// `lossctl arm powercut --op OP --nth N --before|--after`.
+    pub fn arm(&self, op: &str, nth: u64, after: bool) -> Result<(), String> {
+        let spec = CrashSpec {
+            op: Op::parse(op)?,
+            path: None,
+            nth,
+            when: if after { When::After } else { When::Before },
+        };
+        self.call(Request::Faults(FaultCommand::Arm(spec)))
+            .map(drop)
+    }
+
+    /// `lossctl fault add --op OP --nth N --count 1 --delay MSms`: holds the Nth OP.
+    pub fn hold(&self, op: &str, nth: u64, ms: u64) -> Result<(), String> {
+        let spec = FaultSpec {
+            op: Some(Op::parse(op)?),
+            delay_ms: Some(ms),
+            nth: Some(nth),
+            count: Some(1),
+            ..FaultSpec::default()
+        };
+        self.call(Request::Faults(FaultCommand::Add(spec)))
+            .map(drop)
+    }
+
+    /// `lossctl fault list`: the rules, the crash point and the last cut.
+    pub fn fault_list(&self) -> Result<Value, String> {
+        self.call(Request::Faults(FaultCommand::List))
+    }
+
+    /// `lossctl powercut --keep KEEP [--seed SEED]`, which kills the mount's users.
+    pub fn powercut(&self, keep: KeepMode, seed: Option<u64>) -> Result<Value, String> {
+        self.call(Request::Powercut {
+            no_kill: false,
+            keep: KeepRequest {
+                mode: keep,
+                seed,
+                granularity: None,
+            },
+        })
+    }
+}
+
+/// `fusermount3 -u MNT`: whether it unmounted (the daemon then exits on its own).
+fn unmount(mnt: &Path) -> bool {
+    run_quiet(Command::new("fusermount3").arg("-u").arg(mnt), "unmounting")
+        .is_ok_and(|o| o.status.success())
 }
 
 impl Drop for Job {
