@@ -19,6 +19,11 @@
 //!   current content: the size is the size op `k` found, and each byte changed by op `k` or
 //!   later gets the content the first such op found there (its per-op pre-image where it
 //!   overwrote unsynced bytes, the durable content otherwise).
+//! - A range commit (`sync_file_range` with `-o sync_file_range=stable`) rewrote the
+//!   durable content of its bytes to what they held then, and made them clean.  In a
+//!   `prefix` plan it is always kept, wherever it falls: when some of the operations before
+//!   it are undone, the bytes they claimed inside the range take the committed content
+//!   (the durable source) instead of what those operations found.
 
 use super::fileio::{copy_range, zero_range};
 use super::log::{Extent, OpRec};
@@ -236,6 +241,44 @@ impl PrefixBuilder {
             }
         }
         self.claimed.insert(op.start, end);
+    }
+
+    /// A range commit between the operations fed so far and the next ones.  When an
+    /// operation before it is undone, the committed bytes must still hold the content they
+    /// had at the commit (now their durable content), not what that operation found.
+    pub fn commit(&mut self, start: u64, end: u64) {
+        if self.seen <= self.k || start >= end {
+            // Every operation before it is kept: the committed content is what they made.
+            return;
+        }
+        let mut out = Vec::with_capacity(self.pieces.len() + 2);
+        for p in self.pieces.drain(..) {
+            let (s, e) = (p.start.max(start), p.end.min(end));
+            if s >= e || p.source == Source::Zero {
+                out.push(p);
+                continue;
+            }
+            let part = |from: u64, to: u64| Piece {
+                start: from,
+                end: to,
+                source: match p.source {
+                    Source::Undo(off) => Source::Undo(off + (from - p.start)),
+                    other => other,
+                },
+            };
+            if p.start < s {
+                out.push(part(p.start, s));
+            }
+            out.push(Piece {
+                start: s,
+                end: e,
+                source: Source::Durable,
+            });
+            if e < p.end {
+                out.push(part(e, p.end));
+            }
+        }
+        self.pieces = out;
     }
 
     /// The plan, for a file now `size` bytes long with these dirty ranges.
