@@ -4,7 +4,7 @@
 //! flag sets; and a replay after a killed daemon keeps what was committed.  The calls are
 //! made by this test process on files of the mount; the daemon sees them through tracefs.
 
-use lossfs_tests::{num, pattern, read_all, report_file, Mount};
+use lossfs_tests::{first_stdout_line, num, pattern, read_all, report_file, spawn_python, Mount};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -213,4 +213,43 @@ fn stable_commits_survive_a_killed_daemon_and_its_stale_instance_goes() {
         Vec::<String>::new(),
         "the next start removes a dead daemon's instance"
     );
+}
+
+#[test]
+fn a_cut_right_after_the_call_kills_the_caller_and_keeps_its_commit() {
+    let m = Mount::new(&[STABLE]);
+    let (f, durable) = durable_file(&m, "f", 2 * PAGE as usize);
+    drop(f);
+    // The caller stays in the mount until the cut kills it; the cut is asked for as soon as
+    // the call (flags 6: WRITE|WAIT_AFTER) returned, without waiting for the daemon to show
+    // the commit.
+    let script = format!(
+        "import ctypes,os,time\nc=ctypes.CDLL(None,use_errno=True)\n\
+         c.sync_file_range.argtypes=[ctypes.c_int,ctypes.c_longlong,ctypes.c_longlong,ctypes.c_uint]\n\
+         fd=os.open({:?},os.O_RDWR)\nos.pwrite(fd,b'Z'*{},0)\n\
+         assert c.sync_file_range(fd,{},{},6)==0\n\
+         print('ready',flush=True)\ntime.sleep(1000)\n",
+        m.path("f").to_str().unwrap(),
+        2 * PAGE,
+        PAGE,
+        PAGE
+    );
+    let mut caller = spawn_python(&script, &[]);
+    let line = first_stdout_line(&mut caller, Duration::from_secs(15));
+    assert_eq!(
+        line.as_deref().map(str::trim),
+        Some("ready"),
+        "python3 caller"
+    );
+    let rep = m.powercut_json();
+    assert!(
+        rep["killed"].as_array().is_some_and(|k| k
+            .iter()
+            .any(|p| p["pid"].as_u64() == Some(caller.0.id() as u64))),
+        "the caller was not killed: {rep}"
+    );
+    assert!(rep.get("warnings").is_none(), "{rep}");
+    let mut want = durable.clone();
+    want[PAGE as usize..2 * PAGE as usize].fill(b'Z');
+    assert_eq!(read_all(&m.path("f")), want);
 }
