@@ -3,12 +3,17 @@
 //! overwritten pages of a write-and-wait call's range, never appends, other pages, other
 //! flag sets; and a replay after a killed daemon keeps what was committed.  The calls are
 //! made by this test process on files of the mount; the daemon sees them through tracefs.
+//! A daemon that cannot reach tracefs refuses the mount.
 
-use lossfs_tests::{first_stdout_line, num, pattern, read_all, report_file, spawn_python, Mount};
+use lossfs_tests::{
+    first_stdout_line, is_mounted, lossfs_bin, num, output_text, pattern, read_all, report_file,
+    run_bounded, spawn_python, unique_tmp_dir, Mount,
+};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PAGE: u64 = 4096;
@@ -252,4 +257,42 @@ fn a_cut_right_after_the_call_kills_the_caller_and_keeps_its_commit() {
     let mut want = durable.clone();
     want[PAGE as usize..2 * PAGE as usize].fill(b'Z');
     assert_eq!(read_all(&m.path("f")), want);
+}
+
+#[test]
+fn stable_is_refused_with_the_reason_when_tracefs_is_out_of_reach() {
+    lossfs_tests::check_preconditions();
+    // As user nobody, tracefs is neither readable nor mountable.
+    let root = unique_tmp_dir("sfr_refused");
+    let (backing, mnt) = (root.join("backing"), root.join("mnt"));
+    for d in [&root, &backing, &mnt] {
+        fs::create_dir_all(d).unwrap();
+        fs::set_permissions(d, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let out = run_bounded(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(lossfs_bin())
+            .arg(&backing)
+            .arg(&mnt)
+            .args(["-o", STABLE, "-f"]),
+        Duration::from_secs(30),
+    );
+    let text = output_text(&out);
+    let mounted = is_mounted(&mnt);
+    if mounted {
+        lossfs_tests::unmount_all(&mnt);
+    }
+    assert!(!mounted, "mounted as nobody with {STABLE}:\n{text}");
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("sync_file_range=stable") && text.contains("root"),
+        "the refusal names the option and the fix:\n{text}"
+    );
+    assert_eq!(
+        fs::read_dir(&backing).unwrap().count(),
+        0,
+        "BACKING was touched"
+    );
+    let _ = fs::remove_dir_all(&root);
 }
