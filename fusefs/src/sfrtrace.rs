@@ -316,6 +316,10 @@ impl Tracer {
             })
             .map_err(|e| format!("cannot start the sync_file_range tracer thread: {e}"))?;
         *self.started.lock() = true;
+        tracing::info!(
+            "sync_file_range=stable: tracing sync_file_range through {}",
+            self.dir.display()
+        );
         Ok(())
     }
 
