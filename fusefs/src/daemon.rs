@@ -19,7 +19,7 @@ use crate::journal::Journal;
 use crate::keep::{KeepMode, KeepRequest, KeepSpec};
 use crate::mountinfo;
 use crate::namespace::{Model, Namespace};
-use crate::options::{self, Cache, MountOptions, Recover, SyncCpu};
+use crate::options::{self, Cache, MountOptions, Recover, SyncCpu, SyncFileRange};
 use crate::procscan::{self, MountTarget};
 use crate::report::FaultsStatus;
 use crate::report::{KilledProcess, PowercutReport, StatusReport, SyncReport};
@@ -54,6 +54,9 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a mount waits for the lossfs before it on the same state dir to exit.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a power cut waits for the sync_file_range tracer to handle the events recorded
+/// before it.
+const SFR_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The state the control socket acts on.
 pub struct Daemon {
@@ -72,6 +75,8 @@ pub struct Daemon {
     ops: Mutex<()>,
     /// `cache=writeback`: the session's /dev/fuse fd, to start a new dentry epoch at a cut.
     epoch_fd: Option<OwnedFd>,
+    /// `sync_file_range=stable`: the tracer (taken, and its instance removed, at shutdown).
+    sfr: Mutex<Option<crate::sfrtrace::Tracer>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -233,6 +238,7 @@ impl Daemon {
             // Go on: the cut itself must happen; late pages will meet EIO handles.
             tracing::warn!("power cut: {e}");
         }
+        let warnings = self.drain_sfr_tracer();
         // Data first, by inode, wherever its names are now; then the names.
         let (files, (namespace, mut touched)) = self.fs.frozen(|| {
             let files = self.fs.journal.cut(spec);
@@ -278,10 +284,27 @@ impl Daemon {
             seed: spec.mode.is_seeded().then_some(spec.seed),
             granularity: (spec.mode == KeepMode::Random).then_some(spec.granularity),
             unreaped,
+            warnings,
             ..PowercutReport::of_files(files)
         };
         tracing::info!("{}", report.to_text().trim_end());
         Ok(report)
+    }
+
+    /// Before the rollback, with every user dead: lets the sync_file_range tracer commit
+    /// every call that returned before the cut.  Returns the report's warnings.
+    fn drain_sfr_tracer(&self) -> Vec<String> {
+        match &*self.sfr.lock() {
+            Some(t) if !t.drain(SFR_DRAIN_TIMEOUT) => {
+                let w = format!(
+                    "the sync_file_range tracer was not drained within {SFR_DRAIN_TIMEOUT:?}: \
+                     a sync_file_range that returned just before the cut may be rolled back"
+                );
+                tracing::warn!("power cut: {w}");
+                vec![w]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The (parent directory, name) of a path relative to the mount, for `inval_entry`.
@@ -793,6 +816,14 @@ pub fn serve(
     on_signal: Option<SignalHook>,
 ) -> Result<(), String> {
     let (backing, mountpoint) = check_mount_target(args, opts)?;
+    // Before anything is touched: a mount that cannot trace is refused with nothing lost.
+    let sfr = match opts.sync_file_range {
+        SyncFileRange::Stable => Some(
+            crate::sfrtrace::Tracer::prepare()
+                .map_err(|e| format!("sync_file_range=stable: {e}"))?,
+        ),
+        SyncFileRange::Volatile => None,
+    };
     let threads = opts.threads.unwrap_or(8);
     let pin = choose_sync_pin(opts, &backing, threads)?;
     // Before any thread starts (the namespace commit thread, the workers...): every thread
@@ -808,8 +839,12 @@ pub fn serve(
         .clone()
         .unwrap_or_else(|| backing.join(".lossfs"));
     let fs = open_state(opts, &backing, &mountpoint, &state_dir)?;
+    if sfr.is_some() {
+        fs.journal.enable_range_commits();
+    }
     let faults = Arc::new(Faults::new());
     let (mut session, daemon) = mount(opts, &backing, &mountpoint, threads, &fs, &faults, pin)?;
+    *daemon.sfr.lock() = sfr;
     let services = start_services(opts, &mut session, &daemon, &faults)?;
     let unmounter = Arc::new(Unmounter {
         inner: Mutex::new(session.unmount_callable()),
@@ -1075,6 +1110,7 @@ fn mount(
         cut_ended: Condvar::new(),
         ops: Mutex::new(()),
         epoch_fd,
+        sfr: Mutex::new(None),
     });
     Ok((session, daemon))
 }
@@ -1110,6 +1146,10 @@ fn start_services(
         }
         None => None,
     };
+    if let Err(e) = start_sfr_tracer(daemon) {
+        let _ = session.unmount();
+        return Err(format!("sync_file_range=stable: {e}"));
+    }
     faults.set_fsync_error(opts.fsync_error);
     // `lossfs explore`'s recording run (see faults::record).
     if let Some(p) = std::env::var_os(crate::faults::record::RECORD_ENV) {
@@ -1156,6 +1196,19 @@ fn start_services(
         sock,
         default_sock,
     })
+}
+
+/// Starts reading the sync_file_range events, for the mount's device, once mounted.
+fn start_sfr_tracer(daemon: &Daemon) -> Result<(), String> {
+    let tracer = daemon.sfr.lock();
+    let Some(t) = &*tracer else {
+        return Ok(());
+    };
+    let e = mountinfo::mount_at(&daemon.mountpoint)
+        .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?
+        .ok_or_else(|| format!("{} is not mounted", daemon.mountpoint.display()))?;
+    let dev = libc::makedev(e.major, e.minor);
+    t.start(dev, daemon.fs.clone())
 }
 
 /// The thread that takes the blocked termination signals: each unmounts, or with
@@ -1234,6 +1287,8 @@ fn serve_until_unmounted(session: fuser::Session<FuseAdapter>) -> std::io::Resul
 /// unmount writes everything back.
 fn shut_down(daemon: &Daemon, fs: &LossFs, services: Services) {
     *daemon.notifier.lock() = None;
+    // Stops its reader and removes its tracefs instance.
+    drop(daemon.sfr.lock().take());
     if let Some(w) = services.writeback {
         w.stop();
     }

@@ -229,6 +229,26 @@ impl LossFs {
         }
     }
 
+    /// The range of a write-and-wait `sync_file_range` on node `nodeid`, seen by the tracer
+    /// (`-o sync_file_range=stable`) in cut epoch `epoch`: committed unless a power cut
+    /// came since (the call belonged to the machine before it).
+    pub fn commit_synced_range(&self, nodeid: u64, epoch: u64, start: u64, end: u64) {
+        let _gate = self.enter();
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        let Some(inode) = self.inodes.get(nodeid).filter(|i| i.is_reg()) else {
+            return;
+        };
+        match self
+            .journal
+            .commit_range(inode.key, &inode.handle, start, end)
+        {
+            Ok(n) => tracing::debug!(nodeid, start, end, committed = n, "sync_file_range commit"),
+            Err(e) => tracing::warn!(nodeid, "sync_file_range commit: {e}"),
+        }
+    }
+
     /// Held by every operation while it runs; a power cut takes it exclusively.
     pub fn enter(&self) -> RwLockReadGuard<'_, ()> {
         self.gate.read()
@@ -1040,6 +1060,16 @@ fn kill_suid(fd: BorrowedFd<'_>) -> FsResult<()> {
         sys::fchmod(fd, mode).ctx("clear set-id bits")?;
     }
     Ok(())
+}
+
+impl crate::sfrtrace::RangeSink for LossFs {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn commit(&self, ino: u64, epoch: u64, start: u64, end: u64) {
+        self.commit_synced_range(ino, epoch, start, end)
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ pub mod rangeset;
 pub mod readgate;
 pub mod report;
 pub mod run;
+pub mod sfrtrace;
 pub mod sys;
 #[cfg(test)]
 mod testdir;

@@ -56,6 +56,18 @@ pub enum Cache {
     Writeback,
 }
 
+/// What a `sync_file_range(WRITE|WAIT_AFTER)` does to the range (`sync_file_range=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncFileRange {
+    /// Nothing: the range reached the device's volatile cache only (no flush), so a cut
+    /// rolls it back.  Nothing is traced.
+    #[default]
+    Volatile,
+    /// The overwritten pages of the range become durable (a disk whose cache is stable),
+    /// seen through the kernel's syscall tracepoints.
+    Stable,
+}
+
 /// Everything `-o` and `-f` can set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MountOptions {
@@ -94,6 +106,8 @@ pub struct MountOptions {
     pub cache: Cache,
     /// `sync_cpu=auto|off|N`.
     pub sync_cpu: SyncCpu,
+    /// `sync_file_range=volatile|stable`.
+    pub sync_file_range: SyncFileRange,
     /// `passthrough=off|ro`.
     pub passthrough: Passthrough,
     pub ro: bool,
@@ -187,6 +201,7 @@ pub const OPTION_DOCS: &[OptionDoc] = &[
     doc("commit", "SECONDS", "metadata=journal: periodic commit (default 5, 0 = never)"),
     doc("writeback", "SECONDS", "unsynced data first changed more than SECONDS ago becomes durable on its own, like the kernel's flusher (default off)"),
     doc("cache", "writethrough|writeback", "writethrough (default): every write(2) reaches the daemon at once; writeback: the kernel's writeback cache, writes reach it as page writebacks (at fsync, close, memory pressure or the cut's flush), with the same durability and power cuts"),
+    doc("sync_file_range", "volatile|stable", "volatile (default): sync_file_range makes nothing durable (no cache flush); stable: its write-and-wait form makes the overwritten pages of its range durable (needs root and the kernel's syscall tracepoints)"),
     doc("fsync_error", "drop|retry", "after an injected fsync error: drop the file's unsynced data (default, as Linux) or keep it for a later fsync"),
     doc("lazyfs_fifo", "PATH", "LazyFS command FIFO: lazyfs::clear-cache (power cut, no kill), lazyfs::cache-checkpoint (sync), lazyfs::display-cache-usage, lazyfs::unsynced-data-report (logged at level info)"),
     doc("foreground", "", "stay in the foreground, as -f"),
@@ -330,6 +345,17 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                     v => {
                         return Err(format!(
                             "mount option cache={v}: must be writethrough or writeback"
+                        ))
+                    }
+                }
+            }
+            "sync_file_range" => {
+                o.sync_file_range = match value? {
+                    "volatile" => SyncFileRange::Volatile,
+                    "stable" => SyncFileRange::Stable,
+                    v => {
+                        return Err(format!(
+                            "mount option sync_file_range={v}: must be volatile or stable"
                         ))
                     }
                 }
@@ -729,6 +755,7 @@ mod tests {
             "lazyfs_fifo=/tmp/lazyfs.fifo,read_ahead_kb=4096,metadata=posix,commit=0",
             "writeback=30",
             "fsync_error=retry,sync_cpu=3,passthrough=ro,cache=writethrough",
+            "sync_file_range=stable",
         ]))
         .unwrap();
         assert_eq!(
@@ -750,6 +777,7 @@ mod tests {
                 fsync_error: FsyncError::Retry,
                 cache: Cache::Writethrough,
                 sync_cpu: SyncCpu::Cpu(3),
+                sync_file_range: SyncFileRange::Stable,
                 passthrough: Passthrough::Ro,
                 ro: true,
                 noatime: true,
@@ -866,6 +894,8 @@ mod tests {
             ("metadata", "metadata"),
             ("cache=none", "cache=none"),
             ("cache", "cache"),
+            ("sync_file_range=flushed", "sync_file_range=flushed"),
+            ("sync_file_range", "sync_file_range"),
             ("commit=-1", "commit=-1"),
             ("commit=soon", "commit=soon"),
             ("default_permissions=0", "default_permissions=0"),

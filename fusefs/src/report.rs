@@ -195,6 +195,9 @@ pub struct PowercutReport {
     /// Killed processes still there when the cut returned (the wait for them is bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreaped: Vec<Unreaped>,
+    /// What the cut could not do exactly (e.g. the sync_file_range tracer not drained).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 fn ranges_text(ranges: &[ByteRange]) -> String {
@@ -337,6 +340,9 @@ impl PowercutReport {
                 p.comm,
                 p.reasons.join(",")
             );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "  warning: {w}");
         }
         for p in &self.unreaped {
             let what = if p.zombie {

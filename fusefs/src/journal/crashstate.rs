@@ -19,6 +19,11 @@
 //!   current content: the size is the size op `k` found, and each byte changed by op `k` or
 //!   later gets the content the first such op found there (its per-op pre-image where it
 //!   overwrote unsynced bytes, the durable content otherwise).
+//! - A range commit (`sync_file_range` with `-o sync_file_range=stable`) rewrote the
+//!   durable content of its bytes to what they held then, and made them clean.  In a
+//!   `prefix` plan it is always kept, wherever it falls: when some of the operations before
+//!   it are undone, the bytes they claimed inside the range take the committed content
+//!   (the durable source) instead of what those operations found.
 
 use super::fileio::{copy_range, zero_range};
 use super::log::{Extent, OpRec};
@@ -238,6 +243,44 @@ impl PrefixBuilder {
         self.claimed.insert(op.start, end);
     }
 
+    /// A range commit between the operations fed so far and the next ones.  When an
+    /// operation before it is undone, the committed bytes must still hold the content they
+    /// had at the commit (now their durable content), not what that operation found.
+    pub fn commit(&mut self, start: u64, end: u64) {
+        if self.seen <= self.k || start >= end {
+            // Every operation before it is kept: the committed content is what they made.
+            return;
+        }
+        let mut out = Vec::with_capacity(self.pieces.len() + 2);
+        for p in self.pieces.drain(..) {
+            let (s, e) = (p.start.max(start), p.end.min(end));
+            if s >= e || p.source == Source::Zero {
+                out.push(p);
+                continue;
+            }
+            let part = |from: u64, to: u64| Piece {
+                start: from,
+                end: to,
+                source: match p.source {
+                    Source::Undo(off) => Source::Undo(off + (from - p.start)),
+                    other => other,
+                },
+            };
+            if p.start < s {
+                out.push(part(p.start, s));
+            }
+            out.push(Piece {
+                start: s,
+                end: e,
+                source: Source::Durable,
+            });
+            if e < p.end {
+                out.push(part(e, p.end));
+            }
+        }
+        self.pieces = out;
+    }
+
     /// The plan, for a file now `size` bytes long with these dirty ranges.
     pub fn finish(mut self, size: u64, dirty: &RangeSet) -> CrashPlan {
         let new_size = self.new_size.unwrap_or(size);
@@ -444,6 +487,102 @@ mod tests {
             self.dirty.insert(n, d);
             self.dirty.insert(old.max(d), n);
             self.states.push(self.cur.clone());
+        }
+    }
+
+    /// What happened to a model file, in order, for replaying a prefix by hand.
+    enum Ev {
+        Write(u64, Vec<u8>),
+        Truncate(u64),
+        /// A range commit: the bytes it set (their content at the commit).
+        Commit(u64, Vec<u8>),
+    }
+
+    #[test]
+    fn prefix_with_range_commits_keeps_the_committed_content_whatever_k() {
+        for seed in 0..300u64 {
+            let mut r = SplitMix64::new(seed);
+            let durable0: Vec<u8> = (0..1 + r.below(6000)).map(|i| (i % 253) as u8).collect();
+            let mut m = Model::new(durable0.clone());
+            let mut evs = Vec::new();
+            // The builder's input: ops and commits in order.
+            let mut order: Vec<Option<(u64, u64)>> = Vec::new();
+            for step in 0..r.below(12) {
+                match r.below(6) {
+                    0 => {
+                        let n = r.below(9000);
+                        m.truncate(n);
+                        evs.push(Ev::Truncate(n));
+                        order.push(None);
+                    }
+                    1 => {
+                        // A commit inside the durable size and the current size, as the
+                        // journal's (data of overwritten bytes only).
+                        let limit = (m.durable.len().min(m.cur.len())) as u64;
+                        if limit == 0 {
+                            continue;
+                        }
+                        let s = r.below(limit);
+                        let e = s + 1 + r.below(limit - s);
+                        let content = m.cur[s as usize..e as usize].to_vec();
+                        m.durable[s as usize..e as usize].copy_from_slice(&content);
+                        m.dirty.remove(s, e);
+                        evs.push(Ev::Commit(s, content));
+                        order.push(Some((s, e)));
+                    }
+                    _ => {
+                        let off = r.below(m.cur.len() as u64 + 2000);
+                        let len = 1 + r.below(3000);
+                        let data = vec![(step as u8).wrapping_mul(37) | 1; len as usize];
+                        m.write(off, &data);
+                        evs.push(Ev::Write(off, data));
+                        order.push(None);
+                    }
+                }
+            }
+            for k in 0..=m.ops.len() {
+                let mut b = PrefixBuilder::new(durable0.len() as u64, k as u64);
+                let mut ops = m.ops.iter();
+                for entry in &order {
+                    match entry {
+                        Some((s, e)) => b.commit(*s, *e),
+                        None => b.feed(ops.next().unwrap()),
+                    }
+                }
+                let plan = b.finish(m.cur.len() as u64, &m.dirty);
+                let out = apply_mem(&m.cur, &m.durable, &m.undo, &plan);
+                // By hand: the first k operations, and every commit where it happened.
+                let mut want = durable0.clone();
+                let mut i = 0;
+                for ev in &evs {
+                    match ev {
+                        Ev::Write(off, data) => {
+                            if i < k {
+                                let end = *off as usize + data.len();
+                                if want.len() < end {
+                                    want.resize(end, 0);
+                                }
+                                want[*off as usize..end].copy_from_slice(data);
+                            }
+                            i += 1;
+                        }
+                        Ev::Truncate(n) => {
+                            if i < k {
+                                want.resize(*n as usize, 0);
+                            }
+                            i += 1;
+                        }
+                        Ev::Commit(s, content) => {
+                            for (j, &byte) in content.iter().enumerate() {
+                                if let Some(w) = want.get_mut(*s as usize + j) {
+                                    *w = byte;
+                                }
+                            }
+                        }
+                    }
+                }
+                assert_eq!(out, want, "seed {seed}: prefix of {k} ops");
+            }
         }
     }
 

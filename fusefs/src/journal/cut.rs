@@ -3,7 +3,7 @@
 
 use super::crashstate::PrefixBuilder;
 use super::fileio::{byte_ranges, restore, Restored};
-use super::log::LiveFile;
+use super::log::{LiveFile, Logged};
 use super::{clear_undo_dir, Journal, Tracked};
 use crate::filekey::FileKey;
 use crate::handle::FileHandle;
@@ -52,9 +52,12 @@ impl Journal {
                 prefixes.insert(t.id, PrefixBuilder::new(t.durable_size, k));
             }
             let ids: HashSet<u64> = prefixes.keys().copied().collect();
-            let read = log.for_each_op(&ids, |id, op| {
+            let read = log.for_each_op(&ids, |id, entry| {
                 if let Some(b) = prefixes.get_mut(&id) {
-                    b.feed(op);
+                    match entry {
+                        Logged::Op(op) => b.feed(op),
+                        Logged::Commit { start, end } => b.commit(start, end),
+                    }
                 }
             });
             if let Err(e) = read {

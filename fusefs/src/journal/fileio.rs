@@ -88,6 +88,27 @@ fn next_data(fd: BorrowedFd<'_>, pos: u64, end: u64) -> io::Result<Option<(u64, 
     Ok(Some((data, hole.clamp(data + 1, end))))
 }
 
+/// The holes of `fd` in `[start, end)` (where it holds no data), in order.
+pub(crate) fn holes_in(fd: BorrowedFd<'_>, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+    let mut holes = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        match next_data(fd, pos, end)? {
+            Some((data, hole)) => {
+                if data > pos {
+                    holes.push((pos, data));
+                }
+                pos = hole;
+            }
+            None => {
+                holes.push((pos, end));
+                pos = end;
+            }
+        }
+    }
+    Ok(holes)
+}
+
 /// Makes `[off, off+len)` of `fd` read as zeros without allocating it: past the end it
 /// grows the file, below the end it punches a hole (or, where the filesystem cannot punch,
 /// writes zeros over the data that is there).

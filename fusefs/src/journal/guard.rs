@@ -3,7 +3,7 @@
 //! backing file, and ends the file's epoch when it is made durable.
 
 use super::cut::lost_of;
-use super::fileio::{copy_range, restore, size_of};
+use super::fileio::{copy_range, holes_in, restore, size_of};
 use super::log::{Extent, LiveFile, OpRec, Record};
 use super::{
     remove_undo, Journal, Slot, SlotState, Tracked, UndoFile, FALLOC_COLLAPSE_RANGE,
@@ -83,6 +83,7 @@ impl FileGuard<'_> {
                 ops: 0,
                 dirtied_at: Instant::now(),
                 undo: None,
+                holes: RangeSet::new(),
             });
         }
         match st.tracked.as_mut() {
@@ -110,8 +111,14 @@ impl FileGuard<'_> {
             return Ok(());
         }
         let undo = self.undo_file(t)?;
+        let note_holes = self.journal.range_commits.load(Ordering::Relaxed);
         for (s, e) in t.saved.missing(page_start, page_end) {
             let len = e.min(t.durable_size) - s;
+            if note_holes {
+                for (hs, he) in holes_in(file, s, s + len)? {
+                    t.holes.insert(hs, he);
+                }
+            }
             let copied = copy_range(file, s, undo.file.as_fd(), t.undo_len, len)?;
             if copied > 0 {
                 self.journal.log.lock().append(&Record::PreImage {
@@ -437,6 +444,85 @@ impl FileGuard<'_> {
                 Err(note_refusal(self.key, "discard after fsync error", e))
             }
         }
+    }
+
+    /// A `sync_file_range(WRITE|WAIT_AFTER)` of `[start, end)` returned on a disk whose
+    /// cache is stable media: the data of the whole 4096-byte pages it touches becomes
+    /// durable where it overwrote durable bytes; metadata does not: bytes past the durable
+    /// size (appends), the size, and pages that were holes at the durable state (their
+    /// blocks are allocated by the write) stay unsynced.  `file` is a readable fd of the
+    /// backing file, which holds the range's data now.  The pages' saved pre-images are
+    /// overwritten in place with their current content (so a rollback, a partial cut and a
+    /// replay after a killed daemon all restore it), a `C` record marks the commit in the
+    /// operation order, and the bytes leave the dirty set.  Returns the bytes committed.
+    pub fn commit_range(&mut self, file: BorrowedFd<'_>, start: u64, end: u64) -> io::Result<u64> {
+        let slot = Arc::clone(&self.slot);
+        let mut st = slot.state.lock();
+        let Some(t) = st.tracked.as_mut() else {
+            return Ok(0);
+        };
+        // A shrink is metadata: bytes cut off since the durable point stay as they are.
+        let limit = t.durable_size.min(size_of(file)?);
+        let first = start / PAGE * PAGE;
+        let last = end.div_ceil(PAGE).saturating_mul(PAGE).min(limit);
+        if first >= last {
+            return Ok(0);
+        }
+        // Only saved pages can differ from their durable content; never a page with a hole.
+        let mut runs = RangeSet::new();
+        for (s, e) in t.saved.overlapping(first, last) {
+            runs.insert(s, e);
+        }
+        for (hs, he) in t.holes.overlapping(first, last) {
+            runs.remove(hs / PAGE * PAGE, he.div_ceil(PAGE) * PAGE);
+        }
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let extents: Vec<Extent> = {
+            let log = self.journal.log.lock();
+            log.live()
+                .get(&t.id)
+                .map(|f| {
+                    f.extents
+                        .iter()
+                        .filter(|x| runs.intersects(x.start, x.start.saturating_add(x.len)))
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut committed = RangeSet::new();
+        if !extents.is_empty() {
+            let undo = self.undo_file(t)?;
+            for x in &extents {
+                for (s, e) in runs.overlapping(x.start, x.start.saturating_add(x.len)) {
+                    let copied = copy_range(
+                        file,
+                        s,
+                        undo.file.as_fd(),
+                        x.undo_off + (s - x.start),
+                        e - s,
+                    )?;
+                    if copied > 0 {
+                        committed.insert(s, s + copied);
+                    }
+                }
+            }
+            self.keep_undo(t, undo);
+        }
+        // Saved pages without an extent held nothing (past the file's end when saved): as
+        // durable as they can be already.
+        let mut log = self.journal.log.lock();
+        for (s, e) in committed.iter() {
+            log.append(&Record::Commit {
+                id: t.id,
+                start: s,
+                end: e,
+            })?;
+            t.dirty.remove(s, e);
+        }
+        Ok(committed.total_len())
     }
 
     /// The durable size, if the file has changes not yet durable.

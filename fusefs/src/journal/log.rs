@@ -24,6 +24,11 @@
 //!   operation it describes, which only a live cut reads, after flushing.
 //! - `B id start len undo_off`: a byte-exact pre-image, in `undo/<id>`, of unsynced bytes
 //!   the next `O` of file `id` overwrites.  The undo bytes are written before the operation.
+//! - `C id start end`: bytes `[start, end)` of file `id` were committed (a write-and-wait
+//!   `sync_file_range` with `-o sync_file_range=stable`): their `P` pre-images in the undo
+//!   file were overwritten with the content they had then, before this record, so a
+//!   rollback or a replay restores that content.  Placed among the `O` records, where
+//!   `--keep prefix` reads it; a replay needs only the undo data.
 
 use crate::error::Context as _;
 use crate::handle::FileHandle;
@@ -118,6 +123,19 @@ pub(crate) enum Record {
         id: u64,
         extent: Extent,
     },
+    /// `C`: a committed range (see the module header).
+    Commit {
+        id: u64,
+        start: u64,
+        end: u64,
+    },
+}
+
+/// One entry of a file's recorded order: an operation, or a range commit between two.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Logged<'a> {
+    Op(&'a OpRec),
+    Commit { start: u64, end: u64 },
 }
 
 impl Record {
@@ -148,6 +166,7 @@ impl Record {
             Record::OpPre { id, extent } => {
                 format!("B {id} {} {} {}", extent.start, extent.len, extent.undo_off)
             }
+            Record::Commit { id, start, end } => format!("C {id} {start} {end}"),
         }
     }
 
@@ -214,6 +233,11 @@ impl Record {
                     undo_off: num()?,
                 },
             },
+            "C" => Record::Commit {
+                id: num()?,
+                start: num()?,
+                end: num()?,
+            },
             _ => return Ok(None),
         };
         if it.next().is_some() {
@@ -266,7 +290,7 @@ fn apply(live: &mut BTreeMap<u64, LiveFile>, rec: &Record) {
             live.remove(id);
         }
         // Operation order matters to a live cut only (read back by `Log::for_each_op`).
-        Record::Op { .. } | Record::OpPre { .. } => {}
+        Record::Op { .. } | Record::OpPre { .. } | Record::Commit { .. } => {}
     }
 }
 
@@ -554,7 +578,7 @@ impl Log {
     pub fn for_each_op(
         &mut self,
         ids: &HashSet<u64>,
-        mut f: impl FnMut(u64, &OpRec),
+        mut f: impl FnMut(u64, Logged<'_>),
     ) -> io::Result<()> {
         self.flush_ops()?;
         let mut pre: HashMap<u64, Vec<Extent>> = HashMap::new();
@@ -569,13 +593,16 @@ impl Log {
                 end,
             } if ids.contains(&id) => f(
                 id,
-                &OpRec {
+                Logged::Op(&OpRec {
                     size_before,
                     start,
                     end,
                     pre: pre.remove(&id).unwrap_or_default(),
-                },
+                }),
             ),
+            Record::Commit { id, start, end } if ids.contains(&id) => {
+                f(id, Logged::Commit { start, end })
+            }
             _ => {}
         })
     }
@@ -653,7 +680,9 @@ impl Log {
             let mut err = None;
             self.for_each_valid_line(|rec, line| {
                 let live = match &rec {
-                    Record::Op { id, .. } | Record::OpPre { id, .. } => self.live.contains_key(id),
+                    Record::Op { id, .. }
+                    | Record::OpPre { id, .. }
+                    | Record::Commit { id, .. } => self.live.contains_key(id),
                     _ => false,
                 };
                 if live && err.is_none() {

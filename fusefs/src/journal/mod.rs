@@ -17,6 +17,13 @@
 //! bounded buffer), and an operation that overwrites bytes already unsynced first copies
 //! them byte-exact to the undo file.  `-o writeback` uses the time a file was first dirtied.
 //!
+//! Range commits (`-o sync_file_range=stable`, [`FileGuard::commit_range`]): the saved
+//! pre-images of the committed pages are overwritten in place with their current content,
+//! so every later rollback, partial cut or replay restores that content; the pages leave
+//! the dirty set.  To leave out pages that were holes at the durable state (a write there
+//! allocates blocks: metadata, which stays unsynced), the holes under each pre-image are
+//! noted when it is saved, only once [`Journal::enable_range_commits`] was called.
+//!
 //! Threat model: the log and the undo data are written with plain write(2) and never
 //! fsynced.  They protect against the lossfs daemon itself being SIGKILLed (a `docker kill`):
 //! the kernel's page cache survives that, so the next [`Journal::open`] on the same state dir
@@ -35,6 +42,8 @@
 //! errno, e.g. ENOSPC when the undo store is full) and log their context at warn level;
 //! errors of the whole-journal operations carry their context in the message.
 
+#[cfg(test)]
+mod commit_tests;
 mod crashstate;
 mod cut;
 mod expire;
@@ -70,7 +79,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -107,6 +116,8 @@ struct Tracked {
     dirtied_at: Instant,
     /// The undo file, kept open for the epoch's next pre-images (see [`UndoFile`]).
     undo: Option<UndoFile>,
+    /// Holes of the durable state under the saved pages (noted only with range commits on).
+    holes: RangeSet,
 }
 
 /// Most undo files kept open at once across the journal: every overwrite of saved-for
@@ -160,6 +171,8 @@ pub struct Journal {
     next_id: AtomicU64,
     /// Undo files held open by tracked files.
     open_undo: Arc<AtomicUsize>,
+    /// Range commits may come ([`Self::enable_range_commits`]): note holes under pre-images.
+    range_commits: AtomicBool,
 }
 
 fn mkdir_private(dir: &Path) -> io::Result<()> {
@@ -269,8 +282,38 @@ impl Journal {
             log: Mutex::new(log),
             next_id: AtomicU64::new(1),
             open_undo: Arc::new(AtomicUsize::new(0)),
+            range_commits: AtomicBool::new(false),
         };
         Ok((journal, report))
+    }
+
+    /// Call before the first change when range commits ([`FileGuard::commit_range`]) will
+    /// be used: from then on, saving a pre-image also notes the holes under it (one or two
+    /// lseeks), so that a commit can leave writes into holes unsynced.
+    pub fn enable_range_commits(&self) {
+        self.range_commits.store(true, Ordering::Relaxed);
+    }
+
+    /// Commits `[start, end)` of the file `key`/`handle` (see [`FileGuard::commit_range`]),
+    /// opening it by its handle.  Returns the bytes committed; 0 for a file with no
+    /// unsynced change or one that no longer exists.
+    pub fn commit_range(
+        &self,
+        key: FileKey,
+        handle: &FileHandle,
+        start: u64,
+        end: u64,
+    ) -> io::Result<u64> {
+        let file = match handle.open(self.root.as_fd(), libc::O_RDONLY) {
+            Ok(f) => f,
+            Err(e) if is_gone(&e) => return Ok(0),
+            Err(e) => Err(e).ctx_ino("opening file to commit a range", key.ino)?,
+        };
+        let committed = self
+            .lock(key, handle)
+            .commit_range(file.as_fd(), start, end)
+            .with_ctx(|| format!("committing bytes {start}..{end} of inode {}", key.ino))?;
+        Ok(committed)
     }
 
     pub fn state_dir(&self) -> &Path {
