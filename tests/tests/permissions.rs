@@ -20,8 +20,6 @@ use std::process::Command;
 
 /// A group the user may be given as a supplementary group (staff on Debian).
 const GROUP: u32 = 50;
-/// A system python3 that user nobody may run (a pyenv shim under /root is out of reach).
-
 /// Runs every operation on the tree at argv[1] and prints {operation: 0 or errno name}.
 const SCRIPT: &str = r#"
 import errno, json, os, sys

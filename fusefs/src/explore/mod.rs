@@ -388,7 +388,8 @@ impl Reached {
 
 /// `lossctl powercut --keep KEEP [--seed SEED]` (which kills the workload).
 fn cut(job: &Job, keep: KeepMode, seed: u64) -> Result<(), String> {
-    job.powercut(keep, keep.is_seeded().then_some(seed)).map(drop)
+    job.powercut(keep, keep.is_seeded().then_some(seed))
+        .map(drop)
 }
 
 /// After a crash-point run: whether the crash point fired, once its cut is over.

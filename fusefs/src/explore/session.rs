@@ -234,8 +234,12 @@ impl Job {
 
     /// One control request to this job's daemon: its answer, or what went wrong.
     fn call(&self, req: Request) -> Result<Value, String> {
-        control::call(&self.socket, &req, CTL_TIMEOUT)
-            .map_err(|e| format!("control request to the daemon of {}: {e}", self.mnt.display()))
+        control::call(&self.socket, &req, CTL_TIMEOUT).map_err(|e| {
+            format!(
+                "control request to the daemon of {}: {e}",
+                self.mnt.display()
+            )
+        })
     }
 
     /// `lossctl arm powercut --op OP --nth N --before|--after`.
