@@ -221,13 +221,14 @@ fn notify_then_sigterm(options: &str) {
     sock.set_read_timeout(Some(MOUNT_TIMEOUT)).expect("timeout");
     // OPTIONS defaults to "defaults" in the unit (Environment=OPTIONS=defaults).
     let argv = exec_start(&backing, &mnt, options);
+    let log = dir.join("lossfs.log");
     let mut g = ChildGuard(
         Command::new(&argv[0])
             .args(&argv[1..])
             .env("NOTIFY_SOCKET", &sock_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(&log).expect("create the daemon's log"))
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {argv:?}: {e}")),
     );
@@ -244,7 +245,11 @@ fn notify_then_sigterm(options: &str) {
     // SAFETY: kill(2) of our own unreaped child.
     unsafe { libc::kill(g.0.id() as i32, libc::SIGTERM) };
     let st = wait_bounded(&mut g.0, Duration::from_secs(20)).expect("lossfs exits on SIGTERM");
-    assert!(st.success(), "lossfs exit after SIGTERM: {st:?}");
+    assert!(
+        st.success(),
+        "lossfs exit after SIGTERM: {st:?}; its log:\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
     assert!(!is_mounted(&mnt), "still mounted after SIGTERM");
     assert_eq!(read_all(&backing.join("f")), b"data");
     let n = sock
@@ -264,6 +269,7 @@ fn sigterm_on_a_busy_mount_detaches_it_and_exits_when_it_is_released() {
     let (backing, mnt) = (dir.join("backing"), dir.join("mnt"));
     fs::create_dir(&backing).expect("mkdir");
     fs::create_dir(&mnt).expect("mkdir");
+    let log = dir.join("lossfs.log");
     let mut g = ChildGuard(
         Command::new(lossfs_bin())
             .arg("-f")
@@ -272,7 +278,7 @@ fn sigterm_on_a_busy_mount_detaches_it_and_exits_when_it_is_released() {
             .args(cache_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(&log).expect("create the daemon's log"))
             .spawn()
             .expect("spawn lossfs"),
     );
@@ -295,7 +301,11 @@ fn sigterm_on_a_busy_mount_detaches_it_and_exits_when_it_is_released() {
     drop(held);
     let st = wait_bounded(&mut g.0, Duration::from_secs(20))
         .expect("lossfs exits once the detached mount is released");
-    assert!(st.success(), "lossfs exit after SIGTERM: {st:?}");
+    assert!(
+        st.success(),
+        "lossfs exit after SIGTERM: {st:?}; its log:\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
     let _ = fs::remove_dir_all(&dir);
 }
 
