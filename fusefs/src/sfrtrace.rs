@@ -17,7 +17,6 @@ use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -397,13 +396,15 @@ impl Drop for Tracer {
 }
 
 /// The file an fd of thread `tid` names, if it is a regular file of device `dev`: its
-/// inode number.  Racy by nature: the fd may be closed or replaced since the call.
+/// inode number.  Racy by nature: the fd may be closed or replaced since the call.  From
+/// cached attributes: a plain stat could wait on this mount or another FUSE daemon.
 fn resolve(tid: u32, fd: u64, dev: u64) -> Option<u64> {
     if fd > i32::MAX as u64 {
         return None;
     }
-    let md = std::fs::metadata(format!("/proc/{tid}/fd/{fd}")).ok()?;
-    (md.dev() == dev && md.is_file()).then(|| md.ino())
+    let path = std::ffi::CString::new(format!("/proc/{tid}/fd/{fd}")).ok()?;
+    let (d, ino, is_file) = crate::sys::stat_cached(&path).ok()?;
+    (d == dev && is_file).then_some(ino)
 }
 
 /// The reader thread: until the stop marker or the end of the pipe.

@@ -24,6 +24,28 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     )?)
 }
 
+/// Device, inode number and whether it is a regular file, of what `path` names, from the
+/// attributes the kernel has cached (`AT_STATX_DONT_SYNC`): on a FUSE mount this sends no
+/// request, so it cannot wait on a daemon, not even on a frozen one.
+pub fn stat_cached(path: &CStr) -> io::Result<(u64, u64, bool)> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `path` is a valid C string and `stx` a writable statx buffer.
+    cvt(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE | libc::STATX_INO,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: statx succeeded, so it filled the buffer (zeroed before anyway).
+    let stx = unsafe { stx.assume_init() };
+    let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    let is_file = u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFREG;
+    Ok((dev, stx.stx_ino, is_file))
+}
+
 /// Opens `name` in `dir` (close-on-exec added).
 pub fn openat(
     dir: BorrowedFd<'_>,
