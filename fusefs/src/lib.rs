@@ -48,3 +48,4 @@ pub mod sys;
 #[cfg(test)]
 mod testdir;
 pub mod writeback;
+pub mod writebehind;
