@@ -20,7 +20,7 @@
 //!
 //! Whether it pays depends on the disk and on the program: on this project's virtio disk,
 //! where the backing fsync of 1 GiB takes about as long as copying it through the mount, a
-//! 1 GiB write+fsync ran 15-20 % faster; a program that streams data and never fsyncs it
+//! 1 GiB write+fsync ran 15-30 % faster; a program that streams data and never fsyncs it
 //! (1 KiB appends with the writeback cache) lost about 13 %, paying for disk writes it
 //! would otherwise leave to the kernel's flusher, and on a disk much slower than the copy
 //! the overlap saves little.  Hence an option, off by default (docs/BENCHMARKS.md).
