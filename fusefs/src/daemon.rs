@@ -1022,6 +1022,9 @@ fn open_state(
     if opts.cache == Cache::Writeback {
         fs = fs.with_writeback_cache();
     }
+    if let Some(mib) = opts.writebehind_mib {
+        fs = fs.with_writebehind(mib);
+    }
     if ns.model() != Model::Durable {
         ns.start_periodic_commit(opts.commit_interval())
             .map_err(|e| e.to_string())?;

@@ -16,6 +16,7 @@ use crate::inode::{Inode, InodeTable, PathFd, ROOT};
 use crate::journal::Journal;
 use crate::namespace::{Creating, Kind, Namespace, Parent};
 use crate::sys::{self, fstat, open_proc, openat, sync_fd};
+use crate::writebehind::WriteBehind;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
@@ -119,6 +120,8 @@ pub struct LossFs {
     /// `cache=writeback`: the kernel's writeback cache is on.  Writes then arrive as page
     /// writebacks through whichever writable handle of the inode the kernel picks.
     pub writeback_cache: bool,
+    /// `writebehind=N`: start the disk writeback of large sequential writes early.
+    pub writebehind: Option<WriteBehind>,
 }
 
 fn cstr(name: &OsStr) -> FsResult<CString> {
@@ -184,7 +187,14 @@ impl LossFs {
             hidden,
             ns: None,
             writeback_cache: false,
+            writebehind: None,
         }
+    }
+
+    /// Starts the backing disk's writeback of large sequential writes every `mib` MiB.
+    pub fn with_writebehind(mut self, mib: u64) -> LossFs {
+        self.writebehind = Some(WriteBehind::new(mib << 20));
+        self
     }
 
     /// Serves the mount with the kernel's writeback cache (`cache=writeback`).
@@ -733,6 +743,14 @@ impl LossFs {
                 .ctx("journal sync")?;
             drop(g);
             self.namespace_file_synced()?;
+        } else {
+            drop(g);
+            if let Some(wb) = &self.writebehind {
+                // Only a hint to the disk: the write has succeeded whatever it says.
+                if let Err(e) = wb.after_write(f.file.as_fd(), offset, written as u64) {
+                    tracing::debug!(ino = f.inode.nodeid, error = %e, "write-behind");
+                }
+            }
         }
         Ok(written)
     }

@@ -49,3 +49,4 @@ pub mod sys;
 #[cfg(test)]
 mod testdir;
 pub mod writeback;
+pub mod writebehind;

@@ -93,6 +93,9 @@ pub struct MountOptions {
     /// `dirty_ratio=N`: with `cache=writeback`, the percent of the system's dirty-page
     /// limit the mount may hold (None: [`DEFAULT_DIRTY_RATIO`]).
     pub dirty_ratio: Option<u32>,
+    /// `writebehind=off|N`: start the disk writeback of large sequential writes every so
+    /// many MiB (None: off).
+    pub writebehind_mib: Option<u64>,
     /// `metadata=durable|journal|posix`: the namespace durability model.
     pub metadata: Model,
     /// `commit=SECONDS`: the journal model's periodic commit (`None`: the default, 5 s;
@@ -141,6 +144,9 @@ const MAX_READ_AHEAD_KB: u32 = 65536;
 /// `cache=writeback`'s dirty-page share when `dirty_ratio` is not given: all of the
 /// system's limit, as the kernel lets a disk hold (it gives a FUSE mount 1%).
 pub const DEFAULT_DIRTY_RATIO: u32 = 100;
+/// `writebehind`'s largest chunk: past a GiB it would start nothing before most fsyncs.
+const MAX_WRITEBEHIND_MIB: u64 = 1024;
+
 /// A day: past that, writeback is as good as off (which leaving the option out says).
 const MAX_WRITEBACK: u64 = 86_400;
 
@@ -196,6 +202,7 @@ pub const OPTION_DOCS: &[OptionDoc] = &[
     doc("sync_cpu", "off|auto|N", "the CPU serving a program that fsyncs alone: off (default) never pin, auto the backing disk's interrupt CPU when it has a single queue (followed when it moves), N that CPU"),
     doc("passthrough", "off|ro", "ro: a file opened for reading only is read by the kernel straight from BACKING while no handle of it is open for writing (fault rules and crash points on read do not see those reads); off (default): every read reaches lossfs"),
     doc("read_ahead_kb", "N", "the mount's kernel readahead window in KiB (default 1024; 0 keeps the kernel's own)"),
+    doc("writebehind", "off|N", "start the backing disk's writeback of a file's large sequential writes (requests of 128 KiB or more) each time N MiB more are written, so that a later fsync finds little left; durability is unchanged (default off)"),
     doc("dirty_ratio", "N", "with cache=writeback: the percent of the system's dirty-page limit the mount's cache may hold (default 100, as a disk; the kernel's own for FUSE is 1)"),
     doc("metadata", "durable|journal|posix", "namespace durability at a power cut: durable (default: creates, renames, unlinks persist at once), journal (persist in order, at any fsync or every commit=SECONDS), posix (persist when the parent directory is fsynced)"),
     doc("commit", "SECONDS", "metadata=journal: periodic commit (default 5, 0 = never)"),
@@ -452,6 +459,19 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                         return Err(format!(
                             "mount option read_ahead_kb={v}: must be a number of KiB from 0 \
                              (the kernel's default) to {MAX_READ_AHEAD_KB}"
+                        ))
+                    }
+                }
+            }
+            "writebehind" => {
+                let v = value?;
+                match v.parse::<u64>() {
+                    _ if v == "off" => o.writebehind_mib = None,
+                    Ok(n) if (1..=MAX_WRITEBEHIND_MIB).contains(&n) => o.writebehind_mib = Some(n),
+                    _ => {
+                        return Err(format!(
+                            "mount option writebehind={v}: must be off or a number of MiB from 1 \
+                             to {MAX_WRITEBEHIND_MIB}"
                         ))
                     }
                 }
@@ -748,12 +768,21 @@ mod tests {
     }
 
     #[test]
+    fn writebehind_is_a_number_of_mib_or_off() {
+        let o = parse_mount_options(&s(&["writebehind=16"])).unwrap();
+        assert_eq!(o.writebehind_mib, Some(16));
+        let o = parse_mount_options(&s(&["writebehind=16,writebehind=off"])).unwrap();
+        assert_eq!(o.writebehind_mib, None);
+        assert_eq!(parse_mount_options(&s(&[])).unwrap().writebehind_mib, None);
+    }
+
+    #[test]
     fn every_option_sets_its_field() {
         let o = parse_mount_options(&s(&[
             "default_permissions,control=/run/l.sock,log=debug,log_file=/var/log/l.log",
             "recover=keep,threads=8,ro,noatime,nosuid,nodev,noexec,foreground",
             "lazyfs_fifo=/tmp/lazyfs.fifo,read_ahead_kb=4096,metadata=posix,commit=0",
-            "writeback=30",
+            "writeback=30,writebehind=16",
             "fsync_error=retry,sync_cpu=3,passthrough=ro,cache=writethrough",
             "sync_file_range=stable",
         ]))
@@ -771,6 +800,7 @@ mod tests {
                 lazyfs_fifo: Some(PathBuf::from("/tmp/lazyfs.fifo")),
                 read_ahead_kb: Some(4096),
                 dirty_ratio: None,
+                writebehind_mib: Some(16),
                 metadata: Model::Posix,
                 commit: Some(0),
                 writeback: Some(30),
@@ -880,6 +910,9 @@ mod tests {
             ("cache=writeback,dirty_ratio", "dirty_ratio"),
             ("threads=", "threads="),
             ("writeback=0", "writeback=0"),
+            ("writebehind=0", "writebehind=0"),
+            ("writebehind=1025", "writebehind=1025"),
+            ("writebehind=on", "writebehind=on"),
             ("writeback=1.5", "writeback=1.5"),
             ("writeback=86401", "writeback=86401"),
             ("writeback", "writeback"),
