@@ -454,6 +454,58 @@ fn what_the_workload_and_check_daemonize_is_killed_and_reaped() {
     );
 }
 
+/// A workload whose processes the cut kills: a child in a session of its own holding a
+/// file of the mount (daemonized, but on the mount), and a grandchild in the workload's
+/// process group; each write is fsynced and acknowledged.
+const KILLED_ORPHANS_WORKLOAD: &str = r#"
+set -eu
+setsid sh -c 'exec sleep 600' 3>>held </dev/null >/dev/null 2>&1 &
+sh -c 'exec sleep 600' 3>>held2 </dev/null >/dev/null 2>&1 &
+for i in 1 2 3; do
+    dd if=/dev/zero of=f$i bs=10 count=1 conv=fsync 2>/dev/null
+    echo ACK f$i
+done
+"#;
+
+/// Counts the zombies among the explorer's children (the check's shell's parent) that
+/// earlier states left; any is a finding.  Then the files present.
+const ZOMBIE_CHECK: &str = r#"
+import glob, os, sys
+def fields(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    state, ppid = text[text.rindex(")") + 2:].split()[:2]
+    return state, int(ppid)
+explorer = fields(os.getppid())[1]
+zombies = []
+for d in glob.glob("/proc/[0-9]*"):
+    try:
+        state, ppid = fields(d[6:])
+    except (OSError, ValueError):
+        continue
+    if ppid == explorer and state == "Z":
+        zombies.append(d[6:])
+if zombies:
+    print("unreaped zombies of the explorer:", " ".join(zombies))
+    sys.exit(1)
+for f in sorted(glob.glob("f*")):
+    print("HAVE", f)
+"#;
+
+/// The processes a cut kills (a workload's daemonized child on the mount, its process
+/// group) die as orphans of the explorer: each is reaped, none piles up as a zombie
+/// through the states (the check of every state looks for them).
+#[test]
+fn processes_a_cut_kills_are_reaped_state_after_state() {
+    check_preconditions();
+    let s = Setup::new("ex_zombies");
+    let w = s.script("w.sh", "sh", KILLED_ORPHANS_WORKLOAD);
+    let c = s.script("c.py", PYTHON, ZOMBIE_CHECK);
+    let v = s.explore(&[], &w, &c, &["--states", "12"]);
+    assert!(v["states"].as_u64() >= Some(8), "{v}");
+    assert!(findings(&v).is_empty(), "{v}");
+}
+
 /// LevelDB (python3-plyvel): one put per key with `sync=True|False`, acknowledged once put
 /// returned; the DB is created by the run.
 const LEVELDB_WORKLOAD: &str = r#"

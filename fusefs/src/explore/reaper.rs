@@ -5,12 +5,38 @@
 //! kills and reaps those of the job that ran (they carry the job's `LOSSFS_EXPLORE_JOB` in
 //! their environment): none survives into the next state or past explore, and none lingers
 //! as a zombie that a restarting server would take for its running predecessor.
+//!
+//! Orphans that a cut killed before any sweep saw them alive come to us as zombies, whose
+//! environment can no longer be read: every zombie child is reaped, except the commands
+//! explore waits for by pid itself ([`spawn_waited`]) and the children of its own process
+//! group (the mount daemons, `cp`, `fusermount3`), whose waits would otherwise fail.
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use parking_lot::Mutex;
+use std::collections::BTreeSet;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+/// The commands (workload and check shells, each leading a process group of its own)
+/// explore waits for by pid: a sweep leaves their zombies to those waits.
+static WAITED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// Spawns a command that the caller will wait for by pid, registered so that no sweep of
+/// another job reaps it first (the lock spans the spawn: it cannot exit unregistered).
+pub fn spawn_waited(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut waited = WAITED.lock();
+    let child = cmd.spawn()?;
+    waited.insert(child.id() as i32);
+    Ok(child)
+}
+
+/// After the wait for a [`spawn_waited`] command.
+pub fn waited(pid: u32) {
+    WAITED.lock().remove(&(pid as i32));
+}
 
 /// The environment variable that tells whose an orphan is.
 pub const JOB_ENV: &str = "LOSSFS_EXPLORE_JOB";
@@ -24,11 +50,12 @@ pub fn become_subreaper() -> Result<(), String> {
         .map_err(|e| format!("prctl(PR_SET_CHILD_SUBREAPER): {e}"))
 }
 
-/// The parent pid in the text of `/proc/PID/stat` (the field after the state, which follows
+/// State, parent pid and process group in the text of `/proc/PID/stat` (the fields after
 /// the command name in parentheses, a name that may hold spaces and parentheses itself).
-fn ppid_of_stat(stat: &str) -> Option<i32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+fn stat_fields(stat: &str) -> Option<(char, i32, i32)> {
+    let mut f = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((state, f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
 
 /// Whether a NUL-separated environment holds `entry` exactly.
@@ -59,20 +86,31 @@ fn environ_of(pid: i32) -> Option<Vec<u8>> {
 }
 
 /// Our children whose environment says they were started for job `job` (for any job with
-/// `None`: the mount daemons explore starts carry no tag).
+/// `None`: the mount daemons explore starts carry no tag), and our zombie children that
+/// nobody waits for (see the module's notes).
 fn orphans_of(job: Option<usize>) -> Vec<Pid> {
     let me = std::process::id() as i32;
+    let my_group = nix::unistd::getpgrp().as_raw();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let waited = WAITED.lock();
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            ppid_of_stat(&stat) == Some(me)
-                && environ_of(pid).is_some_and(|env| match job {
-                    Some(j) => environ_has(&env, &format!("{JOB_ENV}={j}")),
-                    None => environ_sets(&env, JOB_ENV),
-                })
+            let Some((state, ppid, pgrp)) = stat_fields(&stat) else {
+                return false;
+            };
+            if ppid != me {
+                return false;
+            }
+            if state == 'Z' {
+                return pgrp != my_group && !waited.contains(&pid);
+            }
+            environ_of(pid).is_some_and(|env| match job {
+                Some(j) => environ_has(&env, &format!("{JOB_ENV}={j}")),
+                None => environ_sets(&env, JOB_ENV),
+            })
         })
         .map(Pid::from_raw)
         .collect()
@@ -115,7 +153,7 @@ fn kill_tagged(job: Option<usize>) -> Result<usize, String> {
             // another job is waiting for.
             loop {
                 match waitpid(p, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(nix::sys::wait::WaitStatus::StillAlive) => {}
+                    Ok(WaitStatus::StillAlive) => {}
                     Ok(_) | Err(Errno::ECHILD) => break,
                     Err(e) => return Err(format!("waitpid({p}): {e}")),
                 }
@@ -138,9 +176,9 @@ mod tests {
 
     #[test]
     fn stat_and_environ_are_read_by_their_shapes() {
-        assert_eq!(ppid_of_stat("42 (sh) S 7 42 42 0"), Some(7));
-        assert_eq!(ppid_of_stat("42 (a) b) (c) R 9 1 1"), Some(9));
-        assert_eq!(ppid_of_stat("garbage"), None);
+        assert_eq!(stat_fields("42 (sh) S 7 42 42 0"), Some(('S', 7, 42)));
+        assert_eq!(stat_fields("42 (a) b) (c) Z 9 1 1"), Some(('Z', 9, 1)));
+        assert_eq!(stat_fields("garbage"), None);
         let env = b"A=1\0LOSSFS_EXPLORE_JOB=1\0B=2\0";
         assert!(environ_has(env, "LOSSFS_EXPLORE_JOB=1"));
         assert!(!environ_has(env, "LOSSFS_EXPLORE_JOB=0"));

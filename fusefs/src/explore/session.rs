@@ -4,7 +4,7 @@
 //! several, and a process per request would cost more than the state's own work), and the
 //! workload and check commands run bounded in a process group of their own.
 
-use super::reaper::{kill_orphans, JOB_ENV};
+use super::reaper::{kill_orphans, spawn_waited, waited, JOB_ENV};
 use super::verdict::CheckEnd;
 use crate::control::{self, Request};
 use crate::faultspec::{CrashSpec, FaultCommand, FaultSpec, Op, When};
@@ -336,8 +336,7 @@ impl Running {
         for (k, v) in env {
             c.env(k, v);
         }
-        let mut child = c
-            .spawn()
+        let mut child = spawn_waited(&mut c)
             .map_err(|e| format!("starting sh -c {cmd:?} in {}: {e}", cwd.display()))?;
         let mut outputs = Vec::new();
         let pipes: Vec<Box<dyn Read + Send>> = vec![
@@ -397,6 +396,7 @@ impl Running {
         // our child, so the group id cannot name anyone else's processes while it exists.
         unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
         let status = status.or_else(|| self.child.wait().ok());
+        waited(self.child.id());
         if let Some(job) = self.job {
             kill_orphans(job)?;
         }
