@@ -205,10 +205,8 @@ fn explore(args: &ExploreArgs) -> Result<Summary, String> {
                     }
                     let d = done.fetch_add(1, Ordering::SeqCst) + 1;
                     if progress {
-                        eprint!(
-                            "\rlossfs explore: {d}/{total} states, {} findings ",
-                            found.load(Ordering::SeqCst)
-                        );
+                        let f = found.load(Ordering::SeqCst);
+                        eprint!("{}", output::progress_line(d, total, f, started.elapsed()));
                     }
                     out.push((i, o));
                 }

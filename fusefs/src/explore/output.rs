@@ -295,3 +295,51 @@ pub fn json(s: &Summary, args: &ExploreArgs) -> String {
     });
     format!("{v}\n")
 }
+
+/// Width of the progress bar, in characters between its brackets.
+const BAR: usize = 30;
+
+/// The progress line on a terminal, rewritten in place after each state: a bar, the
+/// states done, the findings so far, and the time left at the pace so far.
+pub fn progress_line(done: usize, total: usize, findings: usize, elapsed: Duration) -> String {
+    let total = total.max(1);
+    let done = done.min(total);
+    let filled = done * BAR / total;
+    let left = if done == 0 {
+        String::from("?")
+    } else {
+        let per = elapsed.as_secs_f64() / done as f64;
+        format!("{:.0} s", per * (total - done) as f64)
+    };
+    format!(
+        "\r[{}{}] {done}/{total} states, {findings} findings, {:.0} s, about {left} left ",
+        "#".repeat(filled),
+        ".".repeat(BAR - filled),
+        elapsed.as_secs_f64(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_bar_fills_with_the_states_done_and_tells_the_time_left() {
+        let start = progress_line(0, 60, 0, Duration::ZERO);
+        assert!(
+            start.starts_with(&format!("\r[{}]", ".".repeat(BAR))),
+            "{start:?}"
+        );
+        assert!(start.contains("0/60 states, 0 findings") && start.contains("about ? left"));
+        let half = progress_line(30, 60, 2, Duration::from_secs(40));
+        let bar = format!("[{}{}]", "#".repeat(BAR / 2), ".".repeat(BAR / 2));
+        assert!(half.contains(&bar), "{half:?}");
+        assert!(
+            half.contains("30/60 states, 2 findings, 40 s, about 40 s left"),
+            "{half:?}"
+        );
+        let full = progress_line(7, 7, 0, Duration::from_secs(3));
+        assert!(full.contains(&format!("[{}]", "#".repeat(BAR))), "{full:?}");
+        assert!(full.contains("about 0 s left"), "{full:?}");
+    }
+}
