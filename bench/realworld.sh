@@ -37,6 +37,7 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
+. "$here/common.sh"
 
 LOSSFS_MODES=${LOSSFS_MODES:-default=;threads4=-o threads=4}
 WORKLOADS=${WORKLOADS:-pgbench kafka} TARGETS=${TARGETS:-native bindfs lossfs}
@@ -47,7 +48,6 @@ KAFKA_RECORDS=${KAFKA_RECORDS:-200000} KAFKA_RECORD_SIZE=${KAFKA_RECORD_SIZE:-10
 KAFKA_ACKS=${KAFKA_ACKS:-1 all} KAFKA_HEAP=${KAFKA_HEAP:--Xmx1g} KAFKA_WARMUP=${KAFKA_WARMUP:-0}
 
 die() { echo "realworld.sh: $*" >&2; exit 2; }
-log() { echo "[$(date -u +%T)] $*" >&2; }
 has() { case " $2 " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 [ "$(id -u)" = 0 ] || die "needs root (mounts, and initdb as user postgres)"
@@ -135,8 +135,7 @@ free_port() {  # a port on 127.0.0.1 that nothing listens on and that this run h
   die "no free port"
 }
 
-mounted() { grep -qs " $1 " /proc/mounts; }
-unmount() {  # unmount MNT and wait (bounded) for the FUSE daemon DPID serving it to exit
+unmount() {  # common.sh's, with this script's stop_pid and MOUNTS bookkeeping: unmount MNT, wait for DPID
   local mnt=$1 dpid=${2:-} keep=() m
   if mounted "$mnt"; then
     timeout 30 fusermount3 -u "$mnt" 2>/dev/null || timeout 10 fusermount3 -u -z "$mnt"

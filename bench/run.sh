@@ -38,21 +38,7 @@ mkdir -p "$BASE"
 OUT=${OUT:-$BASE/out}
 mkdir -p "$OUT"
 results="$OUT/results.txt" extras="$OUT/extras.txt"
-log() { echo "[$(date -u +%T)] $*" >&2; }
-
-mounted() { grep -qs " $1 " /proc/mounts; }
-unmount() {  # unmount MNT and wait (up to 20 s) for the FUSE daemon serving it to exit
-  local mnt=$1 pid
-  pid=$(pgrep -f -- " $mnt\$" | head -1)
-  if mounted "$mnt"; then
-    timeout 30 fusermount3 -u "$mnt" 2>/dev/null || timeout 10 fusermount3 -u -z "$mnt"
-  fi
-  for _ in $(seq 200); do
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then log "daemon $pid still alive, killing"; kill "$pid"; fi
-}
+. "$here/common.sh"
 cleanup() {
   for m in "$BASE"/*/mnt; do [ -d "$m" ] && unmount "$m"; done
   [ "${KEEP_BASE:-0}" = 1 ] || find "$BASE" -mindepth 1 -maxdepth 1 ! -name out -exec rm -rf {} +
