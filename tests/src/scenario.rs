@@ -186,13 +186,36 @@ impl Server {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "{} not {what} within {timeout:?}; last probe: {last}\n--- log ---\n{}",
+                    "{} not {what} within {timeout:?}; last probe: {last}\n{}\n--- log ---\n{}",
                     self.name,
+                    self.where_it_waits(),
                     self.log_text()
                 );
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Where each thread of the server waits (state and kernel wait channel, from /proc): a
+    /// thread in state D on a FUSE wait channel points at the mount, not at the server.
+    pub fn where_it_waits(&self) -> String {
+        let Some(pid) = self.pid() else {
+            return "(not running)".into();
+        };
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut lines = vec![format!("threads of pid {pid} (state, wait channel):")];
+        for t in tasks {
+            let stat = std::fs::read_to_string(t.join("stat")).unwrap_or_default();
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .unwrap_or("?");
+            let wchan = std::fs::read_to_string(t.join("wchan")).unwrap_or_default();
+            lines.push(format!("  {} {state} {wchan}", t.display()));
+        }
+        lines.join("\n")
     }
 
     /// Waits until 127.0.0.1:`port` accepts TCP connections, bounded.
