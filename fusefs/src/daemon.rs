@@ -105,9 +105,12 @@ fn invalid(message: String) -> FsError {
 }
 
 /// Asks the kernel to write back every dirty page it holds for the mount (shared mmap
-/// writes live there), so they reach the journal now rather than after a cut.  Bounded: a
-/// wedged writeback must not hang the control socket.
-fn flush_kernel_dirty_pages(mountpoint: &Path) -> FsResult<()> {
+/// writes live there, and every write with the writeback cache), so they reach the journal
+/// now rather than after a cut.  With `live` (the mount, when its programs stay alive: a
+/// `--no-kill` cut, `lossctl sync`) it also waits for the pages of the files they hold,
+/// which syncfs alone does not (see [`crate::pageflush`]).  Bounded: a wedged writeback must
+/// not hang the control socket.
+fn flush_kernel_dirty_pages(mountpoint: &Path, live: Option<MountTarget>) -> FsResult<()> {
     let mp = mountpoint.to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -121,6 +124,13 @@ fn flush_kernel_dirty_pages(mountpoint: &Path) -> FsResult<()> {
                     Err(std::io::Error::last_os_error())
                 }
             });
+            if let Some(target) = live {
+                let flushed = crate::pageflush::write_back_users_pages(&target);
+                for e in &flushed.errors {
+                    tracing::info!("waiting for the dirty pages of {e}");
+                }
+                tracing::debug!("waited for the dirty pages of {} open files", flushed.files);
+            }
             let _ = tx.send(r);
         })
         .ctx("starting the writeback thread")?;
@@ -234,7 +244,8 @@ impl Daemon {
             killed
         };
         let victims = procscan::victims(&killed);
-        if let Err(e) = flush_kernel_dirty_pages(&self.mountpoint) {
+        let live = if no_kill { self.target().ok() } else { None };
+        if let Err(e) = flush_kernel_dirty_pages(&self.mountpoint, live) {
             // Go on: the cut itself must happen; late pages will meet EIO handles.
             tracing::warn!("power cut: {e}");
         }
@@ -370,7 +381,7 @@ impl ControlHandler for Daemon {
 
     fn sync(&self) -> FsResult<SyncReport> {
         let _one_at_a_time = self.ops.lock();
-        flush_kernel_dirty_pages(&self.mountpoint)?;
+        flush_kernel_dirty_pages(&self.mountpoint, self.target().ok())?;
         let mut report = self.fs.journal.sync_all().ctx("sync")?;
         if let Some(ns) = &self.fs.ns {
             report.namespace_committed = ns.commit_all().ctx("sync: namespace commit")? as u64;

@@ -37,6 +37,7 @@ mod logging;
 pub mod mountinfo;
 pub mod namespace;
 pub mod options;
+pub mod pageflush;
 pub mod pause;
 pub mod prng;
 pub mod procscan;

@@ -399,7 +399,9 @@ impl Drop for Tracer {
 /// inode number.  Racy by nature: the fd may be closed or replaced since the call.  From
 /// cached attributes: a plain stat could wait on this mount or another FUSE daemon.
 fn resolve(tid: u32, fd: u64, dev: u64) -> Option<u64> {
-    if fd > i32::MAX as u64 {
+    // The daemon's own write-and-wait calls (handing a live mount's pages over before a
+    // `--no-kill` cut or a sync, see `pageflush`) make nothing durable.
+    if fd > i32::MAX as u64 || Path::new(&format!("/proc/self/task/{tid}")).exists() {
         return None;
     }
     let path = std::ffi::CString::new(format!("/proc/{tid}/fd/{fd}")).ok()?;

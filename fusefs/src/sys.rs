@@ -46,6 +46,16 @@ pub fn stat_cached(path: &CStr) -> io::Result<(u64, u64, bool)> {
     Ok((dev, stx.stx_ino, is_file))
 }
 
+/// `sync_file_range(fd, 0, 0, WAIT_BEFORE|WRITE|WAIT_AFTER)`: writes back the whole file's
+/// dirty pages and waits for them, without any cache flush or metadata (no FSYNC).
+pub fn write_back_and_wait(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a valid fd; offset 0 with length 0 means the whole file.
+    cvt(unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, flags) }).map(drop)
+}
+
 /// Opens `name` in `dir` (close-on-exec added).
 pub fn openat(
     dir: BorrowedFd<'_>,

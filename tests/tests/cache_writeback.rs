@@ -3,8 +3,9 @@
 //! rolled-back ones (the kernel keeps its own i_size in this mode), nothing written back
 //! late reaches a rolled-back file, O_SYNC, fsync, fdatasync and msync(MS_SYNC) make
 //! exactly their file durable while a page written back through an O_SYNC handle for
-//! another writer stays unsynced, sizes follow appends, truncates and fallocate, and an
-//! injected write error reaches the program at fsync.
+//! another writer stays unsynced, sizes follow appends, truncates and fallocate, an
+//! injected write error reaches the program at fsync, and a `--no-kill` cut and `lossctl
+//! sync` take the pages a live program still holds.
 
 use lossfs_tests::{num, pattern, read_all, report_file, Mount};
 use std::fs::{self, File, OpenOptions};
@@ -305,4 +306,47 @@ fn an_injected_write_error_reaches_the_program_at_fsync() {
     drop(f);
     m.powercut_json();
     assert_eq!(read_all(&p), pattern(14, 0, 4_096));
+}
+
+/// 1 GiB written by a program that stays alive, the file still open and nothing synced.
+const HELD: usize = 1 << 30;
+
+fn write_held(p: &Path) -> File {
+    let f = File::create(p).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for i in 0..HELD / chunk.len() {
+        f.write_all_at(&chunk, (i * chunk.len()) as u64).unwrap();
+    }
+    f
+}
+
+/// A `--no-kill` cut leaves the programs alive; syncfs alone only starts the writeback of
+/// their pages: the cut waits for the pages of the files they hold, so its report counts
+/// every byte a running program loses.
+#[test]
+fn a_no_kill_cut_counts_the_pages_a_live_program_still_holds() {
+    let m = Mount::new(WB);
+    let p = m.path("held");
+    let f = write_held(&p);
+    let rep = m.powercut_nokill_json();
+    let file = report_file(&rep, "held").unwrap_or_else(|| panic!("held not reported: {rep}"));
+    assert_eq!(num(file, "lost_bytes"), HELD as u64, "{rep}");
+    assert_eq!(num(&rep, "lost_bytes"), HELD as u64, "{rep}");
+    drop(f);
+    assert_eq!(size(&p), 0, "none of its data was ever durable");
+}
+
+/// `lossctl sync` makes what a live program still holds in the page cache durable, as
+/// sync(2) does on a disk: a cut after it loses nothing.
+#[test]
+fn lossctl_sync_takes_the_pages_a_live_program_still_holds() {
+    let m = Mount::new(WB);
+    let p = m.path("held");
+    let f = write_held(&p);
+    let rep = m.sync();
+    assert_eq!(num(&rep, "bytes_synced"), HELD as u64, "{rep}");
+    let cut = m.powercut_nokill_json();
+    assert_eq!(num(&cut, "lost_bytes"), 0, "{cut}");
+    drop(f);
+    assert_eq!(size(&p), HELD as u64);
 }
