@@ -286,6 +286,17 @@ fn check_passthrough_conflicts<'a>(items: impl Iterator<Item = &'a str>) -> Resu
     }
 }
 
+/// The value of a two-way option `name=v` as the choice it names, or the error that lists
+/// both.
+fn one_of<T: Copy>(name: &str, v: &str, choices: [(&str, T); 2]) -> Result<T, String> {
+    let [(a, _), (b, _)] = choices;
+    choices
+        .iter()
+        .find(|(n, _)| *n == v)
+        .map(|&(_, t)| t)
+        .ok_or_else(|| format!("mount option {name}={v}: must be {a} or {b}"))
+}
+
 /// Parses `-o` arguments; each element is one comma separated list.
 pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
     let mut o = MountOptions::default();
@@ -346,48 +357,38 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                 o.log = Some(v.to_string());
             }
             "cache" => {
-                o.cache = match value? {
-                    "writethrough" => Cache::Writethrough,
-                    "writeback" => Cache::Writeback,
-                    v => {
-                        return Err(format!(
-                            "mount option cache={v}: must be writethrough or writeback"
-                        ))
-                    }
-                }
+                o.cache = one_of(
+                    name,
+                    value?,
+                    [
+                        ("writethrough", Cache::Writethrough),
+                        ("writeback", Cache::Writeback),
+                    ],
+                )?
             }
             "sync_file_range" => {
-                o.sync_file_range = match value? {
-                    "volatile" => SyncFileRange::Volatile,
-                    "stable" => SyncFileRange::Stable,
-                    v => {
-                        return Err(format!(
-                            "mount option sync_file_range={v}: must be volatile or stable"
-                        ))
-                    }
-                }
+                o.sync_file_range = one_of(
+                    name,
+                    value?,
+                    [
+                        ("volatile", SyncFileRange::Volatile),
+                        ("stable", SyncFileRange::Stable),
+                    ],
+                )?
             }
             "fsync_error" => {
-                o.fsync_error = match value? {
-                    "drop" => FsyncError::Drop,
-                    "retry" => FsyncError::Retry,
-                    v => {
-                        return Err(format!(
-                            "mount option fsync_error={v}: must be drop or retry"
-                        ))
-                    }
-                }
+                o.fsync_error = one_of(
+                    name,
+                    value?,
+                    [("drop", FsyncError::Drop), ("retry", FsyncError::Retry)],
+                )?
             }
             "recover" => {
-                o.recover = match value? {
-                    "rollback" => Recover::Rollback,
-                    "keep" => Recover::Keep,
-                    v => {
-                        return Err(format!(
-                            "mount option recover={v}: must be rollback or keep"
-                        ))
-                    }
-                }
+                o.recover = one_of(
+                    name,
+                    value?,
+                    [("rollback", Recover::Rollback), ("keep", Recover::Keep)],
+                )?
             }
             "metadata" => {
                 let v = value?;
@@ -419,11 +420,11 @@ pub fn parse_mount_options(opts: &[String]) -> Result<MountOptions, String> {
                 }
             }
             "passthrough" => {
-                o.passthrough = match value? {
-                    "off" => Passthrough::Off,
-                    "ro" => Passthrough::Ro,
-                    v => return Err(format!("mount option passthrough={v}: must be off or ro")),
-                }
+                o.passthrough = one_of(
+                    name,
+                    value?,
+                    [("off", Passthrough::Off), ("ro", Passthrough::Ro)],
+                )?
             }
             "sync_cpu" => {
                 let v = value?;
