@@ -376,6 +376,12 @@ impl ControlHandler for Daemon {
                 .into(),
             namespace_uncommitted: self.fs.ns.as_ref().map_or(0, |n| n.uncommitted() as u64),
             faults: self.faults.status(),
+            sync_file_range: if self.sfr.lock().is_some() {
+                "stable"
+            } else {
+                "volatile"
+            }
+            .into(),
         })
     }
 

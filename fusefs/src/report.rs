@@ -66,6 +66,10 @@ pub struct StatusReport {
     /// Armed crash point, fault rules, disk-full mode, last crash-point cut.
     #[serde(default)]
     pub faults: FaultsStatus,
+    /// What `sync_file_range(2)` makes durable: `volatile` or `stable` (empty from a daemon
+    /// that predates the option).
+    #[serde(default)]
+    pub sync_file_range: String,
 }
 
 /// Answer to `sync`.
@@ -263,6 +267,9 @@ impl StatusReport {
                 f.durable_size,
                 ranges_text(&f.unsynced)
             );
+        }
+        if self.sync_file_range == "stable" {
+            s.push_str("  sync_file_range=stable: its write-and-wait calls commit their pages\n");
         }
         if !self.faults.is_empty() {
             s.push_str(&self.faults.to_text());
@@ -655,6 +662,16 @@ mod tests {
             ..Default::default()
         };
         let t = r.to_text();
+        assert!(!t.contains("sync_file_range"), "{t}");
+        let stable = StatusReport {
+            sync_file_range: "stable".into(),
+            ..r.clone()
+        };
+        assert!(
+            stable.to_text().contains("sync_file_range=stable"),
+            "{}",
+            stable.to_text()
+        );
         assert!(
             t.contains("1000 unsynced bytes (10 of data, 990 in holes) in 1 files"),
             "{t}"

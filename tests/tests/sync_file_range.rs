@@ -109,6 +109,7 @@ fn instances_of(pid: u32) -> Vec<String> {
 #[test]
 fn by_default_an_overwrite_is_rolled_back_after_sync_file_range() {
     let m = Mount::new(&[]);
+    assert_eq!(m.status_json()["sync_file_range"], "volatile");
     let (f, durable) = durable_file(&m, "f", 4 * PAGE as usize);
     f.write_all_at(&pattern(2, 0, 4 * PAGE as usize), 0)
         .unwrap();
@@ -122,6 +123,7 @@ fn by_default_an_overwrite_is_rolled_back_after_sync_file_range() {
 #[test]
 fn stable_keeps_the_pages_in_the_range_and_rolls_back_the_others() {
     let mut m = Mount::new(&[STABLE]);
+    assert_eq!(m.status_json()["sync_file_range"], "stable");
     let pid = m.daemon_pid().expect("daemon pid");
     assert_eq!(
         instances_of(pid).len(),
