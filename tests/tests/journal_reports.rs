@@ -5,8 +5,8 @@
 //! after the kernel dropped their dentries, and lost bytes are split into data and holes.
 
 use lossfs_tests::{
-    num, output_text, pattern, read_all, report_file, run_bounded, writeback_cache, Mount,
-    MountSetup, CMD_TIMEOUT,
+    hand_over_dirty_pages, num, output_text, pattern, read_all, report_file, run_bounded,
+    writeback_cache, Mount, MountSetup, CMD_TIMEOUT,
 };
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -239,8 +239,12 @@ fn the_recovery_after_a_killed_daemon_names_files_and_counts_deleted_ones() {
     fs::create_dir_all(m.path("a/b")).unwrap();
     durable(&m, "a/b/c", &pattern(11, 0, 8192));
     durable(&m, "gone", &pattern(12, 0, 8192));
-    rw(&m.path("a/b/c")).write_all_at(b"xyz", 100).unwrap();
-    rw(&m.path("gone")).write_all_at(b"xyz", 100).unwrap();
+    for name in ["a/b/c", "gone"] {
+        let f = rw(&m.path(name));
+        f.write_all_at(b"xyz", 100).unwrap();
+        // The write must be the daemon's before the unlink and the kill.
+        hand_over_dirty_pages(&f);
+    }
     fs::remove_file(m.path("gone")).unwrap();
     m.kill_daemon();
     m.lazy_unmount();
