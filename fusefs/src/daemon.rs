@@ -1300,7 +1300,17 @@ fn announce_when_answering(
 fn serve_until_unmounted(session: fuser::Session<FuseAdapter>) -> std::io::Result<()> {
     let result = session.run();
     sd_notify("STOPPING=1");
-    result
+    match result {
+        // The connection ended by the kernel rather than by the unmount (seen once the last
+        // user of a busy mount, detached lazily at SIGTERM, let go; also what an abort
+        // through /sys/fs/fuse/connections gives): the mount is gone all the same, and the
+        // shutdown that follows is the one of an unmount.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            tracing::warn!("the kernel ended the FUSE connection ({e}); shutting down");
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 /// After the session: stops what ran beside it, and makes everything durable, as a clean
