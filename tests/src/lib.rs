@@ -860,24 +860,29 @@ pub fn num(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("field {key:?} missing or not a number in {v}"))
 }
 
+/// `sync_file_range(2)` on `f`, asserting success.
+pub fn sync_file_range(f: &std::fs::File, off: u64, len: u64, flags: u32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open fd; the kernel checks the range and flags.
+    let rc = unsafe { libc::sync_file_range(f.as_raw_fd(), off as i64, len as i64, flags) };
+    assert_eq!(
+        rc,
+        0,
+        "sync_file_range({off}, {len}, {flags:#x}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 /// Hands the kernel's dirty pages of `f` to the daemon and waits for them
 /// (`sync_file_range(WAIT_BEFORE|WRITE|WAIT_AFTER)` over the whole file): nothing becomes
 /// durable, but with the writeback cache the data has reached lossfs when this returns,
 /// which a close alone does not promise on Linux 6.18 (its page writebacks may still be in
 /// flight when the next request, an unlink say, arrives).  A no-op for write-through.
 pub fn hand_over_dirty_pages(f: &std::fs::File) {
-    use std::os::fd::AsRawFd;
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
         | libc::SYNC_FILE_RANGE_WRITE
         | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: a valid open fd; offset 0 and length 0 name the whole file.
-    let rc = unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, flags) };
-    assert_eq!(
-        rc,
-        0,
-        "sync_file_range: {}",
-        std::io::Error::last_os_error()
-    );
+    sync_file_range(f, 0, 0, flags);
 }
 
 /// Debian's python3 (`apt-get install python3`), named by path: a python3 earlier on PATH may

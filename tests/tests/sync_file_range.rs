@@ -7,10 +7,9 @@
 
 use lossfs_tests::{
     first_stdout_line, is_mounted, lossfs_bin, num, output_text, pattern, read_all, report_file,
-    run_bounded, spawn_python, unique_tmp_dir, Mount,
+    run_bounded, spawn_python, sync_file_range, unique_tmp_dir, Mount,
 };
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -23,17 +22,6 @@ const WRITE_AND_WAIT: u32 = libc::SYNC_FILE_RANGE_WAIT_BEFORE
 /// How long the daemon may take to see a call and commit it.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 const STABLE: &str = "sync_file_range=stable";
-
-fn sync_file_range(f: &File, off: u64, len: u64, flags: u32) {
-    // SAFETY: a valid open fd; the kernel checks the range and flags.
-    let rc = unsafe { libc::sync_file_range(f.as_raw_fd(), off as i64, len as i64, flags) };
-    assert_eq!(
-        rc,
-        0,
-        "sync_file_range({off}, {len}, {flags:#x}): {}",
-        std::io::Error::last_os_error()
-    );
-}
 
 /// A file of `len` durable bytes (fsynced), open for writing.
 fn durable_file(m: &Mount, name: &str, len: usize) -> (File, Vec<u8>) {
